@@ -1,0 +1,29 @@
+// The operator kinds of the IR (see ops.def) and their arity.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+namespace mixq::ir {
+
+enum class OpKind : uint16_t {
+#define MIXQ_OP(name, min_in, max_in, min_out, max_out) k##name,
+#include "ir/ops.def"
+#undef MIXQ_OP
+};
+
+struct OpInfo {
+  std::string_view name;
+  int min_inputs;
+  int max_inputs;
+  int min_outputs;
+  int max_outputs;
+};
+
+const OpInfo& op_info(OpKind op);
+std::string_view op_name(OpKind op);
+std::optional<OpKind> op_from_name(std::string_view name);
+int op_count();
+OpKind op_at(int index);
+
+}  // namespace mixq::ir
