@@ -63,7 +63,8 @@ class Model {
   ModelSummary summary() const;
 
   // Runs on the reference backend (fp32 oracle). Inputs are checked by name, dtype and shape.
-  Expected<TensorMap> run_reference(const TensorMap& inputs) const;
+  // With keep_intermediates, every value the graph computes is returned too, by name.
+  Expected<TensorMap> run_reference(const TensorMap& inputs, bool keep_intermediates = false) const;
 
   // Random inputs for every graph input (uniform [-1, 1) for floats), symbolic dims = batch.
   TensorMap random_inputs(int64_t batch, uint64_t seed) const;

@@ -102,8 +102,10 @@ ModelSummary Model::summary() const {
   return s;
 }
 
-Expected<TensorMap> Model::run_reference(const TensorMap& inputs) const {
-  return runtime::run_reference(*impl_->graph, inputs);
+Expected<TensorMap> Model::run_reference(const TensorMap& inputs, bool keep_intermediates) const {
+  runtime::InterpreterOptions options;
+  options.keep_intermediates = keep_intermediates;
+  return runtime::run_reference(*impl_->graph, inputs, options);
 }
 
 TensorMap Model::random_inputs(int64_t batch, uint64_t seed) const {

@@ -12,6 +12,16 @@ bool Value::has_static_shape() const {
   return std::all_of(shape.begin(), shape.end(), [](int64_t d) { return d >= 0; });
 }
 
+std::string_view layout_name(Layout layout) {
+  switch (layout) {
+    case Layout::kPlain: return "plain";
+    case Layout::kNHWC: return "nhwc";
+    case Layout::kBlocked8: return "nChw8c";
+    case Layout::kBlocked16: return "nChw16c";
+  }
+  return "?";
+}
+
 // --- Node attributes ------------------------------------------------------------------------------
 
 int64_t Node::attr_int(const std::string& key, int64_t fallback) const {
@@ -273,6 +283,7 @@ std::unique_ptr<Graph> Graph::clone() const {
     Value* c = g->add_value(v->name, v->dtype, v->shape, v->shape_known);
     c->constant = v->constant;  // constants are immutable once in the graph: share storage
     c->quant = v->quant;
+    c->layout = v->layout;
     vmap[v.get()] = c;
   }
   for (const auto& n : nodes_) {
@@ -407,7 +418,8 @@ NodeCost node_cost(const Node& node) {
   const Value* out = node.output(0);
   const int64_t out_elems = numel_batch1(out);
   switch (node.op) {
-    case OpKind::kConv: {
+    case OpKind::kConv:
+    case OpKind::kFusedConv: {
       const Value* w = node.input(1);
       if (w && w->shape_known && w->shape.size() >= 2) {
         int64_t per_output = 1;  // C/group * kernel elements
@@ -418,6 +430,7 @@ NodeCost node_cost(const Node& node) {
       break;
     }
     case OpKind::kGemm:
+    case OpKind::kFusedGemm:
     case OpKind::kMatMul: {
       const Value* a = node.input(0);
       if (a && a->shape_known && !a->shape.empty()) {

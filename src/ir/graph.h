@@ -39,6 +39,15 @@ using Attribute = std::variant<int64_t, float, std::string, std::vector<int64_t>
 
 class Node;
 
+// Physical layout of a 4-D (or 3-D/5-D) activation; shapes stay logical (N, C, spatial...).
+enum class Layout : uint8_t {
+  kPlain,     // row-major as ONNX: NCHW
+  kNHWC,      // channels last
+  kBlocked8,  // nChw8c: channels in blocks of 8 (padded)
+  kBlocked16, // nChw16c
+};
+std::string_view layout_name(Layout layout);
+
 class Value {
  public:
   std::string name;
@@ -47,6 +56,7 @@ class Value {
   bool shape_known = false;
   Tensor constant;         // defined for initializers and folded constants
   std::optional<QuantParams> quant;
+  Layout layout = Layout::kPlain;
   Node* producer = nullptr;
 
   bool is_constant() const { return constant.defined(); }

@@ -19,5 +19,12 @@ int report(const Status& status);
 
 void add_inspect_command(CLI::App& app, int& exit_code);
 void add_run_command(CLI::App& app, int& exit_code);
+void add_engine_commands(CLI::App& app, int& exit_code);  // build, bench, compare
+
+// Engine files (by magic) are run/inspected through the engine; ONNX through the reference.
+bool is_engine_file(const std::string& path);
+int run_engine(const std::string& path, const std::vector<std::string>& inputs,
+               const std::string& output_dir, int64_t batch, uint64_t seed);
+int inspect_engine(const std::string& path, bool json);
 
 }  // namespace mixq::cli

@@ -26,6 +26,7 @@ std::string human(int64_t n) {
 }
 
 int inspect_onnx(const std::string& path, bool json, bool raw) {
+  if (is_engine_file(path)) return inspect_engine(path, json);
   LoadOptions options;
   options.simplify = !raw;
   auto model = Model::load(path, options);
@@ -88,7 +89,7 @@ void add_inspect_command(CLI::App& app, int& exit_code) {
   auto path = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
   auto raw = std::make_shared<bool>(false);
-  cmd->add_option("model", *path, "ONNX model (.onnx)")->required();
+  cmd->add_option("model", *path, "ONNX model (.onnx) or engine (.mixq)")->required();
   cmd->add_flag("--json", *json, "Machine-readable JSON output");
   cmd->add_flag("--raw", *raw, "Show the graph as imported, before folding and simplification");
   cmd->callback([=, &exit_code] { exit_code = inspect_onnx(*path, *json, *raw); });

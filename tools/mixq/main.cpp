@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   int exit_code = kExitOk;
   add_inspect_command(app, exit_code);
   add_run_command(app, exit_code);
+  add_engine_commands(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -26,6 +26,7 @@ std::string safe_file_name(std::string name) {
 
 int run_onnx(const RunArgs& a) {
   if (a.batch < 1) return report(InvalidArgument("--batch must be at least 1, got " + std::to_string(a.batch)));
+  if (is_engine_file(a.model)) return run_engine(a.model, a.inputs, a.output_dir, a.batch, a.seed);
   auto model = Model::load(a.model);
   if (!model.ok()) return report(model.status());
   TensorMap inputs;
@@ -75,9 +76,9 @@ int run_onnx(const RunArgs& a) {
 
 void add_run_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand(
-      "run", "Run a model on the reference backend and write its outputs as NPY files");
+      "run", "Run a model (reference backend) or an engine and write its outputs as NPY files");
   auto a = std::make_shared<RunArgs>();
-  cmd->add_option("model", a->model, "ONNX model (.onnx)")->required();
+  cmd->add_option("model", a->model, "ONNX model (.onnx: reference backend) or engine (.mixq)")->required();
   cmd->add_option("--input,-i", a->inputs, "Input as name=file.npy (repeatable); random if none");
   cmd->add_option("--output-dir,-o", a->output_dir, "Where to write <output>.npy (default: .)");
   cmd->add_option("--batch,-b", a->batch, "Batch size for random inputs (default 1)");

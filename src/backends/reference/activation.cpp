@@ -69,7 +69,7 @@ FLOAT_UNARY(Reciprocal, 1.0f / x)
 Status infer_numeric(const ir::Node& node, std::span<const TensorInfo> in,
                      std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_dtype(
-      in[0], {DType::kFloat32, DType::kInt8, DType::kInt32, DType::kInt64}, "input"));
+      in[0], {DType::kFloat32, DType::kInt8, DType::kUInt8, DType::kInt32, DType::kInt64}, "input"));
   return infer_same(node, in, out);
 }
 

@@ -11,7 +11,10 @@ namespace {
 // "[1,2,3]" for an attribute list (shape_to_string would print negatives as N).
 std::string ints_to_string(const std::vector<int64_t>& v) {
   std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(v[i]);
+  }
   return s + "]";
 }
 

@@ -70,5 +70,11 @@ void register_normalization(Registry& registry);  // normalization.cpp: BN, LRN,
 void register_reduce(Registry& registry);         // reduce.cpp
 void register_shape(Registry& registry);          // shape.cpp: data movement and shape ops
 void register_quantize(Registry& registry);       // quantize.cpp: Quantize/DequantizeLinear
+void register_fused(Registry& registry);          // fused.cpp: FusedConv, FusedGemm, Reformat
+
+// Real values of a tensor: dequantised with `quant` when given (i8/u8/f8), converted otherwise.
+Tensor dequantize_to_float(const Tensor& tensor, const ir::QuantParams* quant);
+// Float values to `dtype` with `quant` (round half to even, saturate), or a plain conversion.
+Tensor quantize_from_float(const Tensor& values, DType dtype, const ir::QuantParams* quant);
 
 }  // namespace mixq::reference

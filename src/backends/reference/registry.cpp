@@ -28,6 +28,7 @@ const Registry& registry() {
     register_reduce(r);
     register_shape(r);
     register_quantize(r);
+    register_fused(r);
     return r;
   }();
   return instance;

@@ -36,8 +36,8 @@ bool forward_value_impl(Graph& graph, Value* value, Value* replacement) {
   return true;
 }
 
-void forward_value(Graph& graph, Value* value, Value* replacement) {
-  forward_value_impl(graph, value, replacement);
+bool forward_value(Graph& graph, Value* value, Value* replacement) {
+  return forward_value_impl(graph, value, replacement);
 }
 
 // --- identity removal -----------------------------------------------------------------------------

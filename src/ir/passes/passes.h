@@ -45,7 +45,8 @@ Status simplify(Graph& graph, const NodeEvaluator& evaluate, const ShapeRefreshe
                 const SimplifyOptions& options = {});
 
 // Makes `replacement` take the place of `value` (every reader and graph output). When `value` is
-// a graph output, the name users see is kept by renaming where possible.
-void forward_value(Graph& graph, Value* value, Value* replacement);
+// a graph output, the name users see is kept by renaming `replacement`; where that is impossible
+// (it is a constant, an input or another output) nothing changes and false is returned.
+bool forward_value(Graph& graph, Value* value, Value* replacement);
 
 }  // namespace mixq::ir

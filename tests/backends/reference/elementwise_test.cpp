@@ -27,10 +27,14 @@ Tensor both_sides(const Tensor& a, const Tensor& b, Fn fn) {
 TEST(ElementwiseReference, BinaryOpsBroadcastBothSides) {
   const Tensor a = random_tensor({3, 1, 4}, 1);
   const Tensor b = random_tensor({2, 1}, 2, 0.5f, 2.0f);
-  EXPECT_TRUE(same(run1(OpKind::kAdd, {a, b}), both_sides(a, b, [](float x, float y) { return x + y; })));
-  EXPECT_TRUE(same(run1(OpKind::kSub, {a, b}), both_sides(a, b, [](float x, float y) { return x - y; })));
-  EXPECT_TRUE(same(run1(OpKind::kMul, {a, b}), both_sides(a, b, [](float x, float y) { return x * y; })));
-  EXPECT_TRUE(same(run1(OpKind::kDiv, {a, b}), both_sides(a, b, [](float x, float y) { return x / y; })));
+  EXPECT_TRUE(
+      same(run1(OpKind::kAdd, {a, b}), both_sides(a, b, [](float x, float y) { return x + y; })));
+  EXPECT_TRUE(
+      same(run1(OpKind::kSub, {a, b}), both_sides(a, b, [](float x, float y) { return x - y; })));
+  EXPECT_TRUE(
+      same(run1(OpKind::kMul, {a, b}), both_sides(a, b, [](float x, float y) { return x * y; })));
+  EXPECT_TRUE(
+      same(run1(OpKind::kDiv, {a, b}), both_sides(a, b, [](float x, float y) { return x / y; })));
 }
 
 TEST(ElementwiseReference, ScalarAndSameShape) {
@@ -59,8 +63,9 @@ TEST(ElementwiseReference, IntegerDivTruncatesTowardZero) {
 }
 
 TEST(ElementwiseReference, IntegerArithmeticWraps) {
-  EXPECT_TRUE(same(run1(OpKind::kAdd, {typed<int8_t>({2}, {127, -128}), typed<int8_t>({2}, {1, -1})}),
-                   typed<int8_t>({2}, {-128, 127})));
+  EXPECT_TRUE(
+      same(run1(OpKind::kAdd, {typed<int8_t>({2}, {127, -128}), typed<int8_t>({2}, {1, -1})}),
+           typed<int8_t>({2}, {-128, 127})));
   EXPECT_TRUE(same(run1(OpKind::kMul, {typed<int32_t>({1}, {65536}), typed<int32_t>({1}, {65536})}),
                    typed<int32_t>({1}, {0})));
   EXPECT_TRUE(same(run1(OpKind::kSub, {typed<uint8_t>({1}, {1}), typed<uint8_t>({1}, {2})}),
@@ -86,7 +91,8 @@ TEST(ElementwiseReference, PowMixedDtypes) {
   const Tensor e = random_tensor({5}, 6, -2.0f, 2.0f);
   Tensor expected = base.clone();
   for (int64_t i = 0; i < 20; ++i)
-    expected.data<float>()[i] = float(std::pow(double(base.data<float>()[i]), double(e.data<float>()[i % 5])));
+    expected.data<float>()[i] =
+        float(std::pow(double(base.data<float>()[i]), double(e.data<float>()[i % 5])));
   EXPECT_TRUE(same(run1(OpKind::kPow, {base, e}), expected));
 }
 
@@ -104,7 +110,8 @@ TEST(ElementwiseReference, PReluBroadcastsSlopeToX) {
 }
 
 TEST(ElementwiseReference, VariadicBroadcastAcrossInputs) {
-  const Tensor a = random_tensor({2, 3}, 9), b = random_tensor({3}, 10), c = random_tensor({2, 1}, 11);
+  const Tensor a = random_tensor({2, 3}, 9), b = random_tensor({3}, 10),
+               c = random_tensor({2, 1}, 11);
   Tensor mx = Tensor::empty(DType::kFloat32, {2, 3}), mn = mx.clone(), sum = mx.clone(),
          mean = mx.clone();
   for (int64_t i = 0; i < 2; ++i)
@@ -123,8 +130,9 @@ TEST(ElementwiseReference, VariadicBroadcastAcrossInputs) {
   EXPECT_TRUE(same(run1(OpKind::kSum, {a}), a));
   EXPECT_TRUE(same(run1(OpKind::kMax, {typed<int8_t>({3}, {-5, 3, 7}), typed<int8_t>({1}, {4})}),
                    typed<int8_t>({3}, {4, 4, 7})));
-  EXPECT_TRUE(same(run1(OpKind::kMin, {typed<int64_t>({2}, {-5, 3}), typed<int64_t>({2, 1}, {0, 9})}),
-                   typed<int64_t>({2, 2}, {-5, 0, -5, 3})));
+  EXPECT_TRUE(
+      same(run1(OpKind::kMin, {typed<int64_t>({2}, {-5, 3}), typed<int64_t>({2, 1}, {0, 9})}),
+           typed<int64_t>({2, 2}, {-5, 0, -5, 3})));
 }
 
 TEST(ElementwiseReference, MaxMinPropagateNaN) {
@@ -134,11 +142,11 @@ TEST(ElementwiseReference, MaxMinPropagateNaN) {
 }
 
 TEST(ElementwiseReference, InferPropagatesDynamicDims) {
-  EXPECT_EQ(infer_shape(OpKind::kAdd, {{DType::kFloat32, {kDynamicDim, 3}, {}},
-                                       {DType::kFloat32, {1, 3}, {}}}),
+  EXPECT_EQ(infer_shape(OpKind::kAdd,
+                        {{DType::kFloat32, {kDynamicDim, 3}, {}}, {DType::kFloat32, {1, 3}, {}}}),
             (Shape{kDynamicDim, 3}));
-  EXPECT_EQ(infer_shape(OpKind::kMul, {{DType::kFloat32, {kDynamicDim, 1}, {}},
-                                       {DType::kFloat32, {4}, {}}}),
+  EXPECT_EQ(infer_shape(OpKind::kMul,
+                        {{DType::kFloat32, {kDynamicDim, 1}, {}}, {DType::kFloat32, {4}, {}}}),
             (Shape{kDynamicDim, 4}));
   EXPECT_EQ(infer_shape(OpKind::kMax, {{DType::kInt32, {2, 1, kDynamicDim}, {}},
                                        {DType::kInt32, {5, 1}, {}},
@@ -152,7 +160,8 @@ TEST(ElementwiseReference, InferPropagatesDynamicDims) {
 TEST(ElementwiseReference, Errors) {
   const Tensor a = random_tensor({2, 3}, 12);
   EXPECT_TRUE(fails_with(run_error(OpKind::kAdd, {a, random_tensor({4}, 13)}),
-                         StatusCode::kInvalidArgument, {"Add 'node'", "[2,3]", "[4]", "broadcast"}));
+                         StatusCode::kInvalidArgument,
+                         {"Add 'node'", "[2,3]", "[4]", "broadcast"}));
   EXPECT_TRUE(fails_with(run_error(OpKind::kMax, {a, a, random_tensor({2, 2}, 14)}),
                          StatusCode::kInvalidArgument, {"cannot be broadcast"}));
   EXPECT_TRUE(fails_with(run_error(OpKind::kMul, {a, typed<int32_t>({1}, {2})}),
@@ -161,15 +170,18 @@ TEST(ElementwiseReference, Errors) {
                          StatusCode::kUnsupported, {"input 1 has dtype i32"}));
   EXPECT_TRUE(fails_with(run_error(OpKind::kMean, {typed<int32_t>({1}, {2})}),
                          StatusCode::kUnsupported, {"input 0 has dtype i32"}));
-  EXPECT_TRUE(fails_with(run_error(OpKind::kAdd, {typed<bool>({1}, {true}), typed<bool>({1}, {true})}),
-                         StatusCode::kUnsupported, {"A has dtype bool"}));
-  EXPECT_TRUE(fails_with(run_error(OpKind::kDiv, {typed<int32_t>({2}, {4, 5}), typed<int32_t>({2}, {1, 0})}),
-                         StatusCode::kInvalidArgument, {"division by zero", "B[1]"}));
+  EXPECT_TRUE(
+      fails_with(run_error(OpKind::kAdd, {typed<bool>({1}, {true}), typed<bool>({1}, {true})}),
+                 StatusCode::kUnsupported, {"A has dtype bool"}));
+  EXPECT_TRUE(fails_with(
+      run_error(OpKind::kDiv, {typed<int32_t>({2}, {4, 5}), typed<int32_t>({2}, {1, 0})}),
+      StatusCode::kInvalidArgument, {"division by zero", "B[1]"}));
   EXPECT_TRUE(fails_with(run_error(OpKind::kPRelu, {a, random_tensor({4}, 15)}),
                          StatusCode::kInvalidArgument, {"slope", "[4]", "[2,3]"}));
   // PRelu broadcasts one way only: the slope may not grow X.
-  EXPECT_TRUE(fails_with(run_error(OpKind::kPRelu, {random_tensor({3}, 16), random_tensor({2, 3}, 17)}),
-                         StatusCode::kInvalidArgument, {"slope"}));
+  EXPECT_TRUE(
+      fails_with(run_error(OpKind::kPRelu, {random_tensor({3}, 16), random_tensor({2, 3}, 17)}),
+                 StatusCode::kInvalidArgument, {"slope"}));
   EXPECT_TRUE(fails_with(run_error(OpKind::kAdd, {a, Tensor()}), StatusCode::kInvalidArgument,
                          {"B is missing"}));
 }

@@ -54,7 +54,9 @@ struct In {
   Shape shape;
   Tensor value;  // undefined: computed at run time
 };
-inline In known(const Tensor& t) { return {t.dtype(), t.shape(), t}; }
+inline In known(const Tensor& t) {
+  return {t.dtype(), t.shape(), t};
+}
 
 inline Status infer(ir::OpKind op, const std::vector<In>& inputs, const Attrs& attrs,
                     std::vector<reference::TensorInfo>& outputs, size_t num_outputs = 1) {
@@ -87,7 +89,9 @@ inline Tensor f32(Shape shape, const std::vector<float>& v) {
 inline Tensor i64(Shape shape, const std::vector<int64_t>& v) {
   return Tensor::from_vector<int64_t>(std::move(shape), v);
 }
-inline Tensor i64s(const std::vector<int64_t>& v) { return i64({int64_t(v.size())}, v); }
+inline Tensor i64s(const std::vector<int64_t>& v) {
+  return i64({int64_t(v.size())}, v);
+}
 template <typename T>
 Tensor typed(Shape shape, const std::vector<T>& v) {
   return Tensor::from_vector<T>(std::move(shape), v);
@@ -97,8 +101,8 @@ Tensor typed(Shape shape, const std::vector<T>& v) {
 inline ::testing::AssertionResult same(const Tensor& actual, const Tensor& expected) {
   if (!actual.defined()) return ::testing::AssertionFailure() << "no output";
   if (actual.dtype() != expected.dtype() || actual.shape() != expected.shape())
-    return ::testing::AssertionFailure() << "got " << actual.describe() << ", expected "
-                                         << expected.describe();
+    return ::testing::AssertionFailure()
+           << "got " << actual.describe() << ", expected " << expected.describe();
   for (int64_t i = 0; i < expected.numel(); ++i) {
     const double a = actual.get_as_double(i), e = expected.get_as_double(i);
     if (a != e && !(std::isnan(a) && std::isnan(e)))
@@ -117,8 +121,7 @@ inline ::testing::AssertionResult fails_with(const Status& s, StatusCode code,
                                          << status_code_name(code) << ": " << s.message();
   for (const std::string& p : parts)
     if (s.message().find(p) == std::string::npos)
-      return ::testing::AssertionFailure() << "message '" << s.message() << "' lacks '" << p
-                                           << "'";
+      return ::testing::AssertionFailure() << "message '" << s.message() << "' lacks '" << p << "'";
   return ::testing::AssertionSuccess();
 }
 

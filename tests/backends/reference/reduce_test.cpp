@@ -19,7 +19,8 @@ TEST(ReduceReference, OnnxExampleKeepdimsOnAndOff) {
   const Tensor axes = i64s({1});
   EXPECT_TRUE(same(run1(OpKind::kReduceSum, {kData, axes}, {{"keepdims", int64_t(0)}}),
                    f32({3, 2}, {25, 3, 70, 3, 115, 3})));
-  EXPECT_TRUE(same(run1(OpKind::kReduceSum, {kData, axes}), f32({3, 1, 2}, {25, 3, 70, 3, 115, 3})));
+  EXPECT_TRUE(
+      same(run1(OpKind::kReduceSum, {kData, axes}), f32({3, 1, 2}, {25, 3, 70, 3, 115, 3})));
   EXPECT_TRUE(same(run1(OpKind::kReduceMax, {kData, axes}, {{"keepdims", int64_t(0)}}),
                    f32({3, 2}, {20, 2, 40, 2, 60, 2})));
   EXPECT_TRUE(same(run1(OpKind::kReduceMin, {kData, axes}), f32({3, 1, 2}, {5, 1, 30, 1, 55, 1})));
@@ -52,7 +53,8 @@ TEST(ReduceReference, RandomAgainstLoopsOverTwoAxes) {
   EXPECT_TRUE(same(run1(OpKind::kReduceMean, {x, axes}), mean));
   EXPECT_TRUE(same(run1(OpKind::kReduceMax, {x, axes}), mx));
   EXPECT_TRUE(same(run1(OpKind::kReduceMin, {x, axes}), mn));
-  EXPECT_TRUE(same(run1(OpKind::kReduceSum, {x, axes}, {{"keepdims", int64_t(0)}}), sum.reshaped({4})));
+  EXPECT_TRUE(
+      same(run1(OpKind::kReduceSum, {x, axes}, {{"keepdims", int64_t(0)}}), sum.reshaped({4})));
 }
 
 TEST(ReduceReference, AbsentOrEmptyAxesReduceAllUnlessNoop) {
@@ -63,12 +65,14 @@ TEST(ReduceReference, AbsentOrEmptyAxesReduceAllUnlessNoop) {
   EXPECT_TRUE(same(run1(OpKind::kReduceSum, {x}), all));
   EXPECT_TRUE(same(run1(OpKind::kReduceSum, {x, Tensor()}), all));
   EXPECT_TRUE(same(run1(OpKind::kReduceSum, {x, i64({0}, {})}), all));
-  EXPECT_TRUE(same(run1(OpKind::kReduceMean, {x}, {{"keepdims", int64_t(0)}}), Tensor::scalar<float>(float(s / 6))));
+  EXPECT_TRUE(same(run1(OpKind::kReduceMean, {x}, {{"keepdims", int64_t(0)}}),
+                   Tensor::scalar<float>(float(s / 6))));
   // noop_with_empty_axes=1: no axes is the identity; given axes still reduce.
   const Attrs noop = {{"noop_with_empty_axes", int64_t(1)}};
   EXPECT_TRUE(same(run1(OpKind::kReduceMax, {x}, noop), x));
   EXPECT_TRUE(same(run1(OpKind::kReduceMax, {x, i64({0}, {})}, noop), x));
-  EXPECT_TRUE(same(run1(OpKind::kReduceSum, {kData, i64s({0, 1, 2})}, noop), f32({1, 1, 1}, {219})));
+  EXPECT_TRUE(
+      same(run1(OpKind::kReduceSum, {kData, i64s({0, 1, 2})}, noop), f32({1, 1, 1}, {219})));
 }
 
 TEST(ReduceReference, IntegerReductions) {
@@ -79,8 +83,8 @@ TEST(ReduceReference, IntegerReductions) {
   EXPECT_TRUE(same(run1(OpKind::kReduceMin, {typed<int8_t>({3}, {4, -128, 127})}),
                    typed<int8_t>({1}, {-128})));
   // Integer sums wrap in the element type.
-  EXPECT_TRUE(same(run1(OpKind::kReduceSum, {typed<uint8_t>({2}, {200, 100})}),
-                   typed<uint8_t>({1}, {44})));
+  EXPECT_TRUE(
+      same(run1(OpKind::kReduceSum, {typed<uint8_t>({2}, {200, 100})}), typed<uint8_t>({1}, {44})));
 }
 
 TEST(ReduceReference, NaNPropagatesThroughMaxAndMin) {

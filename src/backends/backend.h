@@ -1,0 +1,111 @@
+// The contract every backend keeps (DESIGN.md, "Contracts worth keeping"):
+//   supports(node, precision)      the planner asks before assigning a precision
+//   create(node, precision)        -> Kernel
+//   Kernel::prepare(max_batch)     packs weights, builds primitives, chooses algorithms (once)
+//   Kernel::instantiate(batch)     the executable form for one batch size (cached by the engine)
+//   KernelInstance::execute(ctx)   const; no allocation, no primitive creation
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ir/graph.h"
+#include "mixq/precision.h"
+#include "mixq/status.h"
+
+namespace mixq::backends {
+
+// A value's buffer during one inference: where it lives and its concrete shape at this batch.
+struct Buffer {
+  const ir::Value* value = nullptr;  // dtype, layout, quantisation
+  void* data = nullptr;
+  Shape shape;                       // logical shape at this batch size
+};
+
+// Per-context, per-thread resources a kernel may use while executing (oneDNN stream,
+// scratchpad); owned by the Context, so KernelInstances stay shareable between threads.
+class ExecResources {
+ public:
+  virtual ~ExecResources() = default;
+};
+
+struct ExecContext {
+  std::span<const Buffer> inputs;   // node.inputs order; data == nullptr for absent inputs
+  std::span<const Buffer> outputs;  // node.outputs order
+  ExecResources* resources = nullptr;
+  void* scratch = nullptr;          // at least scratch_bytes() of per-context memory
+};
+
+class KernelInstance {
+ public:
+  virtual ~KernelInstance() = default;
+  virtual Status execute(const ExecContext& ctx) const = 0;
+  virtual size_t scratch_bytes() const { return 0; }
+};
+
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+  // Pack weights and build what the max batch needs; runs once per engine build or load.
+  virtual Status prepare(int64_t max_batch) = 0;
+  // The executable form for `batch` (<= max batch), reusing the packed weights.
+  virtual Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const = 0;
+  // Human-readable implementation, e.g. "onednn jit:avx2 conv u8s8->u8" or "reference".
+  virtual std::string implementation() const = 0;
+  // If true, the output buffer must hold input `residual_input()` before execute (a fused
+  // residual add accumulates in place).
+  virtual int accumulates_into_output_from() const { return -1; }
+};
+
+// How a backend stores quantised data.
+struct QuantPolicy {
+  // Activations: u8 with zero point 0 (non-negative) or 128 (signed, symmetric), as the CPU
+  // does (exact on AVX2 with 7-bit weights, no s8 compensation); or s8 symmetric (GPU).
+  DType activation_dtype = DType::kUInt8;
+  int weight_qmax = 127;  // 63: 7-bit weights where u8 x s8 products would saturate (AVX2)
+  std::string describe() const;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+  // Whether this backend runs `node` at `precision` given the node's value dtypes/layouts. When
+  // it does not, `why` (if given) says what is missing.
+  virtual bool supports(const ir::Node& node, Precision precision, std::string* why) const = 0;
+  virtual Expected<std::unique_ptr<Kernel>> create(const ir::Node& node,
+                                                   Precision precision) const = 0;
+  // Bytes a value occupies at `batch` in its layout (blocked layouts pad channels).
+  virtual size_t buffer_bytes(const ir::Value& value, const Shape& shape) const;
+  // Per-thread resources for a context (a oneDNN stream, a CUDA stream...).
+  virtual std::unique_ptr<ExecResources> create_resources() const { return nullptr; }
+
+  virtual QuantPolicy quant_policy() const { return {}; }
+  // What an engine built here depends on (ISA, weight bit width, library versions), recorded in
+  // the engine file; check_target refuses an engine recorded for an incompatible target.
+  virtual std::string target() const { return std::string(name()); }
+  virtual Status check_target(const std::string& recorded) const;
+  // Chooses value layouts (after dtypes are final); consumers that need another layout get a
+  // Reformat from insert_reformats. The default keeps everything plain.
+  virtual Status assign_layouts(ir::Graph& graph) const { return Status::Ok(); }
+  // The layout `node` needs for input `slot` (kPlain by default; a backend whose kernel takes
+  // any layout returns the value's own).
+  virtual ir::Layout required_input_layout(const ir::Node& node, size_t slot) const {
+    return ir::Layout::kPlain;
+  }
+  // A value's contents as plain fp32 (dequantised), e.g. for `compare`.
+  virtual Expected<Tensor> read_value(const Buffer& buffer) const;
+};
+
+// The reference backend as an engine backend: every op, fp32 (plain layout), one kernel per node.
+std::unique_ptr<Backend> make_reference_backend();
+// oneDNN on the host CPU (int8, fp32, bf16 where the ISA has it); other ops through the
+// reference kernels.
+std::unique_ptr<Backend> make_cpu_backend();
+// "cpu", "reference" (and "cuda" where built); errors list the available names.
+Expected<std::unique_ptr<Backend>> make_backend(const std::string& name);
+
+}  // namespace mixq::backends

@@ -1,0 +1,149 @@
+// CPU data movement: Concat on oneDNN (any layout, fp32 or int8 with shared parameters) and Relu
+// on int8 data (the real zero is the zero point, so relu is max(q, z)).
+#include <algorithm>
+
+#include "backends/cpu/onednn.h"
+
+namespace mixq::backends::cpu {
+namespace {
+
+using dnnl::memory;
+
+Shape at_batch(const Shape& s, int64_t batch) {
+  Shape r = s;
+  for (auto& d : r)
+    if (d < 0) d = batch;
+  return r;
+}
+
+class ConcatInstance final : public KernelInstance {
+ public:
+  ConcatInstance(const ir::Node& node, dnnl::concat::primitive_desc pd)
+      : node_(node), pd_(pd), prim_(pd), scratch_(pd.scratchpad_desc().get_size()) {}
+  Status execute(const ExecContext& ctx) const override {
+    std::unordered_map<int, memory> args;
+    for (size_t i = 0; i < ctx.inputs.size(); ++i)
+      args[DNNL_ARG_MULTIPLE_SRC + int(i)] = memory(pd_.src_desc(int(i)), cpu_engine(), ctx.inputs[i].data);
+    args[DNNL_ARG_DST] = memory(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
+    args[DNNL_ARG_SCRATCHPAD] = memory(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
+    return guarded(node_.describe(), [&] { prim_.execute(stream_of(ctx), args); });
+  }
+  size_t scratch_bytes() const override { return scratch_; }
+
+ private:
+  const ir::Node& node_;
+  dnnl::concat::primitive_desc pd_;
+  dnnl::concat prim_;
+  size_t scratch_;
+};
+
+Expected<dnnl::concat::primitive_desc> concat_pd(const ir::Node& node, int64_t batch) {
+  const ir::Value* y = node.output(0);
+  const Shape ys = at_batch(y->shape, batch);
+  int64_t axis = node.attr_int("axis", 0);
+  if (axis < 0) axis += int64_t(ys.size());
+  std::vector<memory::desc> srcs;
+  for (const ir::Value* in : node.inputs) srcs.push_back(desc_of(*in, at_batch(in->shape, batch)));
+  std::optional<dnnl::concat::primitive_desc> pd;
+  Status s = guarded(node.describe(), [&] {
+    pd.emplace(desc_of(*y, ys), int(axis), srcs, cpu_engine(), base_attr());
+  });
+  if (!s.ok()) return s;
+  return *pd;
+}
+
+class ConcatKernel final : public Kernel {
+ public:
+  explicit ConcatKernel(const ir::Node& node) : node_(node) {}
+  Status prepare(int64_t max_batch) override {
+    for (const ir::Value* in : node_.inputs)
+      if (in->dtype != node_.output(0)->dtype ||
+          (in->quant && node_.output(0)->quant && in->quant->scale != node_.output(0)->quant->scale))
+        return Internal(node_.describe() + ": inputs must share the output's type and scale");
+    MIXQ_ASSIGN_OR_RETURN(auto pd, concat_pd(node_, max_batch));
+    impl_ = std::string("onednn concat ") + pd.impl_info_str();
+    return Status::Ok();
+  }
+  Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override {
+    MIXQ_ASSIGN_OR_RETURN(auto pd, concat_pd(node_, batch));
+    return std::unique_ptr<KernelInstance>(new ConcatInstance(node_, pd));
+  }
+  std::string implementation() const override { return impl_; }
+
+ private:
+  const ir::Node& node_;
+  std::string impl_;
+};
+
+class Int8ReluInstance final : public KernelInstance {
+ public:
+  Int8ReluInstance(uint8_t zero, size_t bytes_per_sample) : zero_(zero), per_sample_(bytes_per_sample) {}
+  Status execute(const ExecContext& ctx) const override {
+    const auto* in = static_cast<const uint8_t*>(ctx.inputs[0].data);
+    auto* out = static_cast<uint8_t*>(ctx.outputs[0].data);
+    const int64_t n = shape_numel(ctx.outputs[0].shape);
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) out[i] = std::max(in[i], zero_);
+    return Status::Ok();
+  }
+
+ private:
+  uint8_t zero_;
+  size_t per_sample_;
+};
+
+class Int8ReluKernel final : public Kernel {
+ public:
+  explicit Int8ReluKernel(const ir::Node& node) : node_(node) {}
+  Status prepare(int64_t) override {
+    const ir::Value* x = node_.input(0);
+    if (x->dtype != DType::kUInt8 || !x->quant) return Internal("int8 relu on a non-u8 value");
+    return Status::Ok();
+  }
+  Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t) const override {
+    return std::unique_ptr<KernelInstance>(
+        new Int8ReluInstance(uint8_t(node_.input(0)->quant->zero_point_at(0)), 0));
+  }
+  std::string implementation() const override { return "mixq int8 relu (max with zero point)"; }
+
+ private:
+  const ir::Node& node_;
+};
+
+}  // namespace
+
+bool int8_data_supports(const ir::Node& node, std::string* why) {
+  switch (node.op) {
+    case ir::OpKind::kRelu:
+    case ir::OpKind::kConcat:
+    case ir::OpKind::kReshape:
+    case ir::OpKind::kFlatten:
+    case ir::OpKind::kSqueeze:
+    case ir::OpKind::kUnsqueeze:
+    case ir::OpKind::kTranspose:
+    case ir::OpKind::kIdentity:
+      return true;
+    default:
+      if (why) *why = "no int8 kernel for " + std::string(ir::op_name(node.op));
+      return false;
+  }
+}
+
+Expected<std::unique_ptr<Kernel>> make_int8_data_kernel(const ir::Node& node) {
+  if (node.op == ir::OpKind::kRelu) return std::unique_ptr<Kernel>(new Int8ReluKernel(node));
+  if (node.op == ir::OpKind::kConcat) return std::unique_ptr<Kernel>(new ConcatKernel(node));
+  return Internal("make_int8_data_kernel: " + node.describe());
+}
+
+bool binary_supports(const ir::Node& node, Precision precision, std::string* why) {
+  if (node.op == ir::OpKind::kConcat && (precision == Precision::kFP32 || precision == Precision::kINT8))
+    return true;
+  if (why) *why = "no oneDNN kernel";
+  return false;
+}
+
+Expected<std::unique_ptr<Kernel>> make_binary_kernel(const ir::Node& node, Precision) {
+  return std::unique_ptr<Kernel>(new ConcatKernel(node));
+}
+
+}  // namespace mixq::backends::cpu

@@ -1,0 +1,139 @@
+// Reference kernels for mixq's internal ops: FusedConv, FusedGemm (compositions of the ONNX
+// kernels) and Reformat (precision boundaries). Quantised tensors are dequantised with their
+// value's parameters, computed in fp32 and requantised: the oracle for the low-precision path.
+#include <cmath>
+#include <cstring>
+
+#include "backends/reference/helpers.h"
+
+namespace mixq::reference {
+
+Tensor dequantize_to_float(const Tensor& t, const ir::QuantParams* q) {
+  if (!q) return t.dtype() == DType::kFloat32 ? t : t.to(DType::kFloat32);
+  Tensor out = Tensor::empty(DType::kFloat32, t.shape());
+  const int64_t n = t.numel();
+  // Per-channel along q->axis: channel index = (i / inner) % channels.
+  int64_t inner = 1, channels = 1;
+  if (!q->per_tensor()) {
+    channels = int64_t(q->scale.size());
+    for (int d = q->axis + 1; d < t.rank(); ++d) inner *= t.dim(d);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t c = q->per_tensor() ? 0 : size_t((i / inner) % channels);
+    const double v = t.get_as_double(i);
+    out.data<float>()[i] = float((v - q->zero_point_at(c)) * q->scale[c]);
+  }
+  return out;
+}
+
+Tensor quantize_from_float(const Tensor& values, DType dtype, const ir::QuantParams* q) {
+  if (!q) return values.to(dtype);
+  Tensor scaled = Tensor::empty(DType::kFloat32, values.shape());
+  int64_t inner = 1, channels = 1;
+  if (!q->per_tensor()) {
+    channels = int64_t(q->scale.size());
+    for (int d = q->axis + 1; d < values.rank(); ++d) inner *= values.dim(d);
+  }
+  const float* in = values.data<float>();
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    const size_t c = q->per_tensor() ? 0 : size_t((i / inner) % channels);
+    const float x = in[i] / q->scale[c];
+    // fp8 is a float grid: no rounding to integers, no zero point.
+    scaled.data<float>()[i] =
+        dtype == DType::kFloat8E4M3 ? x : float(std::nearbyint(x) + q->zero_point_at(c));
+  }
+  return scaled.to(dtype);  // saturating conversion
+}
+
+namespace {
+
+Status apply_activation(const ir::Node& node, Tensor& t) {
+  const std::string act = node.attr_string("mixq.activation", "none");
+  float* p = t.data<float>();
+  if (act == "none") return Status::Ok();
+  if (act == "relu") {
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = p[i] > 0 ? p[i] : 0.0f;
+    return Status::Ok();
+  }
+  if (act == "clip") {
+    const float lo = node.attr_float("mixq.clip_min", -INFINITY);
+    const float hi = node.attr_float("mixq.clip_max", INFINITY);
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = std::min(std::max(p[i], lo), hi);
+    return Status::Ok();
+  }
+  return Unsupported("unknown fused activation '" + act + "'");
+}
+
+Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
+                   std::span<TensorInfo> out) {
+  const OpImpl* base = find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv
+                                                                 : ir::OpKind::kGemm);
+  TensorInfo x = in[0], w = in[1];
+  if (dtype_is_float(x.dtype) || x.dtype == DType::kInt8 || x.dtype == DType::kUInt8) x.dtype = DType::kFloat32;
+  if (w.dtype != DType::kFloat32) w.dtype = DType::kFloat32;
+  std::vector<TensorInfo> args = {x, w};
+  if (in.size() > 2) args.push_back(in[2]);
+  MIXQ_RETURN_IF_ERROR(base->infer(node, args, out));
+  if (node.output(0) && node.output(0)->dtype != DType::kFloat32) out[0].dtype = node.output(0)->dtype;
+  if (in.size() > 3 && in[3].present && in[3].shape != out[0].shape)
+    return InvalidArgument("residual input shape " + shape_to_string(in[3].shape) +
+                           " differs from the output " + shape_to_string(out[0].shape));
+  return Status::Ok();
+}
+
+Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span<Tensor> out) {
+  const OpImpl* base = find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv
+                                                                 : ir::OpKind::kGemm);
+  auto quant_of = [&](size_t i) -> const ir::QuantParams* {
+    const ir::Value* v = node.input(i);
+    return v && v->quant ? &*v->quant : nullptr;
+  };
+  std::vector<Tensor> args;
+  for (size_t i = 0; i < in.size() && i < 3; ++i)
+    args.push_back(in[i].defined() ? dequantize_to_float(in[i], quant_of(i)) : Tensor());
+  const ir::Value* y = node.output(0);
+  const bool quantized_out = out[0].dtype() != DType::kFloat32;
+  Tensor result = quantized_out ? Tensor::empty(DType::kFloat32, out[0].shape()) : out[0];
+  std::vector<Tensor> outs = {result};
+  MIXQ_RETURN_IF_ERROR(base->compute(node, args, outs));
+  if (in.size() > 3 && in[3].defined()) {
+    Tensor r = dequantize_to_float(in[3], quant_of(3));
+    for (int64_t i = 0; i < result.numel(); ++i) result.data<float>()[i] += r.data<float>()[i];
+  }
+  MIXQ_RETURN_IF_ERROR(apply_activation(node, result));
+  if (quantized_out) {
+    Tensor q = quantize_from_float(result, out[0].dtype(), y && y->quant ? &*y->quant : nullptr);
+    std::memcpy(out[0].raw(), q.raw(), q.nbytes());
+  }
+  return Status::Ok();
+}
+
+Status infer_reformat(const ir::Node& node, std::span<const TensorInfo> in,
+                      std::span<TensorInfo> out) {
+  const ir::Value* y = node.output(0);
+  if (!y) return Internal("Reformat without an output value");
+  out[0].dtype = y->dtype;
+  out[0].shape = in[0].shape;
+  return Status::Ok();
+}
+
+Status compute_reformat(const ir::Node& node, std::span<const Tensor> in, std::span<Tensor> out) {
+  const ir::Value* x = node.input(0);
+  const ir::Value* y = node.output(0);
+  if (x->layout != ir::Layout::kPlain || y->layout != ir::Layout::kPlain)
+    return Unsupported("the reference backend reformats plain layouts only");
+  Tensor real = dequantize_to_float(in[0], x->quant ? &*x->quant : nullptr);
+  Tensor q = quantize_from_float(real, y->dtype, y->quant ? &*y->quant : nullptr);
+  std::memcpy(out[0].raw(), q.raw(), q.nbytes());
+  return Status::Ok();
+}
+
+}  // namespace
+
+void register_fused(Registry& r) {
+  r.add(ir::OpKind::kFusedConv, {infer_fused, compute_fused});
+  r.add(ir::OpKind::kFusedGemm, {infer_fused, compute_fused});
+  r.add(ir::OpKind::kReformat, {infer_reformat, compute_reformat});
+}
+
+}  // namespace mixq::reference

@@ -1,0 +1,399 @@
+// mixq build / bench / compare, and the engine forms of run and inspect.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "cli.h"
+#include "mixq/engine.h"
+#include "mixq/io.h"
+
+namespace mixq::cli {
+
+bool is_engine_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[8] = {};
+  in.read(magic, 8);
+  return in.gcount() == 8 && std::string(magic, 8) == "MIXQENGN";
+}
+
+namespace {
+
+std::string human_bytes(int64_t b) {
+  char buf[32];
+  if (b >= (int64_t(1) << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / double(1 << 30));
+  else if (b >= (1 << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", double(b) / double(1 << 20));
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", double(b) / 1024.0);
+  return buf;
+}
+
+void print_report(const BuildReport& r, bool layers) {
+  if (layers) {
+    std::printf("%-4s %-40s %-12s %-22s %-9s %-9s %s\n", "#", "layer", "op", "module", "requested",
+                "runs", "implementation");
+    int i = 0;
+    for (const auto& l : r.layers) {
+      std::string name = l.name;
+      if (!l.fused.empty()) {
+        name += " +";
+        for (const auto& f : l.fused) name += " " + f.substr(f.rfind('/') == std::string::npos ? 0 : f.rfind('/') + 1);
+      }
+      std::printf("%-4d %-40s %-12s %-22s %-9s %-9s %s\n", i++, name.c_str(), l.op.c_str(),
+                  l.module.c_str(), std::string(precision_name(l.requested)).c_str(),
+                  std::string(precision_name(l.actual)).c_str(), l.implementation.c_str());
+      if (!l.fallback_reason.empty()) std::printf("       note: %s\n", l.fallback_reason.c_str());
+    }
+  }
+  std::printf("\nbackend %s, target %s, max batch %lld\n", r.backend.c_str(), r.isa.c_str(),
+              (long long)r.max_batch);
+  std::printf("average bits: %.2f by parameters, %.2f by MACs\n", r.average_bits_by_params,
+              r.average_bits_by_macs);
+  std::printf("memory: %s peak (activations + scratch at max batch + %s weights)\n",
+              human_bytes(r.peak_memory_bytes).c_str(), human_bytes(r.weight_bytes).c_str());
+  if (!r.fallbacks.empty()) {
+    std::printf("fallbacks (%zu):\n", r.fallbacks.size());
+    for (const auto& f : r.fallbacks) std::printf("  %s\n", f.c_str());
+  }
+  if (r.build_seconds > 0)
+    std::printf("built in %.2f s (calibration %.2f s%s)\n", r.build_seconds, r.calibration_seconds,
+                r.calibration_from_cache ? ", from cache" : "");
+}
+
+struct BuildArgs {
+  std::string model, config, calib, calib_algo = "entropy", default_precision = "fp32", output,
+                                    backend = "cpu", calib_cache;
+  double percentile = 99.99;
+  int64_t max_batch = 128, calib_batch = 32, calib_samples = 0;
+  bool allow_fallback = false, quiet = false;
+};
+
+int run_build(const BuildArgs& a) {
+  BuildOptions options;
+  options.backend = a.backend;
+  options.max_batch = a.max_batch;
+  options.allow_fallback = a.allow_fallback;
+  auto precision = precision_from_name(a.default_precision);
+  if (!precision)
+    return report(InvalidArgument("--default-precision '" + a.default_precision +
+                                  "' is not one of fp32, tf32, fp16, bf16, int8, fp8"));
+  options.default_precision = *precision;
+  auto algo = calibration_algorithm_from_name(a.calib_algo);
+  if (!algo)
+    return report(InvalidArgument("--calib-algo '" + a.calib_algo +
+                                  "' is not one of entropy, minmax, percentile, mse"));
+  options.calibration.algorithm = *algo;
+  if (!(a.percentile > 0 && a.percentile <= 100))
+    return report(InvalidArgument("--percentile must be in (0, 100], got " + std::to_string(a.percentile)));
+  options.calibration.percentile = a.percentile;
+  options.calibration.batch_size = a.calib_batch;
+  options.calibration.max_samples = a.calib_samples;
+  options.calibration.cache_path = a.calib_cache;
+  options.calibration.progress = isatty(STDERR_FILENO);
+  auto model = Model::load(a.model);
+  if (!model.ok()) return report(model.status());
+  Builder builder(std::make_shared<const Model>(std::move(model).value()));
+  builder.set_options(options);
+  if (!a.config.empty()) {
+    Status s = builder.set_plan_file(a.config);
+    if (!s.ok()) return report(s);
+  }
+  if (!a.calib.empty()) {
+    auto data = CalibrationData::from_path(a.calib);
+    if (!data.ok()) return report(data.status());
+    builder.set_calibration_data(std::move(data).value());
+  }
+  auto engine = builder.build();
+  if (!engine.ok()) return report(engine.status());
+  if (!a.quiet) print_report(engine->report(), true);
+  Status s = engine->save(a.output);
+  if (!s.ok()) return report(s);
+  std::printf("wrote %s\n", a.output.c_str());
+  return kExitOk;
+}
+
+Expected<TensorMap> gather_inputs(const std::vector<TensorSpec>& specs,
+                                  const std::vector<std::string>& args, int64_t batch, uint64_t seed) {
+  TensorMap inputs;
+  for (const std::string& spec : args) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      return InvalidArgument("--input expects name=file.npy, got '" + spec + "'");
+    const std::string name = spec.substr(0, eq), file = spec.substr(eq + 1);
+    if (std::none_of(specs.begin(), specs.end(), [&](const TensorSpec& s) { return s.name == name; })) {
+      std::string names;
+      for (const auto& s : specs) names += (names.empty() ? "'" : ", '") + s.name + "'";
+      return NotFound("there is no input named '" + name + "'; the inputs are " + names);
+    }
+    MIXQ_ASSIGN_OR_RETURN(Tensor t, load_npy(file));
+    inputs[name] = std::move(t);
+  }
+  if (!args.empty()) return inputs;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (const TensorSpec& s : specs) {
+    Shape shape = s.shape;
+    for (size_t i = 0; i < shape.size(); ++i)
+      if (shape[i] < 0) shape[i] = i == 0 ? batch : 1;
+    Tensor t = Tensor::empty(DType::kFloat32, shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng);
+    inputs[s.name] = s.dtype == DType::kFloat32 ? t : t.to(s.dtype);
+  }
+  return inputs;
+}
+
+std::string safe_file_name(std::string name) {
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
+  return name;
+}
+
+}  // namespace
+
+int run_engine(const std::string& path, const std::vector<std::string>& input_args,
+               const std::string& output_dir, int64_t batch, uint64_t seed) {
+  auto engine = Engine::load(path);
+  if (!engine.ok()) return report(engine.status());
+  auto inputs = gather_inputs(engine->inputs(), input_args, batch, seed);
+  if (!inputs.ok()) return report(inputs.status());
+  auto ctx = engine->create_context();
+  if (!ctx.ok()) return report(ctx.status());
+  auto result = ctx->infer(*inputs);
+  if (!result.ok()) return report(result.status());
+  std::error_code ec;
+  std::filesystem::create_directories(output_dir, ec);
+  if (ec) return report(IoError("cannot create output directory '" + output_dir + "': " + ec.message()));
+  for (const auto& [name, tensor] : result->outputs) {
+    const std::string file = (std::filesystem::path(output_dir) / (safe_file_name(name) + ".npy")).string();
+    Status s = save_npy(file, tensor);
+    if (!s.ok()) return report(s);
+    std::printf("%s: %s -> %s\n", name.c_str(), tensor.describe().c_str(), file.c_str());
+  }
+  std::printf("compute %.3f ms, end to end %.3f ms (batch %lld)\n", result->timing.compute_ms,
+              result->timing.end_to_end_ms, (long long)(inputs->begin()->second.rank() ? inputs->begin()->second.dim(0) : 1));
+  return kExitOk;
+}
+
+int inspect_engine(const std::string& path, bool json) {
+  auto engine = Engine::load(path);
+  if (!engine.ok()) return report(engine.status());
+  const BuildReport& r = engine->report();
+  if (json) {
+    nlohmann::json j;
+    for (const auto& l : r.layers)
+      j["layers"].push_back({{"name", l.name}, {"op", l.op}, {"module", l.module}, {"fused", l.fused},
+                             {"requested", std::string(precision_name(l.requested))},
+                             {"precision", std::string(precision_name(l.actual))},
+                             {"implementation", l.implementation}, {"params", l.params}, {"macs", l.macs},
+                             {"note", l.fallback_reason}});
+    j["average_bits_by_params"] = r.average_bits_by_params;
+    j["average_bits_by_macs"] = r.average_bits_by_macs;
+    j["target"] = r.isa;
+    j["backend"] = r.backend;
+    j["max_batch"] = r.max_batch;
+    j["peak_memory_bytes"] = r.peak_memory_bytes;
+    j["fallbacks"] = r.fallbacks;
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::printf("engine: %s\n", path.c_str());
+  for (const auto& in : engine->inputs())
+    std::printf("input  %-24s %s%s\n", in.name.c_str(), std::string(dtype_name(in.dtype)).c_str(),
+                shape_to_string(in.shape).c_str());
+  for (const auto& out : engine->outputs())
+    std::printf("output %-24s %s%s\n", out.name.c_str(), std::string(dtype_name(out.dtype)).c_str(),
+                shape_to_string(out.shape).c_str());
+  std::printf("\n");
+  print_report(r, true);
+  return kExitOk;
+}
+
+namespace {
+
+struct BenchArgs {
+  std::string engine;
+  int64_t batch = 128;
+  int warmup = 5, iterations = 30;
+  bool profile = false, json = false;
+};
+
+double percentile_of(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const double pos = p / 100.0 * double(v.size() - 1);
+  const size_t lo = size_t(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - double(lo));
+}
+
+int run_bench(const BenchArgs& a) {
+  if (a.iterations < 1 || a.warmup < 0) return report(InvalidArgument("--iterations must be >= 1, --warmup >= 0"));
+  auto engine = Engine::load(a.engine);
+  if (!engine.ok()) return report(engine.status());
+  auto inputs = gather_inputs(engine->inputs(), {}, a.batch, 0);
+  if (!inputs.ok()) return report(inputs.status());
+  auto ctx = engine->create_context();
+  if (!ctx.ok()) return report(ctx.status());
+  for (int i = 0; i < a.warmup; ++i) {
+    auto r = ctx->infer(*inputs);
+    if (!r.ok()) return report(r.status());
+  }
+  std::vector<double> compute, e2e;
+  std::map<std::string, std::vector<double>> layer_ms;
+  std::vector<LayerTiming> layer_order;
+  ctx->set_profiling(a.profile);
+  for (int i = 0; i < a.iterations; ++i) {
+    auto r = ctx->infer(*inputs);
+    if (!r.ok()) return report(r.status());
+    compute.push_back(r->timing.compute_ms);
+    e2e.push_back(r->timing.end_to_end_ms);
+    if (a.profile) {
+      if (layer_order.empty()) layer_order = r->layers;
+      for (const auto& l : r->layers) layer_ms[l.name].push_back(l.ms);
+    }
+  }
+  const double med = percentile_of(compute, 50), p10 = percentile_of(compute, 10), p90 = percentile_of(compute, 90);
+  const double med_e2e = percentile_of(e2e, 50);
+  int64_t macs = 0;
+  for (const auto& l : engine->report().layers) macs += l.macs;
+  const double gmacs = double(macs) * double(a.batch) / (med * 1e-3) / 1e9;
+  if (a.json) {
+    nlohmann::json j = {{"engine", a.engine}, {"batch", a.batch}, {"iterations", a.iterations},
+                        {"compute_ms_median", med}, {"compute_ms_p10", p10}, {"compute_ms_p90", p90},
+                        {"end_to_end_ms_median", med_e2e}, {"gmac_per_s", gmacs},
+                        {"average_bits_by_macs", engine->report().average_bits_by_macs}};
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::printf("%s: batch %lld, %d iterations after %d warm-up\n", a.engine.c_str(), (long long)a.batch,
+              a.iterations, a.warmup);
+  std::printf("compute     median %.3f ms  (p10 %.3f, p90 %.3f)\n", med, p10, p90);
+  std::printf("end to end  median %.3f ms\n", med_e2e);
+  std::printf("throughput  %.1f samples/s, %.1f GMAC/s\n", double(a.batch) / (med * 1e-3), gmacs);
+  if (a.profile) {
+    std::printf("\n%-44s %-14s %-6s %10s %7s\n", "layer", "op", "prec", "median ms", "share");
+    double total = 0;
+    for (const auto& l : layer_order) total += percentile_of(layer_ms[l.name], 50);
+    for (const auto& l : layer_order) {
+      const double m = percentile_of(layer_ms[l.name], 50);
+      std::printf("%-44s %-14s %-6s %10.3f %6.1f%%\n", l.name.c_str(), l.op.c_str(),
+                  std::string(precision_name(l.precision)).c_str(), m, 100.0 * m / total);
+    }
+  }
+  return kExitOk;
+}
+
+struct CompareArgs {
+  std::string model, engine;
+  std::vector<std::string> inputs;
+  int64_t batch = 8;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+int run_compare(const CompareArgs& a) {
+  auto model = Model::load(a.model);
+  if (!model.ok()) return report(model.status());
+  auto engine = Engine::load(a.engine);
+  if (!engine.ok()) return report(engine.status());
+  auto inputs = gather_inputs(engine->inputs(), a.inputs, a.batch, a.seed);
+  if (!inputs.ok()) return report(inputs.status());
+  auto reference = model->run_reference(*inputs, /*keep_intermediates=*/true);
+  if (!reference.ok()) return report(reference.status());
+  auto ctx = engine->create_context();
+  if (!ctx.ok()) return report(ctx.status());
+  ctx->capture({}, true);
+  auto result = ctx->infer(*inputs);
+  if (!result.ok()) return report(result.status());
+  nlohmann::json rows = nlohmann::json::array();
+  if (!a.json)
+    std::printf("%-44s %-12s %-6s %10s %12s %12s\n", "layer (output value)", "op", "prec", "SQNR dB",
+                "max abs err", "max |ref|");
+  auto stats = [](const Tensor& got, const Tensor& ref, double& sqnr, double& max_err, double& max_ref) {
+    double signal = 0, noise = 0;
+    max_err = 0;
+    max_ref = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+      const double r = ref.data<float>()[i], d = got.data<float>()[i] - r;
+      signal += r * r;
+      noise += d * d;
+      max_err = std::max(max_err, std::fabs(d));
+      max_ref = std::max(max_ref, std::fabs(r));
+    }
+    sqnr = noise == 0 ? INFINITY : 10 * std::log10(signal / noise);
+  };
+  // Walk the engine's layers in order and report each output that exists in the reference run.
+  for (const auto& l : engine->report().layers) {
+    auto it = result->captured.find(l.output);
+    if (it == result->captured.end()) continue;
+    auto ref = reference->find(l.output);
+    if (ref == reference->end()) continue;
+    if (ref->second.dtype() != DType::kFloat32 || ref->second.shape() != it->second.shape()) continue;
+    double sqnr, max_err, max_ref;
+    stats(it->second, ref->second, sqnr, max_err, max_ref);
+    if (a.json) {
+      rows.push_back({{"layer", l.name}, {"output", l.output}, {"op", l.op},
+                      {"precision", std::string(precision_name(l.actual))},
+                      {"sqnr_db", std::isfinite(sqnr) ? nlohmann::json(sqnr) : nlohmann::json("inf")},
+                      {"max_abs_error", max_err}, {"max_abs_reference", max_ref}});
+    } else {
+      std::printf("%-44s %-12s %-6s %10.2f %12.5g %12.5g\n", l.output.c_str(), l.op.c_str(),
+                  std::string(precision_name(l.actual)).c_str(), sqnr, max_err, max_ref);
+    }
+  }
+  if (a.json) std::cout << nlohmann::json{{"layers", rows}}.dump(2) << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_engine_commands(CLI::App& app, int& exit_code) {
+  auto* build = app.add_subcommand("build", "Build an engine: per-layer precisions, calibration, packed weights");
+  auto b = std::make_shared<BuildArgs>();
+  build->add_option("model", b->model, "ONNX model (.onnx)")->required();
+  build->add_option("--config,-c", b->config, "Precision plan: mixq JSON plan or NNI calibration_config JSON");
+  build->add_option("--calib", b->calib, "Calibration data: .npy, .npz or a folder of them");
+  build->add_option("--calib-algo", b->calib_algo, "entropy (default), minmax, percentile or mse");
+  build->add_option("--percentile", b->percentile, "Percentile for --calib-algo percentile (default 99.99)");
+  build->add_option("--calib-batch", b->calib_batch, "Samples per calibration step (default 32)");
+  build->add_option("--calib-samples", b->calib_samples, "Use at most this many samples (default: all)");
+  build->add_option("--calib-cache", b->calib_cache, "Calibration cache file (reused when it matches)");
+  build->add_option("--default-precision", b->default_precision,
+                    "Precision of layers the plan does not name (default fp32)");
+  build->add_flag("--allow-fallback", b->allow_fallback,
+                  "Let a layer run at the nearest higher precision when its own is unavailable");
+  build->add_option("--max-batch", b->max_batch, "Largest batch the engine accepts (default 128)");
+  build->add_option("--backend", b->backend, "cpu (default) or reference");
+  build->add_option("-o,--output", b->output, "Engine file to write")->required();
+  build->add_flag("--quiet,-q", b->quiet, "Do not print the layer table");
+  build->callback([b, &exit_code] { exit_code = run_build(*b); });
+
+  auto* bench = app.add_subcommand("bench", "Time an engine: warm-up, repetitions, median and spread");
+  auto c = std::make_shared<BenchArgs>();
+  bench->add_option("engine", c->engine, "Engine file (.mixq)")->required();
+  bench->add_option("--batch,-b", c->batch, "Batch size (default 128)");
+  bench->add_option("--warmup", c->warmup, "Warm-up runs (default 5)");
+  bench->add_option("--iterations,-n", c->iterations, "Timed runs (default 30)");
+  bench->add_flag("--profile", c->profile, "Per-layer times");
+  bench->add_flag("--json", c->json, "Machine-readable output");
+  bench->callback([c, &exit_code] { exit_code = run_bench(*c); });
+
+  auto* compare = app.add_subcommand(
+      "compare", "Per-layer error of an engine against the fp32 model: SQNR, max abs error, precision");
+  auto d = std::make_shared<CompareArgs>();
+  compare->add_option("model", d->model, "The ONNX model the engine was built from")->required();
+  compare->add_option("engine", d->engine, "Engine file (.mixq)")->required();
+  compare->add_option("--input,-i", d->inputs, "Input as name=file.npy (repeatable); random if none");
+  compare->add_option("--batch,-b", d->batch, "Batch for random inputs (default 8)");
+  compare->add_option("--seed", d->seed, "Seed for random inputs");
+  compare->add_flag("--json", d->json, "Machine-readable output");
+  compare->callback([d, &exit_code] { exit_code = run_compare(*d); });
+}
+
+}  // namespace mixq::cli
