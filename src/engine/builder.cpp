@@ -81,6 +81,22 @@ void finish_report(Engine::Impl& impl, const engine::PrecisionAssignment& assign
     if (v->is_constant()) r.weight_bytes += int64_t(v->constant.nbytes());
 }
 
+// An fp32 engine of `graph` (already fused), for calibration.
+Expected<std::shared_ptr<Engine::Impl>> make_fp32_engine(const ir::Graph& graph,
+                                                         const std::string& backend_name,
+                                                         int64_t max_batch) {
+  auto impl = std::make_shared<Engine::Impl>();
+  impl->graph = graph.clone();
+  for (ir::Node* n : impl->graph->nodes()) n->precision = Precision::kFP32;
+  MIXQ_ASSIGN_OR_RETURN(impl->backend, backends::make_backend(backend_name));
+  MIXQ_RETURN_IF_ERROR(impl->backend->assign_layouts(*impl->graph));
+  MIXQ_RETURN_IF_ERROR(engine::insert_reformats(*impl->graph, *impl->backend));
+  impl->max_batch = max_batch;
+  impl->target = impl->backend->target();
+  MIXQ_RETURN_IF_ERROR(impl->finalize());
+  return impl;
+}
+
 }  // namespace
 
 Expected<Engine> Builder::build() {
@@ -123,26 +139,21 @@ Expected<Engine> Builder::build() {
           "range (" + list + (needs.values.size() > 8 ? ", ..." : "") +
           "): give calibration data, QAT ranges in the config, or a Q/DQ model");
     }
-    CalibrationOptions copt = options.calibration;
-    std::string key;
-    if (!copt.cache_path.empty()) {
-      key = quant::calibration_cache_key(*graph, calibration_, copt, needs.values);
-      auto cached = quant::load_calibration_cache(copt.cache_path, key);
-      if (cached.ok()) {
-        ranges = std::move(cached).value();
-        report.calibration_from_cache = true;
-      } else if (cached.status().code() != StatusCode::kNotFound) {
-        return cached.status();
-      }
-    }
-    if (!report.calibration_from_cache) {
-      MIXQ_ASSIGN_OR_RETURN(auto result, quant::calibrate(*graph, needs.values, needs.asymmetric,
-                                                          calibration_, copt));
-      ranges = std::move(result.ranges);
-      report.calibration_seconds = result.seconds;
-      if (!copt.cache_path.empty())
-        MIXQ_RETURN_IF_ERROR(quant::save_calibration_cache(copt.cache_path, key, ranges));
-    }
+    // Calibrate on an fp32 engine of the same (fused) graph: oneDNN, not the reference loops.
+    MIXQ_ASSIGN_OR_RETURN(auto fp32, make_fp32_engine(*graph, options.backend,
+                                                      std::max<int64_t>(options.calibration.batch_size, 1)));
+    MIXQ_ASSIGN_OR_RETURN(Context context, Engine(fp32).create_context());
+    context.capture({needs.values.begin(), needs.values.end()});
+    quant::GraphRunner runner = [&](const TensorMap& inputs, const quant::ValueObserver& observe) -> Status {
+      MIXQ_ASSIGN_OR_RETURN(auto result, context.infer(inputs));
+      for (const auto& [name, t] : result.captured) observe(name, t);
+      return Status::Ok();
+    };
+    MIXQ_ASSIGN_OR_RETURN(auto result, quant::calibrate(*graph, needs.values, needs.asymmetric,
+                                                        calibration_, options.calibration, runner));
+    ranges = std::move(result.ranges);
+    report.calibration_seconds = result.seconds;
+    report.calibration_from_cache = result.from_cache;
   }
   const backends::QuantPolicy policy = backend->quant_policy();
   MIXQ_RETURN_IF_ERROR(engine::quantize(*graph, plan, ranges, policy));

@@ -710,7 +710,7 @@ Status insert_reformats(ir::Graph& g, const backends::Backend& backend) {
     const bool same_grid = quantized && source_quantized && same_params(*v->quant, *q);
     const std::string suffix = quantized && !source_quantized   ? "/quantized"
                                : quantized && !same_grid        ? "/requantized"
-                               : source_quantized               ? "/dequantized"
+                               : source_quantized && !quantized ? "/dequantized"
                                                                 : "/reordered";
     Value* out = g.add_value(g.unique_value_name(v->name + suffix), dtype, v->shape, v->shape_known);
     if (quantized) out->quant = q;

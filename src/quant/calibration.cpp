@@ -78,8 +78,7 @@ std::string format_double(double v) {
 
 }  // namespace
 
-// --- Observer
-// --------------------------------------------------------------------------------------
+// --- Observer ------------------------------------------------------------------------------------
 
 void Observer::observe_minmax(const Tensor& t) {
   float lo = min_, hi = max_;
@@ -166,15 +165,15 @@ Expected<Range> Observer::range(CalibrationAlgorithm algorithm, double percentil
       break;
   }
   // Never beyond what was seen, never below one bin (the scale must stay positive).
-  t = std::clamp(t, bound_ / float(kHistogramBins), amax);
+  t = std::min(std::max(t, bound_ / float(kHistogramBins)), amax);
   if (unsigned_side) return Range{0, t};
   if (symmetric) return Range{-t, t};
-  // Percentile on an asymmetric signed value: the |x| threshold clips each side.
+  // Percentile on an asymmetric signed value: the observer keeps one histogram of |x|, so the
+  // |x| threshold clips each side (outliers on either side go, the sides share the threshold).
   return asymmetric(std::max(min_, -t), std::min(max_, t));
 }
 
-// --- thresholds
-// ------------------------------------------------------------------------------------
+// --- thresholds ----------------------------------------------------------------------------------
 
 float threshold_percentile(const std::vector<double>& histogram, float bound, double percentile) {
   double total = 0;
@@ -293,8 +292,7 @@ float threshold_mse(const std::vector<double>& histogram, float bound, int level
   return float(best_k * width);
 }
 
-// --- calibrate
-// -------------------------------------------------------------------------------------
+// --- calibrate -----------------------------------------------------------------------------------
 
 namespace {
 
@@ -486,7 +484,8 @@ class ProgressBar {
 Expected<CalibrationResult> calibrate(const ir::Graph& graph, const std::set<std::string>& values,
                                       const std::set<std::string>& asymmetric_values,
                                       const CalibrationData& data,
-                                      const CalibrationOptions& options) {
+                                      const CalibrationOptions& options,
+                                      const GraphRunner& runner) {
   const auto start = std::chrono::steady_clock::now();
   if (data.empty()) return InvalidArgument("calibration set is empty");
   if (options.algorithm == CalibrationAlgorithm::kPercentile &&
@@ -533,6 +532,9 @@ Expected<CalibrationResult> calibrate(const ir::Graph& graph, const std::set<std
     MIXQ_RETURN_IF_ERROR(
         plan_batch(graph, b, planned.inputs, options, total_samples, chunks, planned.sliced));
   }
+
+  if (chunks.empty())
+    return InvalidArgument("calibration set is empty (its batches hold no samples)");
 
   CalibrationResult result;
   result.samples = total_samples;
@@ -591,9 +593,19 @@ Expected<CalibrationResult> calibrate(const ir::Graph& graph, const std::set<std
       for (const auto& [name, t] : batch.inputs)
         inputs[name] = c.end >= 0 && batch.sliced.count(name) ? t.slice_rows(c.begin, c.end) : t;
       for (auto& [v, o] : inputs_observed) observe(*o, inputs.at(v->name));
-      auto run = runtime::run_reference(graph, inputs, run_options);
+      Status run = Status::Ok();
+      if (runner) {
+        run = runner(inputs, [&](const std::string& name, const Tensor& t) {
+          auto it = observers.find(name);
+          if (it != observers.end() && graph.find_value(name) && !graph.is_graph_input(graph.find_value(name)))
+            observe(it->second, t);
+        });
+      } else {
+        auto ran = runtime::run_reference(graph, inputs, run_options);
+        if (!ran.ok()) run = ran.status();
+      }
       if (!run.ok())
-        return run.status().with_context(
+        return run.with_context(
             "calibration batch " + std::to_string(c.batch) +
             (c.end >= 0 ? ", samples " + std::to_string(c.begin) + ".." + std::to_string(c.end - 1)
                         : std::string()));
@@ -634,8 +646,7 @@ Expected<CalibrationResult> calibrate(const ir::Graph& graph, const std::set<std
   return result;
 }
 
-// --- cache
-// -----------------------------------------------------------------------------------------
+// --- cache ---------------------------------------------------------------------------------------
 
 namespace {
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -36,7 +37,8 @@ class Observer {
 
   // The range for `algorithm`. Signed values get a symmetric range [-t, t] unless `symmetric`
   // is false (then [min, max] clipped by the same algorithm on each side where it applies).
-  // `levels` is the number of quantisation steps on the histogram's side (127 or 255).
+  // `levels` is the number of quantisation levels on the histogram's side (128 for one side of
+  // a symmetric int8 grid, 256 for u8).
   Expected<Range> range(CalibrationAlgorithm algorithm, double percentile, int levels,
                         bool symmetric = true) const;
 
@@ -60,6 +62,12 @@ struct CalibrationResult {
   int64_t samples = 0;
 };
 
+// Runs the model on one batch and hands every requested value to `observe` by name. The default
+// (no runner) is the reference backend; the builder passes an fp32 engine, much faster.
+using ValueObserver = std::function<void(const std::string& name, const Tensor& value)>;
+using GraphRunner =
+    std::function<Status(const std::map<std::string, Tensor>& inputs, const ValueObserver& observe)>;
+
 // Observes `values` (names in `graph`; graph inputs allowed) over `data` and computes ranges.
 // `symmetric_values` lists the values that want symmetric ranges when signed.
 // Errors: empty data, samples of the wrong shape or dtype or with NaN (naming the sample, the
@@ -67,7 +75,8 @@ struct CalibrationResult {
 Expected<CalibrationResult> calibrate(const ir::Graph& graph, const std::set<std::string>& values,
                                       const std::set<std::string>& asymmetric_values,
                                       const CalibrationData& data,
-                                      const CalibrationOptions& options);
+                                      const CalibrationOptions& options,
+                                      const GraphRunner& runner = nullptr);
 
 // Cache: a JSON file keyed by model, data, algorithm (and its parameters) and the observed value
 // set. A cache for another key is refused (kFailedPrecondition) with a message saying which part

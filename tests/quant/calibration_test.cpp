@@ -52,8 +52,7 @@ Range range_of(const Observer& o, CalibrationAlgorithm a, bool symmetric = true,
   return r.ok() ? *r : Range{};
 }
 
-// --- thresholds on histograms
-// ---------------------------------------------------------------------
+// --- thresholds on histograms --------------------------------------------------------------------
 
 TEST(ThresholdPercentile, UniformHistogramGivesBoundTimesFraction) {
   const std::vector<double> h(kHistogramBins, 100.0);
@@ -86,6 +85,58 @@ TEST(ThresholdEntropy, ClipsAFewFarOutliers) {
   EXPECT_LE(t, 300.0f);
 }
 
+// TensorRT's search written out directly, one candidate at a time: the implementation uses
+// prefix sums and must pick the same threshold.
+float entropy_by_definition(std::vector<double> h, float bound, int levels) {
+  const int n = int(h.size());
+  h[0] = std::min(h[0], h[1]);
+  double total = 0, min_nonzero = INFINITY;
+  for (double c : h) {
+    total += c;
+    if (c > 0) min_nonzero = std::min(min_nonzero, c);
+  }
+  double best = INFINITY;
+  int best_i = n;
+  for (int i = levels; i <= n; ++i) {
+    std::vector<double> p(h.begin(), h.begin() + i);
+    for (int k = i; k < n; ++k) p[size_t(i - 1)] += h[size_t(k)];
+    std::vector<double> sum(size_t(levels), 0.0), count(size_t(levels), 0.0);
+    double q_total = 0;
+    for (int k = 0; k < i; ++k) {
+      sum[size_t(k * levels / i)] += h[size_t(k)];
+      if (p[size_t(k)] > 0) count[size_t(k * levels / i)] += 1;
+      q_total += h[size_t(k)];
+    }
+    if (q_total <= 0) continue;
+    double kl = 0;
+    for (int k = 0; k < i; ++k) {
+      if (p[size_t(k)] <= 0) continue;
+      const int g = k * levels / i;
+      double q = sum[size_t(g)] / count[size_t(g)] / q_total;
+      if (q <= 0) q = 1e-4 * min_nonzero / total;
+      const double pn = p[size_t(k)] / total;
+      kl += pn * std::log(pn / q);
+    }
+    if (kl <= best * (1 + 1e-12)) {
+      best = std::min(best, kl);
+      best_i = i;
+    }
+  }
+  return float(double(bound) * best_i / n);
+}
+
+TEST(ThresholdEntropy, MatchesTheDirectDefinition) {
+  for (uint64_t seed : {1, 2, 3}) {
+    for (int levels : {kSigned, kUnsigned}) {
+      const Observer o = observe(gaussian_with_outliers(20000, seed, int(seed), 10.0f * seed));
+      const float fast = threshold_entropy(o.histogram(), o.histogram_bound(), levels);
+      const float direct = entropy_by_definition(o.histogram(), o.histogram_bound(), levels);
+      EXPECT_NEAR(fast, direct, o.histogram_bound() / kHistogramBins * 1.01)
+          << "seed " << seed << " levels " << levels;
+    }
+  }
+}
+
 TEST(ThresholdEntropy, HistogramNarrowerThanLevelsKeepsTheBound) {
   const std::vector<double> h(64, 1.0);
   EXPECT_FLOAT_EQ(threshold_entropy(h, 3.0f, kSigned), 3.0f);
@@ -109,8 +160,7 @@ TEST(ThresholdMse, ClipsAFewFarOutliers) {
   EXPECT_NEAR(t, 332.0f, 3.0f);
 }
 
-// --- observer
-// ---------------------------------------------------------------------------------------
+// --- observer ------------------------------------------------------------------------------------
 
 TEST(Observer, MinMaxAndHistogram) {
   Observer o = observe(Tensor::from_vector<float>({4}, {-3.0f, 1.0f, 0.5f, 2.0f}));
@@ -254,8 +304,7 @@ TEST(CalibrationAlgorithm, NamesRoundTrip) {
   EXPECT_FALSE(calibration_algorithm_from_name("kl-ish").has_value());
 }
 
-// --- calibrate()
-// -----------------------------------------------------------------------------------
+// --- calibrate() ---------------------------------------------------------------------------------
 
 // x[N,2,6,6] -> Conv "conv" (4 filters 3x3, pad 1) -> c -> Relu "relu" -> r -> Flatten "flat"
 // -> f[N,144] -> Gemm "fc" (transB) -> y[N,3]
@@ -530,8 +579,7 @@ TEST(Calibrate, ProgressBarDrawsOneLine) {
   EXPECT_EQ(err.back(), '\n');
 }
 
-// --- cache
-// -----------------------------------------------------------------------------------------
+// --- cache ---------------------------------------------------------------------------------------
 
 TEST(CalibrationCache, RoundTripThroughCalibrate) {
   TempDir dir;
@@ -664,8 +712,7 @@ TEST(CalibrationCache, CorruptFilesAreDataLoss) {
       StatusCode::kDataLoss, {o.cache_path}));
 }
 
-// --- CalibrationData
-// -------------------------------------------------------------------------------
+// --- CalibrationData -----------------------------------------------------------------------------
 
 TEST(CalibrationData, FromNpy) {
   TempDir dir;

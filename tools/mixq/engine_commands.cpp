@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "mixq/compare.h"
 #include "mixq/engine.h"
 #include "mixq/io.h"
 
@@ -304,47 +305,22 @@ int run_compare(const CompareArgs& a) {
   if (!engine.ok()) return report(engine.status());
   auto inputs = gather_inputs(engine->inputs(), a.inputs, a.batch, a.seed);
   if (!inputs.ok()) return report(inputs.status());
-  auto reference = model->run_reference(*inputs, /*keep_intermediates=*/true);
-  if (!reference.ok()) return report(reference.status());
-  auto ctx = engine->create_context();
-  if (!ctx.ok()) return report(ctx.status());
-  ctx->capture({}, true);
-  auto result = ctx->infer(*inputs);
-  if (!result.ok()) return report(result.status());
+  auto layers = compare_engine(*model, *engine, *inputs);
+  if (!layers.ok()) return report(layers.status());
   nlohmann::json rows = nlohmann::json::array();
   if (!a.json)
     std::printf("%-44s %-12s %-6s %10s %12s %12s\n", "layer (output value)", "op", "prec", "SQNR dB",
                 "max abs err", "max |ref|");
-  auto stats = [](const Tensor& got, const Tensor& ref, double& sqnr, double& max_err, double& max_ref) {
-    double signal = 0, noise = 0;
-    max_err = 0;
-    max_ref = 0;
-    for (int64_t i = 0; i < ref.numel(); ++i) {
-      const double r = ref.data<float>()[i], d = got.data<float>()[i] - r;
-      signal += r * r;
-      noise += d * d;
-      max_err = std::max(max_err, std::fabs(d));
-      max_ref = std::max(max_ref, std::fabs(r));
-    }
-    sqnr = noise == 0 ? INFINITY : 10 * std::log10(signal / noise);
-  };
-  // Walk the engine's layers in order and report each output that exists in the reference run.
-  for (const auto& l : engine->report().layers) {
-    auto it = result->captured.find(l.output);
-    if (it == result->captured.end()) continue;
-    auto ref = reference->find(l.output);
-    if (ref == reference->end()) continue;
-    if (ref->second.dtype() != DType::kFloat32 || ref->second.shape() != it->second.shape()) continue;
-    double sqnr, max_err, max_ref;
-    stats(it->second, ref->second, sqnr, max_err, max_ref);
+  for (const LayerComparison& l : *layers) {
     if (a.json) {
-      rows.push_back({{"layer", l.name}, {"output", l.output}, {"op", l.op},
-                      {"precision", std::string(precision_name(l.actual))},
-                      {"sqnr_db", std::isfinite(sqnr) ? nlohmann::json(sqnr) : nlohmann::json("inf")},
-                      {"max_abs_error", max_err}, {"max_abs_reference", max_ref}});
+      rows.push_back({{"layer", l.layer}, {"output", l.output}, {"op", l.op},
+                      {"precision", std::string(precision_name(l.precision))},
+                      {"sqnr_db", std::isfinite(l.sqnr_db) ? nlohmann::json(l.sqnr_db) : nlohmann::json("inf")},
+                      {"max_abs_error", l.max_abs_error}, {"max_abs_reference", l.max_abs_reference}});
     } else {
       std::printf("%-44s %-12s %-6s %10.2f %12.5g %12.5g\n", l.output.c_str(), l.op.c_str(),
-                  std::string(precision_name(l.actual)).c_str(), sqnr, max_err, max_ref);
+                  std::string(precision_name(l.precision)).c_str(), l.sqnr_db, l.max_abs_error,
+                  l.max_abs_reference);
     }
   }
   if (a.json) std::cout << nlohmann::json{{"layers", rows}}.dump(2) << "\n";

@@ -55,8 +55,7 @@ void broadcast_binary(const Tensor& a, const Tensor& b, Tensor& y, Fn fn) {
   }
 }
 
-// --- Add, Sub, Mul, Div
-// ---------------------------------------------------------------------------
+// --- Add, Sub, Mul, Div --------------------------------------------------------------------------
 
 Status infer_arith(const ir::Node&, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_dtype(
@@ -120,8 +119,7 @@ Status compute_Div(const ir::Node&, std::span<const Tensor> in, std::span<Tensor
   });
 }
 
-// --- Pow: base and exponent may have different dtypes; the output has the base's
-// ------------------
+// --- Pow: base and exponent may have different dtypes; the output has the base's -----------------
 
 Status infer_Pow(const ir::Node&, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
   const std::initializer_list<DType> kTypes = {DType::kFloat32, DType::kInt8, DType::kUInt8,
@@ -196,8 +194,7 @@ Status compute_PRelu(const ir::Node&, std::span<const Tensor> in, std::span<Tens
   });
 }
 
-// --- variadic Max, Min, Sum, Mean
-// -----------------------------------------------------------------
+// --- variadic Max, Min, Sum, Mean ----------------------------------------------------------------
 
 Status infer_variadic(std::span<const TensorInfo> in, std::span<TensorInfo> out,
                       std::initializer_list<DType> allowed) {

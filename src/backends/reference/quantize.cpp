@@ -81,8 +81,7 @@ std::vector<TensorInfo> infos_of(std::span<const Tensor> in) {
   return infos;
 }
 
-// --- QuantizeLinear: y = saturate(round_half_even(x / y_scale) + y_zero_point)
-// --------------------
+// --- QuantizeLinear: y = saturate(round_half_even(x / y_scale) + y_zero_point) -------------------
 
 Status infer_QuantizeLinear(const ir::Node& node, std::span<const TensorInfo> in,
                             std::span<TensorInfo> out) {
@@ -135,7 +134,7 @@ Status compute_QuantizeLinear(const ir::Node& node, std::span<const Tensor> in,
   return Status::Ok();
 }
 
-// --- DequantizeLinear: y = (x - x_zero_point) * x_scale -----------------------------------------
+// --- DequantizeLinear: y = (x - x_zero_point) * x_scale ------------------------------------------
 
 Status infer_DequantizeLinear(const ir::Node& node, std::span<const TensorInfo> in,
                               std::span<TensorInfo> out) {

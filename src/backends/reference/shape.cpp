@@ -92,8 +92,7 @@ Status normalize_axes(const std::vector<int64_t>& axes, int64_t rank, std::vecto
   return Status::Ok();
 }
 
-// --- Identity, Dropout
-// ----------------------------------------------------------------------------
+// --- Identity, Dropout ---------------------------------------------------------------------------
 
 Status infer_Identity(const ir::Node&, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_present(in[0], "input"));
@@ -123,8 +122,7 @@ Status compute_Dropout(const ir::Node& node, std::span<const Tensor> in, std::sp
   return Status::Ok();
 }
 
-// --- Concat
-// ---------------------------------------------------------------------------------------
+// --- Concat --------------------------------------------------------------------------------------
 
 Status infer_Concat(const ir::Node& node, std::span<const TensorInfo> in,
                     std::span<TensorInfo> out) {
@@ -175,8 +173,7 @@ Status compute_Concat(const ir::Node& node, std::span<const Tensor> in, std::spa
   return Status::Ok();
 }
 
-// --- Split
-// ----------------------------------------------------------------------------------------
+// --- Split ---------------------------------------------------------------------------------------
 
 // Sizes along the axis of `n` outputs: the 'split' input, else equal parts (opset 13 rules).
 // Unknown sizes are kDynamicDim.
@@ -244,8 +241,7 @@ Status compute_Split(const ir::Node& node, std::span<const Tensor> in, std::span
   return Status::Ok();
 }
 
-// --- Flatten
-// --------------------------------------------------------------------------------------
+// --- Flatten -------------------------------------------------------------------------------------
 
 Status infer_Flatten(const ir::Node& node, std::span<const TensorInfo> in,
                      std::span<TensorInfo> out) {
@@ -261,8 +257,7 @@ Status infer_Flatten(const ir::Node& node, std::span<const TensorInfo> in,
   return Status::Ok();
 }
 
-// --- Reshape
-// --------------------------------------------------------------------------------------
+// --- Reshape -------------------------------------------------------------------------------------
 
 Status infer_Reshape(const ir::Node& node, std::span<const TensorInfo> in,
                      std::span<TensorInfo> out) {
@@ -331,8 +326,7 @@ Status infer_Reshape(const ir::Node& node, std::span<const TensorInfo> in,
   return Status::Ok();
 }
 
-// --- Transpose
-// ------------------------------------------------------------------------------------
+// --- Transpose -----------------------------------------------------------------------------------
 
 Status transpose_perm(const ir::Node& node, size_t rank, std::vector<int64_t>& perm) {
   std::vector<int64_t> reverse;
@@ -374,8 +368,7 @@ Status compute_Transpose(const ir::Node& node, std::span<const Tensor> in, std::
   return Status::Ok();
 }
 
-// --- Squeeze, Unsqueeze
-// ---------------------------------------------------------------------------
+// --- Squeeze, Unsqueeze --------------------------------------------------------------------------
 
 Status infer_Squeeze(const ir::Node&, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_present(in[0], "input"));
@@ -443,8 +436,7 @@ Status infer_Unsqueeze(const ir::Node&, std::span<const TensorInfo> in, std::spa
   return Status::Ok();
 }
 
-// --- Pad
-// ------------------------------------------------------------------------------------------
+// --- Pad -----------------------------------------------------------------------------------------
 
 enum class PadMode { kConstant, kReflect, kEdge };
 
@@ -547,8 +539,7 @@ Status compute_Pad(const ir::Node& node, std::span<const Tensor> in, std::span<T
   return Status::Ok();
 }
 
-// --- Slice
-// ----------------------------------------------------------------------------------------
+// --- Slice ---------------------------------------------------------------------------------------
 
 struct SliceAxis {
   int64_t start = 0, step = 1, count = 0;
@@ -657,8 +648,7 @@ Status compute_Slice(const ir::Node&, std::span<const Tensor> in, std::span<Tens
   return Status::Ok();
 }
 
-// --- Gather
-// ---------------------------------------------------------------------------------------
+// --- Gather --------------------------------------------------------------------------------------
 
 Status infer_Gather(const ir::Node& node, std::span<const TensorInfo> in,
                     std::span<TensorInfo> out) {
@@ -696,8 +686,7 @@ Status compute_Gather(const ir::Node& node, std::span<const Tensor> in, std::spa
   return Status::Ok();
 }
 
-// --- Expand
-// ---------------------------------------------------------------------------------------
+// --- Expand --------------------------------------------------------------------------------------
 
 Status infer_Expand(const ir::Node&, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_present(in[0], "input"));
@@ -731,8 +720,7 @@ Status compute_Expand(const ir::Node&, std::span<const Tensor> in, std::span<Ten
   return Status::Ok();
 }
 
-// --- Shape
-// ----------------------------------------------------------------------------------------
+// --- Shape ---------------------------------------------------------------------------------------
 
 // Dims [start, end) (opset 15), negative values counting from the end, clamped to the rank.
 void shape_range(const ir::Node& node, int64_t rank, int64_t& start, int64_t& end) {
@@ -761,8 +749,7 @@ Status compute_Shape(const ir::Node& node, std::span<const Tensor> in, std::span
   return Status::Ok();
 }
 
-// --- Cast
-// -----------------------------------------------------------------------------------------
+// --- Cast ----------------------------------------------------------------------------------------
 
 // Attribute "to" holds static_cast<int64_t>(DType) (the importer maps ONNX's enum).
 Status cast_target(const ir::Node& node, DType& to) {
@@ -804,8 +791,7 @@ Status compute_Cast(const ir::Node&, std::span<const Tensor> in, std::span<Tenso
   return Status::Ok();
 }
 
-// --- Constant, ConstantOfShape
-// --------------------------------------------------------------------
+// --- Constant, ConstantOfShape -------------------------------------------------------------------
 
 // The value of a Constant: the tensor attribute "value", or value_float(s) / value_int(s).
 Status constant_value(const ir::Node& node, Tensor& value) {

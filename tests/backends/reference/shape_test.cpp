@@ -40,8 +40,7 @@ std::vector<int64_t> range(int64_t begin, int64_t end, int64_t step = 1) {
   return v;
 }
 
-// --- Concat, Split
-// --------------------------------------------------------------------------------
+// --- Concat, Split -------------------------------------------------------------------------------
 
 TEST(ShapeReference, ConcatNegativeAxis) {
   const Tensor a = random_tensor({2, 1}, 31), b = random_tensor({2, 3}, 32),
@@ -103,8 +102,7 @@ TEST(ShapeReference, SplitEqualAndExplicit) {
   EXPECT_EQ(infos[1].shape, (Shape{kDynamicDim, 8}));
 }
 
-// --- Flatten, Reshape, Squeeze, Unsqueeze
-// ---------------------------------------------------------
+// --- Flatten, Reshape, Squeeze, Unsqueeze --------------------------------------------------------
 
 TEST(ShapeReference, FlattenAxes) {
   const Tensor x = random_tensor({2, 3, 4}, 35);
@@ -206,8 +204,7 @@ TEST(ShapeReference, SqueezeAndUnsqueeze) {
       fails_with(infer(OpKind::kSqueeze, {dyn}, {}, out), StatusCode::kUnsupported, {"run time"}));
 }
 
-// --- Transpose
-// ------------------------------------------------------------------------------------
+// --- Transpose -----------------------------------------------------------------------------------
 
 TEST(ShapeReference, TransposeDefaultAndPerm) {
   const Tensor x = random_tensor({2, 3, 4}, 41);
@@ -231,8 +228,7 @@ TEST(ShapeReference, TransposeDefaultAndPerm) {
             (Shape{4, kDynamicDim, 3}));
 }
 
-// --- Pad
-// ------------------------------------------------------------------------------------------
+// --- Pad -----------------------------------------------------------------------------------------
 
 TEST(ShapeReference, PadConstantReflectEdge) {
   // The Pad examples of ONNX's Operators.md.
@@ -289,8 +285,7 @@ TEST(ShapeReference, PadErrorsAndInference) {
             (Shape{kDynamicDim, kDynamicDim}));
 }
 
-// --- Slice
-// ----------------------------------------------------------------------------------------
+// --- Slice ---------------------------------------------------------------------------------------
 
 TEST(ShapeReference, SliceOnnxCases) {
   const Tensor x = random_tensor({20, 10, 5}, 44);
@@ -364,8 +359,7 @@ TEST(ShapeReference, SliceErrorsAndInference) {
       (Shape{kDynamicDim, kDynamicDim}));
 }
 
-// --- Gather, Expand
-// -------------------------------------------------------------------------------
+// --- Gather, Expand ------------------------------------------------------------------------------
 
 TEST(ShapeReference, GatherAxesAndNegativeIndices) {
   const Tensor x = random_tensor({3, 4}, 47);
@@ -409,8 +403,7 @@ TEST(ShapeReference, ExpandBroadcastsBothWays) {
             (Shape{kDynamicDim, 3, kDynamicDim}));
 }
 
-// --- Shape, Cast, Constant, ConstantOfShape, Identity, Dropout
-// ------------------------------------
+// --- Shape, Cast, Constant, ConstantOfShape, Identity, Dropout -----------------------------------
 
 TEST(ShapeReference, ShapeStartEnd) {
   const Tensor x = random_tensor({3, 4, 5}, 49);

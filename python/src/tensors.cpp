@@ -1,0 +1,335 @@
+#include "tensors.h"
+
+#include <Python.h>
+
+#include <cstring>
+
+namespace mixq::python {
+namespace {
+
+// The module the exception classes live in (set at import, never released: the classes must
+// outlive every object that may raise).
+PyObject* g_module = nullptr;
+
+// Defined in Python so they can inherit from the builtin exception that fits (ValueError,
+// KeyError, ...): `except ValueError` catches a bad shape as users expect.
+constexpr const char* kErrorClasses = R"(
+class MixqError(Exception):
+    """Base class of the errors mixq raises; `code` names the engine's status code."""
+    code = "unknown"
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(MixqError, ValueError):
+    """Bad user input: a tensor's shape or dtype, a config value, an option."""
+    code = "invalid argument"
+
+
+class InvalidDTypeError(InvalidArgumentError, TypeError):
+    """A tensor whose element type mixq does not take (float64, complex, ...)."""
+
+
+class NotFoundError(MixqError, FileNotFoundError, KeyError):
+    """A file, layer, module or input name that does not exist."""
+    code = "not found"
+
+
+class UnsupportedError(MixqError, NotImplementedError):
+    """An op, dtype, precision or backend that nothing implements."""
+    code = "unsupported"
+
+
+class ParseError(MixqError, ValueError):
+    """Malformed ONNX, JSON or NPY."""
+    code = "parse error"
+
+
+class CorruptFileError(MixqError, ValueError):
+    """A corrupt, truncated or mismatched engine or calibration cache file."""
+    code = "corrupt data"
+
+
+class FailedPreconditionError(MixqError, RuntimeError):
+    """A valid request in a state that cannot serve it (e.g. int8 layers without ranges)."""
+    code = "failed precondition"
+
+
+class MixqIOError(MixqError, OSError):
+    """The operating system refused a read or write."""
+    code = "i/o error"
+
+
+class InternalError(MixqError, RuntimeError):
+    """A bug in mixq: please report it with the message."""
+    code = "internal error"
+
+
+for _cls in (MixqError, InvalidArgumentError, InvalidDTypeError, NotFoundError, UnsupportedError,
+             ParseError, CorruptFileError, FailedPreconditionError, MixqIOError, InternalError):
+    _cls.__module__ = "mixq"
+del _cls
+)";
+
+const char* class_for(StatusCode code) {
+  switch (code) {
+    case StatusCode::kInvalidArgument: return "InvalidArgumentError";
+    case StatusCode::kNotFound: return "NotFoundError";
+    case StatusCode::kUnsupported: return "UnsupportedError";
+    case StatusCode::kParseError: return "ParseError";
+    case StatusCode::kDataLoss: return "CorruptFileError";
+    case StatusCode::kFailedPrecondition: return "FailedPreconditionError";
+    case StatusCode::kIoError: return "MixqIOError";
+    case StatusCode::kOk:
+    case StatusCode::kInternal: break;
+  }
+  return "InternalError";
+}
+
+void set_error(const char* class_name, const std::string& message, const char* code) {
+  py::object cls = py::reinterpret_borrow<py::module_>(g_module).attr(class_name);
+  py::object instance = cls(message);
+  instance.attr("code") = code;
+  PyErr_SetObject(cls.ptr(), instance.ptr());
+}
+
+}  // namespace
+
+void register_errors(py::module_& m) {
+  py::exec(kErrorClasses, m.attr("__dict__"));
+  g_module = m.ptr();
+  Py_INCREF(g_module);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      set_error(class_for(e.status().code()), e.status().message(),
+                status_code_name(e.status().code()));
+    }
+  });
+}
+
+void raise_error(const char* class_name, const std::string& message) {
+  set_error(class_name, message, status_code_name(StatusCode::kInvalidArgument));
+  throw py::error_already_set();
+}
+
+// --- in ------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string type_name(py::handle obj) {
+  py::handle type = reinterpret_cast<PyObject*>(Py_TYPE(obj.ptr()));
+  std::string module = py::str(type.attr("__module__"));
+  std::string name = py::str(type.attr("__qualname__"));
+  return module == "builtins" ? name : module + "." + name;
+}
+
+bool is_torch_tensor(py::handle obj) {
+  py::handle type = reinterpret_cast<PyObject*>(Py_TYPE(obj.ptr()));
+  for (py::handle base : type.attr("__mro__")) {
+    if (!py::hasattr(base, "__module__") || !py::hasattr(base, "__name__")) continue;
+    if (py::str(base.attr("__module__")).cast<std::string>() == "torch" &&
+        py::str(base.attr("__name__")).cast<std::string>() == "Tensor")
+      return true;
+  }
+  return false;
+}
+
+void release_under_gil(void* p) {
+  auto* obj = static_cast<py::object*>(p);
+  if (!Py_IsInitialized()) return;  // interpreter gone: leak rather than touch it
+  py::gil_scoped_acquire gil;
+  delete obj;
+}
+
+constexpr const char* kSupported = "float32, float16, int8, uint8, int32, int64, bool";
+
+Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borrowed,
+                  bool from_torch) {
+  if (!py::isinstance<py::array>(obj))
+    raise_error("InvalidArgumentError", what + " is a " + type_name(obj) +
+                                            "; give a numpy.ndarray or a CPU torch.Tensor");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  const py::dtype dt = arr.dtype();
+  const char kind = dt.kind();
+  const ssize_t size = dt.itemsize();
+  std::optional<DType> dtype;
+  if (kind == 'f' && size == 4) dtype = DType::kFloat32;
+  else if (kind == 'f' && size == 2) dtype = DType::kFloat16;
+  else if (kind == 'i' && size == 1) dtype = DType::kInt8;
+  else if (kind == 'u' && size == 1) dtype = DType::kUInt8;
+  else if (kind == 'i' && size == 4) dtype = DType::kInt32;
+  else if (kind == 'i' && size == 8) dtype = DType::kInt64;
+  else if (kind == 'b' && size == 1) dtype = DType::kBool;
+  const std::string dt_name = py::str(dt);
+  if (!dtype) {
+    std::string hint;
+    if (kind == 'f' || kind == 'c')
+      hint = from_torch ? ": convert it with .float()" : ": convert it with .astype(numpy.float32)";
+    raise_error("InvalidDTypeError", what + " has dtype " + dt_name + ", which mixq does not take" +
+                                         hint + " (supported: " + kSupported + ")");
+  }
+  if (!dt.attr("isnative").cast<bool>())
+    raise_error("InvalidDTypeError",
+                what + " has dtype " + dt_name +
+                    " in non-native byte order: convert it with .astype(" + dt_name.substr(1) + ")");
+  if (!(arr.flags() & py::array::c_style))
+    raise_error("InvalidArgumentError",
+                what + " with shape " + std::string(py::str(arr.attr("shape"))) +
+                    " is not C-contiguous (a transposed, sliced or Fortran-ordered view): " +
+                    (from_torch ? "make it contiguous with .contiguous()"
+                                : "make it contiguous with numpy.ascontiguousarray(x)"));
+  Shape shape;
+  for (ssize_t i = 0; i < arr.ndim(); ++i) shape.push_back(int64_t(arr.shape(i)));
+  void* data = const_cast<void*>(arr.data());
+  if (borrowed.tensor_owns_reference) {
+    std::shared_ptr<void> keepalive(new py::object(arr), release_under_gil);
+    return Tensor::wrap(*dtype, std::move(shape), data, std::move(keepalive));
+  }
+  if (borrowed.holders) borrowed.holders->push_back(arr);
+  return Tensor::wrap(*dtype, std::move(shape), data, nullptr);
+}
+
+}  // namespace
+
+Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrowed) {
+  if (!is_torch_tensor(obj)) return from_numpy(obj, what, borrowed, false);
+  py::object t = py::reinterpret_borrow<py::object>(obj);
+  const std::string device = py::str(t.attr("device"));
+  if (py::str(t.attr("device").attr("type")).cast<std::string>() != "cpu")
+    raise_error("InvalidArgumentError", what + " is a torch tensor on " + device +
+                                            ", but the engine runs on the CPU: move the tensor "
+                                            "with .cpu()");
+  const std::string dtype = py::str(t.attr("dtype"));
+  if (dtype == "torch.float64" || dtype == "torch.bfloat16" || dtype == "torch.complex64" ||
+      dtype == "torch.complex128")
+    raise_error("InvalidDTypeError", what + " is a " + dtype +
+                                         " tensor, which mixq does not take: convert it with "
+                                         ".float() (supported: " + kSupported + ")");
+  if (py::str(t.attr("layout")).cast<std::string>() != "torch.strided")
+    raise_error("InvalidArgumentError", what + " is a " + std::string(py::str(t.attr("layout"))) +
+                                            " tensor: convert it with .to_dense()");
+  if (!t.attr("is_contiguous")().cast<bool>())
+    raise_error("InvalidArgumentError",
+                what + " with shape " + std::string(py::str(t.attr("shape"))) +
+                    " is not contiguous (a transposed or sliced view): make it contiguous "
+                    "with .contiguous()");
+  if (t.attr("requires_grad").cast<bool>()) t = t.attr("detach")();
+  py::object arr;
+  try {
+    arr = t.attr("numpy")();  // shares the tensor's memory and keeps it alive
+  } catch (py::error_already_set& e) {
+    raise_error("InvalidDTypeError", what + " (a " + dtype + " tensor) cannot be read: " +
+                                         e.what() + " (supported: " + kSupported + ")");
+  }
+  return from_numpy(arr, what, borrowed, true);
+}
+
+TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
+                        const std::string& what, const Borrowed& borrowed) {
+  TensorMap map;
+  auto names = [&] {
+    std::string s;
+    for (const auto& spec : specs) s += (s.empty() ? "'" : ", '") + spec.name + "'";
+    return s;
+  };
+  if (py::isinstance<py::dict>(obj)) {
+    for (auto [key, value] : py::reinterpret_borrow<py::dict>(obj)) {
+      if (!py::isinstance<py::str>(key))
+        raise_error("InvalidArgumentError", what + ": keys must be input names (str), got " +
+                                                type_name(key) + "; the inputs are " + names());
+      const std::string name = key.cast<std::string>();
+      map[name] = to_tensor(value, "input '" + name + "'", borrowed);
+    }
+    return map;
+  }
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    auto seq = py::reinterpret_borrow<py::sequence>(obj);
+    if (seq.size() != specs.size())
+      raise_error("InvalidArgumentError",
+                  what + ": got a sequence of " + std::to_string(seq.size()) +
+                      " tensors; the model has " + std::to_string(specs.size()) +
+                      " input(s) (" + names() + "), given in this order or as a dict");
+    for (size_t i = 0; i < specs.size(); ++i)
+      map[specs[i].name] =
+          to_tensor(seq[i], "input '" + specs[i].name + "'", borrowed);
+    return map;
+  }
+  if (specs.size() != 1)
+    raise_error("InvalidArgumentError", what + ": the model has " + std::to_string(specs.size()) +
+                                            " inputs (" + names() +
+                                            "): give a dict {name: tensor} or a list in this order");
+  map[specs[0].name] = to_tensor(obj, "input '" + specs[0].name + "'", borrowed);
+  return map;
+}
+
+// --- out -----------------------------------------------------------------------------------------
+
+std::string numpy_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat8E4M3: return "float8_e4m3fn";
+    case DType::kInt8: return "int8";
+    case DType::kUInt8: return "uint8";
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
+    case DType::kBool: return "bool";
+  }
+  return "?";
+}
+
+namespace {
+
+bool overlaps(const Tensor& t, const TensorMap* borrowed) {
+  if (!borrowed || t.nbytes() == 0) return false;
+  const auto* begin = static_cast<const char*>(t.raw());
+  const char* end = begin + t.nbytes();
+  for (const auto& [name, b] : *borrowed) {
+    if (!b.defined() || b.nbytes() == 0) continue;
+    const auto* bb = static_cast<const char*>(b.raw());
+    if (begin < bb + b.nbytes() && bb < end) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+py::object to_numpy(const Tensor& tensor, const TensorMap* borrowed) {
+  Tensor t = tensor;
+  if (t.dtype() == DType::kBFloat16 || t.dtype() == DType::kFloat8E4M3)
+    t = t.to(DType::kFloat32);
+  else if (overlaps(t, borrowed))
+    t = t.clone();
+  std::vector<ssize_t> shape(t.shape().begin(), t.shape().end());
+  auto* owner = new Tensor(t);
+  py::capsule base(owner, [](void* p) { delete static_cast<Tensor*>(p); });
+  py::dtype dt(numpy_dtype_name(t.dtype()));
+  if (t.numel() == 0) return py::array(dt, shape);  // nothing to share
+  return py::array(dt, shape, owner->raw(), base);
+}
+
+py::object to_torch(const Tensor& tensor, const TensorMap* borrowed) {
+  static py::object* from_numpy = nullptr;
+  if (!from_numpy) {
+    try {
+      from_numpy = new py::object(py::module_::import("torch").attr("from_numpy"));
+    } catch (py::error_already_set& e) {
+      raise_error("InvalidArgumentError",
+                  std::string("as_torch=True needs PyTorch, which cannot be imported: ") + e.what());
+    }
+  }
+  return (*from_numpy)(to_numpy(tensor, borrowed));
+}
+
+py::dict tensors_to_dict(const TensorMap& tensors, bool as_torch, const TensorMap* borrowed) {
+  py::dict d;
+  for (const auto& [name, t] : tensors)
+    d[py::str(name)] = as_torch ? to_torch(t, borrowed) : to_numpy(t, borrowed);
+  return d;
+}
+
+}  // namespace mixq::python
