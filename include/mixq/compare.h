@@ -16,7 +16,7 @@ struct LayerComparison {
   std::string layer;   // engine layer (node name)
   std::string output;  // the value compared: the layer's output, by the model's name for it
   std::string op;
-  std::string module;  // framework module, when known
+  std::string module;                      // framework module, when known
   Precision precision = Precision::kFP32;  // the precision the layer ran at
   double sqnr_db = 0;            // 10 log10(sum ref^2 / sum (got - ref)^2); +inf when equal
   double max_abs_error = 0;      // max |got - ref|

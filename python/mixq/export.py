@@ -23,6 +23,12 @@ def _torch():
     return torch
 
 
+def _errors():
+    from . import _mixq
+
+    return _mixq
+
+
 def input_shapes(input_shape):
     """One shape (a tuple of ints) or several (a sequence of them) -> a list of tuples."""
     if (
@@ -33,15 +39,17 @@ def input_shapes(input_shape):
         shapes = [tuple(int(x) for x in s) for s in input_shape]
     else:
         try:
+            if isinstance(input_shape, (str, bytes)):
+                raise TypeError("a string")
             shapes = [tuple(int(x) for x in input_shape)]
-        except TypeError as error:
-            raise ValueError(
+        except (TypeError, ValueError) as error:
+            raise _errors().InvalidArgumentError(
                 f"input_shape must be a tuple of ints such as (128, 1, 28, 28) or a list of them "
                 f"for a model with several inputs, got {input_shape!r}"
             ) from error
     for s in shapes:
         if not s or any(d < 1 for d in s):
-            raise ValueError(
+            raise _errors().InvalidArgumentError(
                 f"input_shape {s} must have a batch dimension and positive sizes, e.g. (128, 1, 28, 28)"
             )
     return shapes

@@ -84,9 +84,6 @@ _KEYWORD_ALIASES = {
 
 _NATIVE_PLAN_KEYS = {"layers", "default_precision", "allow_fallback", "calibration"}
 
-_UNSET = object()
-
-
 def _torch():
     import torch
 
@@ -231,7 +228,7 @@ class ModelSpeedup:
         config=None,
         onnx_path=None,
         extra_layer_bits=32,
-        strict_datatype=_UNSET,
+        strict_datatype=True,
         calib_data_loader=None,
         calib_data=None,
         calibration_cache=None,
@@ -283,16 +280,9 @@ class ModelSpeedup:
             raise _mixq.InvalidArgumentError(f"batchsize must be a positive int, got {batchsize!r}")
         if calib_data_loader is not None and calib_data is not None:
             raise _mixq.InvalidArgumentError("give calib_data_loader or calib_data, not both")
-        strict_given = strict_datatype is not _UNSET
-        strict_datatype = True if not strict_given else bool(strict_datatype)
+        strict_datatype = bool(strict_datatype)
         if allow_fallback is None:
             allow_fallback = not strict_datatype
-        elif strict_given and bool(allow_fallback) == strict_datatype:
-            warnings.warn(
-                f"strict_datatype={strict_datatype} and allow_fallback={allow_fallback} disagree; "
-                f"allow_fallback wins",
-                stacklevel=2,
-            )
         if backend not in ("cpu", "reference", "cuda", "auto"):
             raise _mixq.InvalidArgumentError(
                 f"backend={backend!r} is not one of 'cpu', 'reference', 'cuda', 'auto'"
@@ -467,9 +457,28 @@ class ModelSpeedup:
             except _mixq.NotFoundError as error:
                 if i + 1 < len(backends) and "unknown backend" in str(error):
                     continue  # "auto": this build has no CUDA backend
+                hint = self._layerless_modules_hint(plan)
+                if hint:
+                    raise _mixq.NotFoundError(f"{error}. {hint}") from error
                 raise
         self.context = self.engine.create_context()
         return self
+
+    def _layerless_modules_hint(self, plan):
+        """Why modules the config names have no layer (BatchNorm folded, Dropout removed)."""
+        if plan is None or self._is_native(plan):
+            return ""
+        modules = dict(self.model.named_modules())
+        layerless = [k for k in plan if k in modules and k not in self.layer_map]
+        if not layerless:
+            return ""
+        described = ", ".join(f"'{k}' ({type(modules[k]).__name__})" for k in layerless)
+        return (
+            f"The model has module{'s' if len(layerless) > 1 else ''} {described} but no layer "
+            "of its own after loading: BatchNorm is folded into the convolution or linear layer "
+            "before it, Dropout and Identity are removed. Give such settings to the layer they "
+            "were folded into, or leave them out"
+        )
 
     # --- running --------------------------------------------------------------------------------
 

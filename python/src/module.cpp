@@ -46,8 +46,8 @@ std::vector<std::string> algorithm_names() {
 Precision parse_precision(const std::string& name, const std::string& what) {
   auto p = precision_from_name(name);
   if (!p)
-    raise_error("InvalidArgumentError", what + " '" + name + "' is not one of " +
-                                            join_names(precision_names()));
+    raise_error("InvalidArgumentError",
+                what + " '" + name + "' is not one of " + join_names(precision_names()));
   return *p;
 }
 
@@ -59,7 +59,13 @@ CalibrationAlgorithm parse_algorithm(const std::string& name) {
   return *a;
 }
 
-std::string pname(Precision p) { return std::string(precision_name(p)); }
+std::string to_str(py::handle h) {
+  return py::str(h).cast<std::string>();
+}
+
+std::string pname(Precision p) {
+  return std::string(precision_name(p));
+}
 
 py::tuple shape_tuple(const Shape& shape) {
   py::tuple t(shape.size());
@@ -67,7 +73,9 @@ py::tuple shape_tuple(const Shape& shape) {
   return t;
 }
 
-py::object finite_or_inf(double v) { return py::float_(v); }
+py::object finite_or_inf(double v) {
+  return py::float_(v);
+}
 
 std::string path_string(py::handle obj) {
   // str or os.PathLike
@@ -105,21 +113,19 @@ py::dict layer_report_dict(const LayerReport& l) {
   return py::dict("name"_a = l.name, "op"_a = l.op, "module"_a = l.module, "output"_a = l.output,
                   "fused"_a = l.fused, "requested"_a = pname(l.requested),
                   "precision"_a = pname(l.actual), "fallback_reason"_a = l.fallback_reason,
-                  "implementation"_a = l.implementation, "params"_a = l.params,
-                  "macs"_a = l.macs);
+                  "implementation"_a = l.implementation, "params"_a = l.params, "macs"_a = l.macs);
 }
 
 py::dict build_report_dict(const BuildReport& r) {
   py::list layers;
   for (const auto& l : r.layers) layers.append(layer_report_dict(l));
-  return py::dict("layers"_a = layers, "fallbacks"_a = r.fallbacks, "backend"_a = r.backend,
-                  "isa"_a = r.isa, "max_batch"_a = r.max_batch,
-                  "peak_memory_bytes"_a = r.peak_memory_bytes, "weight_bytes"_a = r.weight_bytes,
-                  "average_bits_by_params"_a = r.average_bits_by_params,
-                  "average_bits_by_macs"_a = r.average_bits_by_macs,
-                  "calibration_seconds"_a = r.calibration_seconds,
-                  "build_seconds"_a = r.build_seconds,
-                  "calibration_from_cache"_a = r.calibration_from_cache);
+  return py::dict(
+      "layers"_a = layers, "fallbacks"_a = r.fallbacks, "backend"_a = r.backend, "isa"_a = r.isa,
+      "max_batch"_a = r.max_batch, "peak_memory_bytes"_a = r.peak_memory_bytes,
+      "weight_bytes"_a = r.weight_bytes, "average_bits_by_params"_a = r.average_bits_by_params,
+      "average_bits_by_macs"_a = r.average_bits_by_macs,
+      "calibration_seconds"_a = r.calibration_seconds, "build_seconds"_a = r.build_seconds,
+      "calibration_from_cache"_a = r.calibration_from_cache);
 }
 
 std::string build_report_table(const BuildReport& r) {
@@ -139,8 +145,8 @@ std::string build_report_table(const BuildReport& r) {
   std::snprintf(line, sizeof line,
                 "backend %s, target %s, max batch %lld\naverage bits: %.2f by parameters, %.2f "
                 "by MACs\n",
-                r.backend.c_str(), r.isa.c_str(), (long long)r.max_batch,
-                r.average_bits_by_params, r.average_bits_by_macs);
+                r.backend.c_str(), r.isa.c_str(), (long long)r.max_batch, r.average_bits_by_params,
+                r.average_bits_by_macs);
   os << line;
   if (!r.fallbacks.empty()) {
     os << "fallbacks (" << r.fallbacks.size() << "):\n";
@@ -159,10 +165,10 @@ py::dict layer_summary_dict(const LayerSummary& l) {
 }
 
 py::dict comparison_dict(const LayerComparison& c) {
-  return py::dict("layer"_a = c.layer, "output"_a = c.output, "op"_a = c.op,
-                  "module"_a = c.module, "precision"_a = pname(c.precision),
-                  "sqnr_db"_a = finite_or_inf(c.sqnr_db), "max_abs_error"_a = c.max_abs_error,
-                  "max_abs_reference"_a = c.max_abs_reference, "elements"_a = c.elements);
+  return py::dict("layer"_a = c.layer, "output"_a = c.output, "op"_a = c.op, "module"_a = c.module,
+                  "precision"_a = pname(c.precision), "sqnr_db"_a = finite_or_inf(c.sqnr_db),
+                  "max_abs_error"_a = c.max_abs_error, "max_abs_reference"_a = c.max_abs_reference,
+                  "elements"_a = c.elements);
 }
 
 // --- calibration data ----------------------------------------------------------------------------
@@ -202,8 +208,8 @@ CalibrationData calibration_from_python(py::handle obj) {
 
 // --- classes -------------------------------------------------------------------------------------
 
-struct PyContext {
-  PyContext(Context c, std::shared_ptr<const Engine> e)
+struct ContextHolder {
+  ContextHolder(Context c, std::shared_ptr<const Engine> e)
       : context(std::move(c)), engine(std::move(e)) {}
   Context context;
   std::shared_ptr<const Engine> engine;  // keeps specs and the report at hand
@@ -213,7 +219,7 @@ struct PyContext {
   bool capture_all = false;
 };
 
-struct PyInferenceResult {
+struct InferenceResultHolder {
   py::dict outputs;
   py::dict timing;
   py::list layers;
@@ -244,24 +250,28 @@ CalibrationOptions make_calibration_options(const std::string& algorithm, double
 
 // Builder.set_options keywords, named like the CLI's flags.
 const std::vector<std::string> kOptionKeywords = {
-    "backend",     "default_precision", "allow_fallback", "max_batch",   "calib_algo",
-    "percentile",  "calib_batch",       "calib_samples",  "calib_cache", "progress"};
+    "backend",    "default_precision", "allow_fallback", "max_batch",   "calib_algo",
+    "percentile", "calib_batch",       "calib_samples",  "calib_cache", "progress"};
 
 void apply_option(BuildOptions& o, const std::string& key, py::handle value) {
-  if (key == "backend") o.backend = value.cast<std::string>();
+  if (key == "backend")
+    o.backend = value.cast<std::string>();
   else if (key == "default_precision")
     o.default_precision = parse_precision(value.cast<std::string>(), "default_precision");
-  else if (key == "allow_fallback") o.allow_fallback = value.cast<bool>();
+  else if (key == "allow_fallback")
+    o.allow_fallback = value.cast<bool>();
   else if (key == "max_batch") {
     o.max_batch = value.cast<int64_t>();
     if (o.max_batch < 1)
       raise_error("InvalidArgumentError",
                   "max_batch must be at least 1, got " + std::to_string(o.max_batch));
-  } else if (key == "calib_algo") o.calibration.algorithm = parse_algorithm(value.cast<std::string>());
+  } else if (key == "calib_algo")
+    o.calibration.algorithm = parse_algorithm(value.cast<std::string>());
   else if (key == "percentile") {
     const double p = value.cast<double>();
     if (!(p > 0 && p <= 100))
-      raise_error("InvalidArgumentError", "percentile must be in (0, 100], got " + std::to_string(p));
+      raise_error("InvalidArgumentError",
+                  "percentile must be in (0, 100], got " + std::to_string(p));
     o.calibration.percentile = p;
   } else if (key == "calib_batch") {
     o.calibration.batch_size = value.cast<int64_t>();
@@ -273,7 +283,8 @@ void apply_option(BuildOptions& o, const std::string& key, py::handle value) {
       raise_error("InvalidArgumentError", "calib_samples must be >= 0 (0: every sample)");
   } else if (key == "calib_cache")
     o.calibration.cache_path = value.is_none() ? std::string() : path_string(value);
-  else if (key == "progress") o.calibration.progress = value.cast<bool>();
+  else if (key == "progress")
+    o.calibration.progress = value.cast<bool>();
   else
     raise_error("InvalidArgumentError", "unknown build option '" + key + "'; the options are " +
                                             join_names(kOptionKeywords));
@@ -296,14 +307,16 @@ PYBIND11_MODULE(_mixq, m) {
   // --- TensorSpec --------------------------------------------------------------------------------
   py::class_<TensorSpec>(m, "TensorSpec", "Name, dtype and shape of a model input or output.")
       .def_readonly("name", &TensorSpec::name)
-      .def_property_readonly("dtype", [](const TensorSpec& s) { return numpy_dtype_name(s.dtype); },
-                             "NumPy dtype name ('float32', ...)")
-      .def_property_readonly("shape", [](const TensorSpec& s) { return shape_tuple(s.shape); },
-                             "Dimensions; -1 marks the symbolic batch")
+      .def_property_readonly(
+          "dtype", [](const TensorSpec& s) { return numpy_dtype_name(s.dtype); },
+          "NumPy dtype name ('float32', ...)")
+      .def_property_readonly(
+          "shape", [](const TensorSpec& s) { return shape_tuple(s.shape); },
+          "Dimensions; -1 marks the symbolic batch")
       .def("to_dict", &spec_dict)
       .def("__repr__", [](const TensorSpec& s) {
         return "TensorSpec(name='" + s.name + "', dtype='" + numpy_dtype_name(s.dtype) +
-               "', shape=" + std::string(py::str(shape_tuple(s.shape))) + ")";
+               "', shape=" + to_str(shape_tuple(s.shape)) + ")";
       });
 
   // --- ModelSummary ------------------------------------------------------------------------------
@@ -341,7 +354,8 @@ PYBIND11_MODULE(_mixq, m) {
                         "producer"_a = s.producer);
       });
 
-  // --- Model ---------------------------------------------------------------------------------------
+  // --- Model
+  // ---------------------------------------------------------------------------------------
   py::class_<Model, std::shared_ptr<Model>>(
       m, "Model", "A network loaded from ONNX and simplified; runs on the fp32 reference backend.")
       .def_static(
@@ -402,9 +416,9 @@ PYBIND11_MODULE(_mixq, m) {
         return s + "], layers=" + std::to_string(model.summary().layers.size()) + ")";
       });
 
-  // --- calibration data and options ----------------------------------------------------------------
-  py::class_<CalibrationData>(m, "CalibrationData",
-                              "Samples for post-training calibration.")
+  // --- calibration data and options
+  // ----------------------------------------------------------------
+  py::class_<CalibrationData>(m, "CalibrationData", "Samples for post-training calibration.")
       .def_static(
           "from_path",
           [](py::object path) {
@@ -426,14 +440,16 @@ PYBIND11_MODULE(_mixq, m) {
 
   py::class_<CalibrationOptions>(m, "CalibrationOptions")
       .def(py::init(&make_calibration_options), py::kw_only(), "algorithm"_a = "entropy",
-           "percentile"_a = 99.99, "batch_size"_a = 32, "max_samples"_a = 0,
-           "cache_path"_a = "", "progress"_a = false)
+           "percentile"_a = 99.99, "batch_size"_a = 32, "max_samples"_a = 0, "cache_path"_a = "",
+           "progress"_a = false)
       .def_property(
           "algorithm",
           [](const CalibrationOptions& o) {
             return std::string(calibration_algorithm_name(o.algorithm));
           },
-          [](CalibrationOptions& o, const std::string& name) { o.algorithm = parse_algorithm(name); })
+          [](CalibrationOptions& o, const std::string& name) {
+            o.algorithm = parse_algorithm(name);
+          })
       .def_readwrite("percentile", &CalibrationOptions::percentile)
       .def_readwrite("batch_size", &CalibrationOptions::batch_size)
       .def_readwrite("max_samples", &CalibrationOptions::max_samples)
@@ -476,12 +492,13 @@ PYBIND11_MODULE(_mixq, m) {
       .def_readwrite("calibration", &BuildOptions::calibration)
       .def("__repr__", [](const BuildOptions& o) {
         return "BuildOptions(backend='" + o.backend + "', default_precision='" +
-               pname(o.default_precision) + "', allow_fallback=" +
-               (o.allow_fallback ? "True" : "False") + ", max_batch=" +
-               std::to_string(o.max_batch) + ")";
+               pname(o.default_precision) +
+               "', allow_fallback=" + (o.allow_fallback ? "True" : "False") +
+               ", max_batch=" + std::to_string(o.max_batch) + ")";
       });
 
-  // --- reports -------------------------------------------------------------------------------------
+  // --- reports
+  // -------------------------------------------------------------------------------------
   py::class_<LayerReport>(m, "LayerReport", "One engine layer: what was asked and what runs.")
       .def_readonly("name", &LayerReport::name)
       .def_readonly("op", &LayerReport::op)
@@ -489,8 +506,9 @@ PYBIND11_MODULE(_mixq, m) {
       .def_readonly("output", &LayerReport::output)
       .def_readonly("fused", &LayerReport::fused)
       .def_property_readonly("requested", [](const LayerReport& l) { return pname(l.requested); })
-      .def_property_readonly("precision", [](const LayerReport& l) { return pname(l.actual); },
-                             "The precision that runs")
+      .def_property_readonly(
+          "precision", [](const LayerReport& l) { return pname(l.actual); },
+          "The precision that runs")
       .def_readonly("fallback_reason", &LayerReport::fallback_reason)
       .def_readonly("implementation", &LayerReport::implementation)
       .def_readonly("params", &LayerReport::params)
@@ -523,7 +541,8 @@ PYBIND11_MODULE(_mixq, m) {
         return os.str();
       });
 
-  // --- Engine --------------------------------------------------------------------------------------
+  // --- Engine
+  // --------------------------------------------------------------------------------------
   py::class_<Engine, std::shared_ptr<Engine>>(
       m, "Engine", "An immutable, serializable engine; run it through contexts.")
       .def_static(
@@ -565,7 +584,7 @@ PYBIND11_MODULE(_mixq, m) {
       .def_property_readonly("max_batch", &Engine::max_batch)
       .def("create_context",
            [](std::shared_ptr<Engine> e) {
-             return std::make_unique<PyContext>(unwrap(e->create_context()), e);
+             return std::make_unique<ContextHolder>(unwrap(e->create_context()), e);
            })
       .def("__repr__", [](const Engine& e) {
         std::ostringstream os;
@@ -575,18 +594,19 @@ PYBIND11_MODULE(_mixq, m) {
         return os.str();
       });
 
-  // --- Context -------------------------------------------------------------------------------------
-  py::class_<PyInferenceResult>(m, "InferenceResult",
-                                "Outputs (also reachable as result[name]), timing, per-layer "
-                                "times when profiling, captured values.")
-      .def_readonly("outputs", &PyInferenceResult::outputs)
-      .def_readonly("timing", &PyInferenceResult::timing,
+  // --- Context
+  // -------------------------------------------------------------------------------------
+  py::class_<InferenceResultHolder>(m, "InferenceResult",
+                                    "Outputs (also reachable as result[name]), timing, per-layer "
+                                    "times when profiling, captured values.")
+      .def_readonly("outputs", &InferenceResultHolder::outputs)
+      .def_readonly("timing", &InferenceResultHolder::timing,
                     "{'compute_ms': ..., 'end_to_end_ms': ...}")
-      .def_readonly("layers", &PyInferenceResult::layers,
+      .def_readonly("layers", &InferenceResultHolder::layers,
                     "[{'name', 'op', 'precision', 'ms'}] when profiling is on")
-      .def_readonly("captured", &PyInferenceResult::captured)
+      .def_readonly("captured", &InferenceResultHolder::captured)
       .def("__getitem__",
-           [](const PyInferenceResult& r, py::handle key) -> py::object {
+           [](const InferenceResultHolder& r, py::handle key) -> py::object {
              if (!r.outputs.contains(key)) {
                std::vector<std::string> names;
                for (auto item : r.outputs) names.push_back(py::str(item.first));
@@ -595,22 +615,23 @@ PYBIND11_MODULE(_mixq, m) {
              }
              return r.outputs[key];
            })
-      .def("__contains__", [](const PyInferenceResult& r, py::handle k) { return r.outputs.contains(k); })
-      .def("__len__", [](const PyInferenceResult& r) { return r.outputs.size(); })
-      .def("__iter__", [](const PyInferenceResult& r) { return py::iter(r.outputs); })
-      .def("keys", [](const PyInferenceResult& r) { return r.outputs.attr("keys")(); })
-      .def("values", [](const PyInferenceResult& r) { return r.outputs.attr("values")(); })
-      .def("items", [](const PyInferenceResult& r) { return r.outputs.attr("items")(); })
-      .def("__repr__", [](const PyInferenceResult& r) {
-        return "InferenceResult(outputs=" + std::string(py::str(r.outputs.attr("keys")())) +
-               ", timing=" + std::string(py::str(r.timing)) + ")";
+      .def("__contains__",
+           [](const InferenceResultHolder& r, py::handle k) { return r.outputs.contains(k); })
+      .def("__len__", [](const InferenceResultHolder& r) { return r.outputs.size(); })
+      .def("__iter__", [](const InferenceResultHolder& r) { return py::iter(r.outputs); })
+      .def("keys", [](const InferenceResultHolder& r) { return r.outputs.attr("keys")(); })
+      .def("values", [](const InferenceResultHolder& r) { return r.outputs.attr("values")(); })
+      .def("items", [](const InferenceResultHolder& r) { return r.outputs.attr("items")(); })
+      .def("__repr__", [](const InferenceResultHolder& r) {
+        return "InferenceResult(outputs=" + to_str(r.outputs.attr("keys")()) +
+               ", timing=" + to_str(r.timing) + ")";
       });
 
-  py::class_<PyContext>(m, "Context",
-                        "Runs inference on an engine. One per thread; many per engine.")
+  py::class_<ContextHolder>(m, "Context",
+                            "Runs inference on an engine. One per thread; many per engine.")
       .def(
           "infer",
-          [](PyContext& c, py::handle inputs, bool as_torch) {
+          [](ContextHolder& c, py::handle inputs, bool as_torch) {
             std::vector<py::object> holders;
             Borrowed borrowed;
             borrowed.holders = &holders;
@@ -621,7 +642,7 @@ PYBIND11_MODULE(_mixq, m) {
               return c.context.infer(in);
             }();
             InferenceResult result = unwrap(std::move(r));
-            PyInferenceResult out;
+            InferenceResultHolder out;
             out.outputs = ordered_outputs(result.outputs, c.engine->outputs(), as_torch);
             out.timing = py::dict("compute_ms"_a = result.timing.compute_ms,
                                   "end_to_end_ms"_a = result.timing.end_to_end_ms);
@@ -637,8 +658,8 @@ PYBIND11_MODULE(_mixq, m) {
           "without copying. Outputs are NumPy arrays, or torch tensors with as_torch=True. The "
           "GIL is released while the engine runs.")
       .def_property(
-          "profiling", [](const PyContext& c) { return c.profiling; },
-          [](PyContext& c, bool on) {
+          "profiling", [](const ContextHolder& c) { return c.profiling; },
+          [](ContextHolder& c, bool on) {
             std::lock_guard<std::mutex> lock(c.mutex);
             c.profiling = on;
             c.context.set_profiling(on);
@@ -646,7 +667,7 @@ PYBIND11_MODULE(_mixq, m) {
           "Per-layer times in InferenceResult.layers")
       .def(
           "set_profiling",
-          [](PyContext& c, bool on) {
+          [](ContextHolder& c, bool on) {
             std::lock_guard<std::mutex> lock(c.mutex);
             c.profiling = on;
             c.context.set_profiling(on);
@@ -654,7 +675,7 @@ PYBIND11_MODULE(_mixq, m) {
           "on"_a)
       .def(
           "capture",
-          [](PyContext& c, std::vector<std::string> names, bool all) {
+          [](ContextHolder& c, std::vector<std::string> names, bool all) {
             std::lock_guard<std::mutex> lock(c.mutex);
             c.capture_names = names;
             c.capture_all = all;
@@ -663,9 +684,10 @@ PYBIND11_MODULE(_mixq, m) {
           "names"_a = std::vector<std::string>{}, py::kw_only(), "all"_a = false,
           "Return these values (model names, e.g. a layer's output) as float32 in "
           "InferenceResult.captured; all=True captures every value that survives in the engine.")
-      .def_property_readonly("engine", [](const PyContext& c) { return c.engine; });
+      .def_property_readonly("engine", [](const ContextHolder& c) { return c.engine; });
 
-  // --- Builder -------------------------------------------------------------------------------------
+  // --- Builder
+  // -------------------------------------------------------------------------------------
   py::class_<Builder>(m, "Builder", "Model + precision plan + calibration data -> Engine.")
       .def(py::init([](std::shared_ptr<Model> model) {
              if (!model) raise_error("InvalidArgumentError", "Builder needs a mixq.Model");
@@ -676,7 +698,8 @@ PYBIND11_MODULE(_mixq, m) {
           "set_plan_json",
           [](Builder& b, py::object plan, const std::string& source) -> Builder& {
             std::string text;
-            if (py::isinstance<py::str>(plan)) text = plan.cast<std::string>();
+            if (py::isinstance<py::str>(plan))
+              text = plan.cast<std::string>();
             else if (py::isinstance<py::dict>(plan))
               text = py::module_::import("json")
                          .attr("dumps")(plan, "allow_nan"_a = false)
@@ -739,7 +762,8 @@ PYBIND11_MODULE(_mixq, m) {
         return std::make_shared<Engine>(unwrap(std::move(e)));
       });
 
-  // --- compare -------------------------------------------------------------------------------------
+  // --- compare
+  // -------------------------------------------------------------------------------------
   m.def(
       "compare_engine",
       [](const Model& model, const Engine& engine, py::handle inputs) {

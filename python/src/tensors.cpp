@@ -1,7 +1,9 @@
 #include "tensors.h"
 
 #include <Python.h>
+#include <pybind11/eval.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace mixq::python {
@@ -74,15 +76,23 @@ del _cls
 
 const char* class_for(StatusCode code) {
   switch (code) {
-    case StatusCode::kInvalidArgument: return "InvalidArgumentError";
-    case StatusCode::kNotFound: return "NotFoundError";
-    case StatusCode::kUnsupported: return "UnsupportedError";
-    case StatusCode::kParseError: return "ParseError";
-    case StatusCode::kDataLoss: return "CorruptFileError";
-    case StatusCode::kFailedPrecondition: return "FailedPreconditionError";
-    case StatusCode::kIoError: return "MixqIOError";
+    case StatusCode::kInvalidArgument:
+      return "InvalidArgumentError";
+    case StatusCode::kNotFound:
+      return "NotFoundError";
+    case StatusCode::kUnsupported:
+      return "UnsupportedError";
+    case StatusCode::kParseError:
+      return "ParseError";
+    case StatusCode::kDataLoss:
+      return "CorruptFileError";
+    case StatusCode::kFailedPrecondition:
+      return "FailedPreconditionError";
+    case StatusCode::kIoError:
+      return "MixqIOError";
     case StatusCode::kOk:
-    case StatusCode::kInternal: break;
+    case StatusCode::kInternal:
+      break;
   }
   return "InternalError";
 }
@@ -149,21 +159,30 @@ constexpr const char* kSupported = "float32, float16, int8, uint8, int32, int64,
 Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borrowed,
                   bool from_torch) {
   if (!py::isinstance<py::array>(obj))
-    raise_error("InvalidArgumentError", what + " is a " + type_name(obj) +
-                                            "; give a numpy.ndarray or a CPU torch.Tensor");
+    raise_error("InvalidArgumentError",
+                what + " is a " + type_name(obj) + "; give a numpy.ndarray or a CPU torch.Tensor");
   auto arr = py::reinterpret_borrow<py::array>(obj);
   const py::dtype dt = arr.dtype();
-  const char kind = dt.kind();
-  const ssize_t size = dt.itemsize();
+  // Python-level attributes rather than pybind11's descriptor accessors, whose struct layout
+  // NumPy 2 changed (Debian's pybind11 2.10 predates it).
+  const char kind = dt.attr("kind").cast<std::string>().at(0);
+  const ssize_t size = dt.attr("itemsize").cast<ssize_t>();
   std::optional<DType> dtype;
-  if (kind == 'f' && size == 4) dtype = DType::kFloat32;
-  else if (kind == 'f' && size == 2) dtype = DType::kFloat16;
-  else if (kind == 'i' && size == 1) dtype = DType::kInt8;
-  else if (kind == 'u' && size == 1) dtype = DType::kUInt8;
-  else if (kind == 'i' && size == 4) dtype = DType::kInt32;
-  else if (kind == 'i' && size == 8) dtype = DType::kInt64;
-  else if (kind == 'b' && size == 1) dtype = DType::kBool;
-  const std::string dt_name = py::str(dt);
+  if (kind == 'f' && size == 4)
+    dtype = DType::kFloat32;
+  else if (kind == 'f' && size == 2)
+    dtype = DType::kFloat16;
+  else if (kind == 'i' && size == 1)
+    dtype = DType::kInt8;
+  else if (kind == 'u' && size == 1)
+    dtype = DType::kUInt8;
+  else if (kind == 'i' && size == 4)
+    dtype = DType::kInt32;
+  else if (kind == 'i' && size == 8)
+    dtype = DType::kInt64;
+  else if (kind == 'b' && size == 1)
+    dtype = DType::kBool;
+  const std::string dt_name = py::str(static_cast<py::handle>(dt)).cast<std::string>();
   if (!dtype) {
     std::string hint;
     if (kind == 'f' || kind == 'c')
@@ -172,9 +191,9 @@ Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borro
                                          hint + " (supported: " + kSupported + ")");
   }
   if (!dt.attr("isnative").cast<bool>())
-    raise_error("InvalidDTypeError",
-                what + " has dtype " + dt_name +
-                    " in non-native byte order: convert it with .astype(" + dt_name.substr(1) + ")");
+    raise_error("InvalidDTypeError", what + " has dtype " + dt_name +
+                                         " in non-native byte order: convert it with .astype(" +
+                                         dt_name.substr(1) + ")");
   if (!(arr.flags() & py::array::c_style))
     raise_error("InvalidArgumentError",
                 what + " with shape " + std::string(py::str(arr.attr("shape"))) +
@@ -207,7 +226,8 @@ Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrow
       dtype == "torch.complex128")
     raise_error("InvalidDTypeError", what + " is a " + dtype +
                                          " tensor, which mixq does not take: convert it with "
-                                         ".float() (supported: " + kSupported + ")");
+                                         ".float() (supported: " +
+                                         kSupported + ")");
   if (py::str(t.attr("layout")).cast<std::string>() != "torch.strided")
     raise_error("InvalidArgumentError", what + " is a " + std::string(py::str(t.attr("layout"))) +
                                             " tensor: convert it with .to_dense()");
@@ -250,17 +270,16 @@ TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
     if (seq.size() != specs.size())
       raise_error("InvalidArgumentError",
                   what + ": got a sequence of " + std::to_string(seq.size()) +
-                      " tensors; the model has " + std::to_string(specs.size()) +
-                      " input(s) (" + names() + "), given in this order or as a dict");
+                      " tensors; the model has " + std::to_string(specs.size()) + " input(s) (" +
+                      names() + "), given in this order or as a dict");
     for (size_t i = 0; i < specs.size(); ++i)
-      map[specs[i].name] =
-          to_tensor(seq[i], "input '" + specs[i].name + "'", borrowed);
+      map[specs[i].name] = to_tensor(seq[i], "input '" + specs[i].name + "'", borrowed);
     return map;
   }
   if (specs.size() != 1)
-    raise_error("InvalidArgumentError", what + ": the model has " + std::to_string(specs.size()) +
-                                            " inputs (" + names() +
-                                            "): give a dict {name: tensor} or a list in this order");
+    raise_error("InvalidArgumentError",
+                what + ": the model has " + std::to_string(specs.size()) + " inputs (" + names() +
+                    "): give a dict {name: tensor} or a list in this order");
   map[specs[0].name] = to_tensor(obj, "input '" + specs[0].name + "'", borrowed);
   return map;
 }
@@ -269,15 +288,24 @@ TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
 
 std::string numpy_dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat8E4M3: return "float8_e4m3fn";
-    case DType::kInt8: return "int8";
-    case DType::kUInt8: return "uint8";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
-    case DType::kBool: return "bool";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat8E4M3:
+      return "float8_e4m3fn";
+    case DType::kInt8:
+      return "int8";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
+    case DType::kBool:
+      return "bool";
   }
   return "?";
 }
@@ -308,8 +336,15 @@ py::object to_numpy(const Tensor& tensor, const TensorMap* borrowed) {
   auto* owner = new Tensor(t);
   py::capsule base(owner, [](void* p) { delete static_cast<Tensor*>(p); });
   py::dtype dt(numpy_dtype_name(t.dtype()));
-  if (t.numel() == 0) return py::array(dt, shape);  // nothing to share
-  return py::array(dt, shape, owner->raw(), base);
+  // Explicit strides: pybind11 2.10 would derive them from the descriptor (see from_numpy).
+  std::vector<ssize_t> strides(shape.size());
+  ssize_t stride = ssize_t(dtype_size(t.dtype()));
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= std::max<ssize_t>(shape[i], 1);
+  }
+  if (t.numel() == 0) return py::array(dt, shape, strides);  // nothing to share
+  return py::array(dt, shape, strides, owner->raw(), base);
 }
 
 py::object to_torch(const Tensor& tensor, const TensorMap* borrowed) {
@@ -318,8 +353,9 @@ py::object to_torch(const Tensor& tensor, const TensorMap* borrowed) {
     try {
       from_numpy = new py::object(py::module_::import("torch").attr("from_numpy"));
     } catch (py::error_already_set& e) {
-      raise_error("InvalidArgumentError",
-                  std::string("as_torch=True needs PyTorch, which cannot be imported: ") + e.what());
+      raise_error(
+          "InvalidArgumentError",
+          std::string("as_torch=True needs PyTorch, which cannot be imported: ") + e.what());
     }
   }
   return (*from_numpy)(to_numpy(tensor, borrowed));

@@ -42,7 +42,8 @@ void register_errors(py::module_& m);
 // Raises the named exception class of the module ("InvalidArgumentError", "InvalidDTypeError").
 [[noreturn]] void raise_error(const char* class_name, const std::string& message);
 
-// --- tensors in -----------------------------------------------------------------------------------
+// --- tensors in
+// -----------------------------------------------------------------------------------
 
 // Who keeps the Python memory alive that a converted tensor borrows.
 struct Borrowed {
@@ -64,7 +65,8 @@ Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrow
 TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
                         const std::string& what, const Borrowed& borrowed);
 
-// --- tensors out ----------------------------------------------------------------------------------
+// --- tensors out
+// ----------------------------------------------------------------------------------
 
 // A NumPy array sharing the tensor's storage (bf16 and fp8 come out as float32). When the storage
 // overlaps one of `borrowed` (a value the reference run passed through from an input), it is

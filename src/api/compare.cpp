@@ -41,8 +41,8 @@ Expected<std::vector<LayerComparison>> compare_engine(const Model& model, const 
       row.max_abs_error = std::max(row.max_abs_error, std::fabs(d));
       row.max_abs_reference = std::max(row.max_abs_reference, std::fabs(rv));
     }
-    row.sqnr_db = noise == 0 ? std::numeric_limits<double>::infinity()
-                             : 10 * std::log10(signal / noise);
+    row.sqnr_db =
+        noise == 0 ? std::numeric_limits<double>::infinity() : 10 * std::log10(signal / noise);
     rows.push_back(std::move(row));
   }
   return rows;

@@ -204,6 +204,15 @@ Expected<NamedTensors> load_npz(const std::string& path) {
 }
 
 Status save_npz(const std::string& path, const NamedTensors& tensors) {
+  if (tensors.empty()) {
+    // libzip writes no file at all for an archive without entries; NumPy writes the bare
+    // end-of-central-directory record, which is what loads back as an empty archive.
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write("PK\x05\x06", 4);
+    out.write(std::string(18, '\0').data(), 18);
+    if (!out) return IoError("writing '" + path + "' failed");
+    return Status::Ok();
+  }
   int err = 0;
   zip_t* archive = zip_open(path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
   if (!archive) return IoError("cannot create '" + path + "'");

@@ -297,6 +297,29 @@ TEST_F(Cli, RunErrors) {
   EXPECT_FALSE(std::filesystem::exists(file("y.npy")));
 }
 
+TEST_F(Cli, RunWithSomeInputsMissing) {
+  testing::OnnxBuilder b(13);
+  b.input("a", {2, 3});
+  b.input("b", {2, 3});
+  b.output("sum", {2, 3});
+  b.node("Add", {"a", "b"}, {"sum"}, "add");
+  b.save(file("two_inputs.onnx"));
+  const Tensor a = random_tensor({2, 3}, 1), bt = random_tensor({2, 3}, 2);
+  ASSERT_TRUE(save_npy(file("a.npy"), a).ok());
+  ASSERT_TRUE(save_npy(file("b.npy"), bt).ok());
+  CliResult r =
+      mixq("run " + quote(file("two_inputs.onnx")) + " --input a=" + quote(file("a.npy")));
+  expect_user_error(r, {"input 'b' is not given", "--input b="});
+
+  r = mixq("run " + quote(file("two_inputs.onnx")) + " --input a=" + quote(file("a.npy")) +
+           " --input b=" + quote(file("b.npy")) + " -o both");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto sum = load_npy(file("both/sum.npy"));
+  ASSERT_TRUE(sum.ok()) << sum.status().to_string();
+  for (int i = 0; i < 6; ++i)
+    EXPECT_EQ(sum->data<float>()[i], a.data<float>()[i] + bt.data<float>()[i]) << i;
+}
+
 TEST_F(Cli, BadModels) {
   {
     SCOPED_TRACE("nonexistent model");

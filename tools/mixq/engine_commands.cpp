@@ -309,14 +309,18 @@ int run_compare(const CompareArgs& a) {
   if (!layers.ok()) return report(layers.status());
   nlohmann::json rows = nlohmann::json::array();
   if (!a.json)
-    std::printf("%-44s %-12s %-6s %10s %12s %12s\n", "layer (output value)", "op", "prec", "SQNR dB",
-                "max abs err", "max |ref|");
+    std::printf("%-44s %-12s %-6s %10s %12s %12s\n", "layer (output value)", "op", "prec",
+                "SQNR dB", "max abs err", "max |ref|");
   for (const LayerComparison& l : *layers) {
     if (a.json) {
-      rows.push_back({{"layer", l.layer}, {"output", l.output}, {"op", l.op},
+      rows.push_back({{"layer", l.layer},
+                      {"output", l.output},
+                      {"op", l.op},
                       {"precision", std::string(precision_name(l.precision))},
-                      {"sqnr_db", std::isfinite(l.sqnr_db) ? nlohmann::json(l.sqnr_db) : nlohmann::json("inf")},
-                      {"max_abs_error", l.max_abs_error}, {"max_abs_reference", l.max_abs_reference}});
+                      {"sqnr_db", std::isfinite(l.sqnr_db) ? nlohmann::json(l.sqnr_db)
+                                                           : nlohmann::json("inf")},
+                      {"max_abs_error", l.max_abs_error},
+                      {"max_abs_reference", l.max_abs_reference}});
     } else {
       std::printf("%-44s %-12s %-6s %10.2f %12.5g %12.5g\n", l.output.c_str(), l.op.c_str(),
                   std::string(precision_name(l.precision)).c_str(), l.sqnr_db, l.max_abs_error,

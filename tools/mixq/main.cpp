@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    std::cerr << "error: " << e.what() << "\nRun with --help for more information.\n";
     return kExitUserError;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory\n";

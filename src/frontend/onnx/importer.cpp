@@ -436,6 +436,8 @@ class Importer {
 
     // Constants become constant values directly: nothing to compute.
     if (entry->op == ir::OpKind::kConstant) {
+      if (n.output_size() != 1 || n.output(0).empty())
+        return InvalidArgument(where + " must have exactly one named output");
       MIXQ_ASSIGN_OR_RETURN(Tensor t, constant_value(n, base_dir_, where));
       ir::Value* v = graph_->find_value(n.output(0));
       v->constant = std::move(t);

@@ -1,5 +1,6 @@
 #include "frontend/onnx/tensor_proto.h"
 
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <cstring>
@@ -66,10 +67,19 @@ Status read_external(const onnx::TensorProto& proto, const std::string& base_dir
                      const std::string& what, Tensor& t) {
   std::string location;
   int64_t offset = 0, length = -1;
+  // A non-negative decimal integer; corrupt files must not throw out of the importer.
+  auto parse_size = [&](const std::string& key, const std::string& text, int64_t& out) {
+    const char* end = text.data() + text.size();
+    const auto [ptr, ec] = std::from_chars(text.data(), end, out);
+    if (ec != std::errc() || ptr != end || out < 0)
+      return ParseError(what + ": external data " + key + " '" + text +
+                        "' is not a non-negative integer");
+    return Status::Ok();
+  };
   for (const auto& kv : proto.external_data()) {
     if (kv.key() == "location") location = kv.value();
-    else if (kv.key() == "offset") offset = std::stoll(kv.value());
-    else if (kv.key() == "length") length = std::stoll(kv.value());
+    else if (kv.key() == "offset") MIXQ_RETURN_IF_ERROR(parse_size("offset", kv.value(), offset));
+    else if (kv.key() == "length") MIXQ_RETURN_IF_ERROR(parse_size("length", kv.value(), length));
   }
   if (location.empty()) return ParseError(what + ": external data without a location");
   const std::filesystem::path rel(location);

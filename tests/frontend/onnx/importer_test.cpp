@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <random>
 #include <set>
 
@@ -275,6 +276,41 @@ TEST(ImporterErrors, ValueWrittenTwice) {
   b.node("Sigmoid", {"x"}, {"y"}, "second_writer");
   EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx"), StatusCode::kInvalidArgument,
                         {"'y'", "second_writer"}));
+}
+
+TEST(ImporterErrors, DuplicateInitializersAndInputs) {
+  {
+    OnnxBuilder b;
+    b.input("x", {3});
+    b.output("y", {3});
+    b.initializer("w", random_tensor({3}, 1));
+    b.initializer("w", random_tensor({3}, 2));
+    b.node("Add", {"x", "w"}, {"y"}, "add");
+    EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx"), StatusCode::kParseError,
+                          {"m.onnx", "two initializers", "'w'"}));
+  }
+  {
+    OnnxBuilder b;
+    b.input("x", {3});
+    b.input("x", {3});
+    b.output("y", {3});
+    b.node("Relu", {"x"}, {"y"}, "relu");
+    EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx"), StatusCode::kParseError,
+                          {"m.onnx", "graph input 'x'", "twice"}));
+  }
+}
+
+TEST(ImporterErrors, UnsupportedInputElementType) {
+  OnnxBuilder b;
+  b.input("x", {3});
+  b.output("y", {3});
+  b.graph().mutable_input(0)->mutable_type()->mutable_tensor_type()->set_elem_type(
+      onnx::TensorProto::DOUBLE);
+  b.graph().mutable_output(0)->mutable_type()->mutable_tensor_type()->set_elem_type(
+      onnx::TensorProto::DOUBLE);
+  b.node("Relu", {"x"}, {"y"}, "relu");
+  EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx"), StatusCode::kUnsupported,
+                        {"m.onnx", "'x'", "double"}));
 }
 
 TEST(ImporterErrors, BatchNormInTrainingMode) {
@@ -560,19 +596,14 @@ TEST(ModuleNames, UnnamedNodesGetUniqueNames) {
   EXPECT_TRUE(ir::verify(*g).ok());
 }
 
-}  // namespace
-}  // namespace mixq
-
-namespace mixq {
-namespace {
-
-using onnx_frontend::import_model_bytes;
-using testing::OnnxBuilder;
-using testing::random_tensor;
-using testing::status_is;
-
 // --- malformed but parseable nodes: an error, never a crash
 // ------------------------------------------
+
+onnx_frontend::ImportOptions without_shape_inference() {
+  onnx_frontend::ImportOptions o;
+  o.shape_inference = false;  // so the importer's own checks, not ONNX's, meet the bad node
+  return o;
+}
 
 TEST(ImporterMalformed, ConstantWithoutOutput) {
   OnnxBuilder b;
@@ -580,21 +611,24 @@ TEST(ImporterMalformed, ConstantWithoutOutput) {
   b.output("y", {3});
   b.node("Constant", {}, {}, "const_no_output").attr("value", random_tensor({3}, 1));
   b.node("Relu", {"x"}, {"y"}, "relu");
-  auto r = import_model_bytes(b.bytes(), "m.onnx");
-  EXPECT_FALSE(r.ok());
-  if (!r.ok())
-    EXPECT_NE(r.status().message().find("const_no_output"), std::string::npos)
-        << r.status().message();
+  EXPECT_FALSE(import_model_bytes(b.bytes(), "m.onnx").ok());
+  EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx", "", without_shape_inference()),
+                        StatusCode::kInvalidArgument, {"m.onnx", "const_no_output", "output"}));
 }
 
 TEST(ImporterMalformed, ConstantWithEmptyOutputName) {
+  // Used to dereference a null value (segfault).
   OnnxBuilder b;
   b.input("x", {3});
   b.output("y", {3});
   b.node("Constant", {}, {""}, "const_empty_output").attr("value", random_tensor({3}, 1));
   b.node("Relu", {"x"}, {"y"}, "relu");
-  auto r = import_model_bytes(b.bytes(), "m.onnx");
-  EXPECT_FALSE(r.ok());
+  for (bool infer : {true, false}) {
+    onnx_frontend::ImportOptions o;
+    o.shape_inference = infer;
+    EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx", "", o),
+                          StatusCode::kInvalidArgument, {"const_empty_output", "output"}));
+  }
 }
 
 TEST(ImporterMalformed, ConvWithOneInput) {
@@ -602,21 +636,41 @@ TEST(ImporterMalformed, ConvWithOneInput) {
   b.input("x", {1, 3, 4, 4});
   b.output("y", {1, 3, 4, 4});
   b.node("Conv", {"x"}, {"y"}, "lonely_conv");
-  auto r = import_model_bytes(b.bytes(), "m.onnx");
-  EXPECT_TRUE(status_is(r, StatusCode::kInvalidArgument, {"lonely_conv"}));
+  for (bool infer : {true, false}) {
+    onnx_frontend::ImportOptions o;
+    o.shape_inference = infer;
+    EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx", "", o),
+                          StatusCode::kInvalidArgument, {"lonely_conv", "1 inputs"}));
+  }
 }
 
-TEST(ImporterMalformed, NodesWithoutOutputs) {
+TEST(ImporterMalformed, NodeWithoutOutputs) {
   OnnxBuilder b;
-  b.input("x", {1, 3, 4, 4});
-  b.output("y", {1, 3, 4, 4});
+  b.input("x", {2, 4});
+  b.output("y", {2, 4});
   b.node("Relu", {"x"}, {"y"}, "relu");
-  b.node("Gemm", {"x"}, {}, "no_outputs");
-  auto r = import_model_bytes(b.bytes(), "m.onnx");
-  EXPECT_FALSE(r.ok());
+  b.node("Sigmoid", {"x"}, {}, "no_outputs");
+  EXPECT_TRUE(status_is(import_model_bytes(b.bytes(), "m.onnx", "", without_shape_inference()),
+                        StatusCode::kInvalidArgument, {"no_outputs", "0 outputs"}));
 }
 
-TEST(ImporterMalformed, ExternalDataBadOffset) {
+TEST(ImporterMalformed, ConstantValueOfTheWrongAttributeType) {
+  OnnxBuilder b;
+  b.input("x", {3});
+  b.output("y", {3});
+  b.node("Constant", {}, {"c"}, "odd_const").attr("value", int64_t(3));  // INT, not TENSOR
+  b.node("Add", {"x", "c"}, {"y"}, "add");
+  auto r = import_model_bytes(b.bytes(), "m.onnx");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("odd_const"), std::string::npos) << r.status().message();
+}
+
+// --- external data
+// --------------------------------------------------------------------------------------
+
+// x[3] + w[3] where w lives in `location` at `offset`; `length` "" leaves it out.
+OnnxBuilder external_model(const std::string& location, const std::string& offset,
+                           const std::string& length) {
   OnnxBuilder b;
   b.input("x", {3});
   b.output("y", {3});
@@ -625,15 +679,64 @@ TEST(ImporterMalformed, ExternalDataBadOffset) {
   t->set_data_type(onnx::TensorProto::FLOAT);
   t->add_dims(3);
   t->set_data_location(onnx::TensorProto::EXTERNAL);
-  auto* kv = t->add_external_data();
-  kv->set_key("location");
-  kv->set_value("weights.bin");
-  kv = t->add_external_data();
-  kv->set_key("offset");
-  kv->set_value("not_a_number");
+  auto add = [&](const char* key, const std::string& value) {
+    if (value.empty()) return;
+    auto* kv = t->add_external_data();
+    kv->set_key(key);
+    kv->set_value(value);
+  };
+  add("location", location);
+  add("offset", offset);
+  add("length", length);
   b.node("Add", {"x", "w"}, {"y"}, "add");
-  auto r = import_model_bytes(b.bytes(), "m.onnx", "/tmp");
-  EXPECT_FALSE(r.ok());
+  return b;
+}
+
+class ExternalData : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // 16 bytes of something else, then the three floats.
+    std::string bytes = "0123456789abcdef";
+    bytes.append(reinterpret_cast<const char*>(w_.data()), sizeof(w_));
+    testing::write_file(dir_.file("weights.bin"), bytes);
+  }
+  Expected<std::unique_ptr<ir::Graph>> import(const OnnxBuilder& b) {
+    b.save(dir_.file("model.onnx"));
+    return import_model_file(dir_.file("model.onnx"));
+  }
+  testing::TempDir dir_;
+  const std::array<float, 3> w_ = {1.5f, -2.75f, 0.125f};
+};
+
+TEST_F(ExternalData, IsReadFromBesideTheModel) {
+  auto g = import(external_model("weights.bin", "16", "12"));
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  const ir::Value* w = (*g)->find_value("w");
+  ASSERT_TRUE(w && w->is_constant());
+  EXPECT_EQ(w->constant.to_float_vector(), std::vector<float>(w_.begin(), w_.end()));
+}
+
+TEST_F(ExternalData, Errors) {
+  EXPECT_TRUE(status_is(import(external_model("weights.bin", "sixteen", "")),
+                        StatusCode::kParseError, {"'w'", "offset", "sixteen"}));
+  EXPECT_TRUE(status_is(import(external_model("weights.bin", "16", "12 bytes")),
+                        StatusCode::kParseError, {"'w'", "length", "12 bytes"}));
+  EXPECT_TRUE(status_is(import(external_model("weights.bin", "-4", "")), StatusCode::kParseError,
+                        {"'w'", "offset", "-4"}));
+  EXPECT_TRUE(status_is(import(external_model("weights.bin", "99999999999999999999", "")),
+                        StatusCode::kParseError, {"'w'", "offset"}));
+  EXPECT_TRUE(status_is(import(external_model("", "16", "")), StatusCode::kParseError,
+                        {"'w'", "location"}));
+  EXPECT_TRUE(status_is(import(external_model("../weights.bin", "16", "")),
+                        StatusCode::kInvalidArgument, {"'w'", "../weights.bin", "relative"}));
+  EXPECT_TRUE(status_is(import(external_model("/etc/passwd", "", "")), StatusCode::kInvalidArgument,
+                        {"'w'", "/etc/passwd"}));
+  EXPECT_TRUE(status_is(import(external_model("missing.bin", "", "")), StatusCode::kNotFound,
+                        {"'w'", "missing.bin"}));
+  EXPECT_TRUE(status_is(import(external_model("weights.bin", "16", "8")), StatusCode::kDataLoss,
+                        {"'w'", "length 8", "12"}));
+  EXPECT_TRUE(status_is(import(external_model("weights.bin", "20", "")), StatusCode::kDataLoss,
+                        {"'w'", "too short"}));
 }
 
 }  // namespace
