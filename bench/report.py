@@ -1,0 +1,128 @@
+"""Turns what bench/run.sh measured into one table per model; prints it and writes it as markdown,
+with the machine, to CACHE/results.md.
+
+Usage: report.py CACHE ITERATIONS THREADS
+Reads CACHE/results/*.json (timings, peak, mixq inspect) and CACHE/outputs/*.npy (outputs on the
+bench input, for the SQNR against the mixq fp32 engine).
+"""
+import datetime
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+BATCH = 128
+# row key, label, which peak applies
+ROWS = [
+    ("mixq-fp32", "mixq fp32", "fp32"),
+    ("mixq-int8", "mixq int8 (entropy calibration)", "int8"),
+    ("mixq-int8-qdq-w7", "mixq int8 from the Q/DQ model (7-bit weights)", "int8"),
+    ("mixq-mixed", "mixq mixed: conv1 fp32, rest int8 (plans/lenet_mixed.json)", "mixed"),
+    ("ort-fp32", "ONNX Runtime fp32", "fp32"),
+    ("ort-int8-qdq-w7", "ONNX Runtime int8, Q/DQ model, 7-bit weights", "int8"),
+    ("ort-int8-qdq-w8", "ONNX Runtime int8, Q/DQ model, 8-bit weights", "int8"),
+    ("torch-fp32", "PyTorch fp32 eager", "fp32"),
+    ("torch-int8-fx", "PyTorch FX int8 (onednn engine)", "int8"),
+]
+MODELS = [("resnet18", "CIFAR ResNet18, 3x32x32"), ("lenet", "MNIST LeNet, 1x28x28")]
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def sqnr(y, ref):
+    err = float(((y.astype(np.float64) - ref) ** 2).sum())
+    return "exact" if err == 0 else f"{10 * np.log10(float((ref.astype(np.float64) ** 2).sum()) / err):.1f}"
+
+
+def mixed_peak(inspect, peak):
+    """Peak of a mixed engine: its MACs at the fp32 peak where fp32, the int8 peak where int8."""
+    macs = {"int8": 0, "fp32": 0}
+    for layer in inspect["layers"]:
+        macs["int8" if layer["precision"] == "int8" else "fp32"] += layer["macs"]
+    seconds = macs["fp32"] / peak["fp32_peak_gmacs"] + macs["int8"] / peak["int8_peak_gmacs"]
+    return sum(macs.values()) / seconds
+
+
+def table(cache, model, peak):
+    res = os.path.join(cache, "results")
+    gmac = load(os.path.join(res, f"{model}_model.json"))["total"]["macs"] * BATCH / 1e9
+    ref = np.load(os.path.join(cache, "outputs", f"{model}__mixq-fp32.npy"))
+    rows = [["plan / peer", "median ms", "p10–p90 ms", "speedup", "GMAC/s", "% of peak", "SQNR dB"]]
+    base = None
+    for key, label, kind in ROWS:
+        path = os.path.join(res, f"{model}__{key}.json")
+        if not os.path.exists(path):
+            continue
+        r = load(path)
+        if "compute_ms_median" in r:  # mixq bench
+            med, p10, p90 = r["end_to_end_ms_median"], r["compute_ms_p10"], r["compute_ms_p90"]
+        else:
+            med, p10, p90 = r["median_ms"], r["p10_ms"], r["p90_ms"]
+        base = base or med
+        rate = gmac / (med / 1e3)
+        if kind == "mixed":
+            top = mixed_peak(load(os.path.join(res, f"{model}__{key}.inspect.json")), peak)
+        else:
+            top = peak[f"{kind}_peak_gmacs"]
+        out = os.path.join(cache, "outputs", f"{model}__{key}.npy")
+        q = "—" if key == "mixq-fp32" or not os.path.exists(out) else sqnr(np.load(out), ref)
+        rows.append([label, f"{med:.2f}", f"{p10:.2f}–{p90:.2f}", f"{base / med:.2f}×", f"{rate:.1f}",
+                     f"{100 * rate / top:.0f}%", q])
+    return gmac, markdown(rows)
+
+
+def markdown(rows):
+    """A markdown table, padded so that it also reads well in a terminal; numbers right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                       for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    rule = "| " + " | ".join("-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)) + " |"
+    return [line(rows[0]), rule] + [line(r) for r in rows[1:]]
+
+
+def machine(cache, peak, iterations, threads):
+    res = os.path.join(cache, "results")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    isa_path = os.path.join(res, "onednn_isa.txt")
+    isa = open(isa_path).read().strip().split("isa:")[-1] if os.path.exists(isa_path) else "?"
+    target = load(os.path.join(res, "resnet18__mixq-fp32.inspect.json")).get("target", "?")
+    peaks = ", ".join(f"{k.removesuffix('_gmacs')} {v:.1f}" for k, v in peak.items()
+                      if k.endswith("_gmacs") and not k.endswith("peak_gmacs"))
+    return [f"- date: {datetime.date.today()}",
+            f"- CPU: {cpu}, {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}",
+            f"- oneDNN ISA: {isa}; mixq engine target: `{target}`",
+            f"- peaks with {peak['threads']} threads (register-only kernels, GMAC/s): {peaks}; "
+            f"fp32 rows use {peak['fp32_peak_gmacs']:.1f}, int8 rows {peak['int8_peak_gmacs']:.1f} "
+            f"({peak['int8_peak_kernel']}), mixed rows the two weighted by the engine's MACs",
+            f"- batch {BATCH}, {threads} threads, {iterations} timed runs after warm-up, the same "
+            "Fashion-MNIST test images for every row"]
+
+
+NOTES = """Median: wall time of one inference call (mixq: end to end, including input checks and
+copies; ONNX Runtime: `session.run` from Node; PyTorch: the module call). p10–p90: the spread
+(for mixq, of the compute time, which `mixq bench --json` reports per run). Speedup: over mixq
+fp32. SQNR: the row's output against the mixq fp32 engine's, on the bench input."""
+
+
+def main():
+    cache, iterations, threads = sys.argv[1], sys.argv[2], sys.argv[3]
+    peak = load(os.path.join(cache, "results", "peak.json"))
+    md = ["# Benchmarks", ""] + machine(cache, peak, iterations, threads) + [""]
+    for model, title in MODELS:
+        gmac, lines = table(cache, model, peak)
+        md += [f"## {title} ({gmac:.2f} GMAC per batch of {BATCH})", ""] + lines + [""]
+    md += [NOTES.replace("\n", " "), ""]
+    text = "\n".join(md)
+    print(text)
+    with open(os.path.join(cache, "results.md"), "w") as f:
+        f.write(text)
+    print(f"(written to {os.path.join(cache, 'results.md')})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

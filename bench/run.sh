@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: prints one side-by-side table per model and writes them as
+# markdown, with the machine, to bench/.cache/results.md.
+#
+#   bench/run.sh [-n ITERATIONS] [-t THREADS] [--warmup N]      (defaults: 30, 2, 5)
+#
+# Builds what it needs (the mixq CLI in ${BUILD_DIR:-build}, the peak kernel, ONNX Runtime from
+# npm), makes the models and data into bench/.cache (once; again when make_models.py or a
+# checkpoint there changes), builds the mixq engines, then times, in blocks and never interleaved
+# (ONNX Runtime's thread pools spin): the peak kernel, every mixq engine, ONNX Runtime, PyTorch.
+# Batch 128, THREADS threads, the same input for all.
+set -euo pipefail
+cd "$(dirname "$0")"
+N=30 THREADS=2 WARMUP=5
+while [ $# -gt 0 ]; do
+  case $1 in
+    -n) N=$2; shift 2 ;;
+    -t|--threads) THREADS=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    *) echo "usage: $0 [-n ITERATIONS] [-t THREADS] [--warmup N]" >&2; exit 2 ;;
+  esac
+done
+PY=/usr/bin/python3                   # Debian's Python, with torch and onnx
+ROOT=$(cd .. && pwd)
+BUILD=$ROOT/${BUILD_DIR:-build}
+MIXQ=$BUILD/mixq
+C=.cache
+export OMP_NUM_THREADS=$THREADS
+step() { echo "== $*" >&2; }
+
+step "build: mixq CLI, peak kernel, ONNX Runtime"
+[ -f "$BUILD/build.ninja" ] || cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DPython3_EXECUTABLE=$PY >/dev/null
+ninja -C "$BUILD" mixq_cli >/dev/null
+mkdir -p $C/engines $C/results $C/outputs
+[ $C/peak -nt peak/peak.cpp ] || g++ -O2 -fopenmp peak/peak.cpp -o $C/peak
+[ -d peers/node_modules/onnxruntime-node ] ||
+  (cd peers && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund >/dev/null)
+
+if [ ! -f $C/models.stamp ] || [ models/make_models.py -nt $C/models.stamp ] ||
+   [ $C/resnet18.pt -nt $C/models.stamp ] || [ $C/lenet.pt -nt $C/models.stamp ]; then
+  step "models and data (Fashion-MNIST) into $C"
+  $PY models/make_models.py $C
+  touch $C/models.stamp
+fi
+
+# --- mixq engines: name = <model>__mixq-<plan> -------------------------------------------------------
+ENGINES=()
+engine() {  # engine MODEL PLAN ONNX [mixq build options]; calibration is cached per engine
+  local name=$1__mixq-$2 onnx=$3
+  shift 3
+  step "mixq build $name"
+  if ! $MIXQ build $C/$onnx "$@" -o $C/engines/$name.mixq >$C/engines/$name.log 2>&1; then
+    cat $C/engines/$name.log >&2
+    exit 1
+  fi
+  ENGINES+=("$name")
+}
+calib() { echo --calib $C/calib_$1.npy --calib-algo entropy --calib-cache $C/engines/$2.calib; }
+engine resnet18 fp32 resnet18.onnx
+engine resnet18 int8 resnet18.onnx --default-precision int8 $(calib resnet resnet18_int8)
+engine resnet18 int8-qdq-w7 resnet18_qdq_w7.onnx
+engine lenet fp32 lenet.onnx
+engine lenet int8 lenet.onnx --default-precision int8 $(calib lenet lenet_int8)
+engine lenet mixed lenet.onnx --config plans/lenet_mixed.json $(calib lenet lenet_mixed)
+
+# --- timing, in blocks -------------------------------------------------------------------------------
+input() { [ "$1" = lenet ] && echo $C/bench_lenet.npy || echo $C/bench_resnet.npy; }
+step "time: peak kernel ($THREADS threads)"
+$C/peak "$THREADS" >$C/results/peak.json
+for e in "${ENGINES[@]}"; do
+  step "time: mixq $e"
+  $MIXQ bench $C/engines/$e.mixq --batch 128 --warmup "$WARMUP" -n "$N" --json >$C/results/$e.json
+done
+for model in resnet18 lenet; do
+  for v in fp32: int8-qdq-w7:_qdq_w7 int8-qdq-w8:_qdq_w8; do
+    step "time: ONNX Runtime $model ${v%%:*}"
+    node peers/ort_bench.js $C/$model${v#*:}.onnx "$(input $model)" -n "$N" --warmup "$WARMUP" \
+      --threads "$THREADS" --out $C/outputs/${model}__ort-${v%%:*}.npy >$C/results/${model}__ort-${v%%:*}.json
+  done
+done
+for model in resnet18 lenet; do
+  for p in fp32 int8; do
+    step "time: PyTorch $model $p"
+    row=${model}__torch-$p
+    [ $p = int8 ] && row=${model}__torch-int8-fx
+    $PY peers/torch_bench.py $model $p $C -n "$N" --warmup "$WARMUP" --threads "$THREADS" \
+      --out $C/outputs/$row.npy >$C/results/$row.json
+  done
+done
+
+# --- outputs of the mixq engines on the bench input (for SQNR), machine, table ----------------------
+for e in "${ENGINES[@]}"; do
+  $MIXQ run $C/engines/$e.mixq -i input="$(input ${e%%__*})" -o $C/outputs/$e >/dev/null
+  mv $C/outputs/$e/output.npy $C/outputs/$e.npy && rmdir $C/outputs/$e
+done
+ONEDNN_VERBOSE=1 $MIXQ bench $C/engines/lenet__mixq-fp32.mixq -n 1 --warmup 0 2>&1 |
+  grep -m1 ',isa:' >$C/results/onednn_isa.txt || true
+for model in resnet18 lenet; do $MIXQ inspect $C/$model.onnx --json >$C/results/${model}_model.json; done
+for e in "${ENGINES[@]}"; do $MIXQ inspect $C/engines/$e.mixq --json >$C/results/$e.inspect.json; done
+$PY report.py $C "$N" "$THREADS"
