@@ -28,6 +28,10 @@ bool layout_agnostic(const ir::Node& n) {
   if (is_pool(n.op) && n.input(0)->shape.size() == 4) return true;
   if (n.op == ir::OpKind::kRelu && n.precision == Precision::kINT8) return true;
   if (n.op == ir::OpKind::kConcat && n.output(0)->shape.size() == 4) return true;
+  // Unary fp32 activations on 4-D data read any layout (binary ops stay plain: broadcasting).
+  if (n.precision == Precision::kFP32 && n.inputs.size() == 1 && n.output(0)->shape.size() == 4 &&
+      eltwise_supports(n, Precision::kFP32, nullptr))
+    return true;
   return false;
 }
 
@@ -52,6 +56,7 @@ class CpuBackend final : public Backend {
         (p == Precision::kFP32 || p == Precision::kINT8))
       return true;
     if (p == Precision::kINT8 && engine::is_precision_follower(n.op)) return int8_data_supports(n, why);
+    if (p == Precision::kFP32 && eltwise_supports(n, p, nullptr)) return true;
     if (p == Precision::kFP32) return reference_->supports(n, p, why);
     if (why) {
       *why = "the cpu backend has no " + std::string(precision_name(p)) + " kernel for " +
@@ -78,6 +83,7 @@ class CpuBackend final : public Backend {
     if (is_pool(n.op) && pool_supports(n, p, nullptr)) return make_pool_kernel(n, p);
     if (n.op == ir::OpKind::kConcat && n.output(0)->shape.size() == 4) return make_binary_kernel(n, p);
     if (p == Precision::kINT8 && n.op == ir::OpKind::kRelu) return make_int8_data_kernel(n);
+    if (p == Precision::kFP32 && eltwise_supports(n, p, nullptr)) return make_eltwise_kernel(n);
     // Data movement on int8 plain data and fp32 ops: the reference kernels.
     for (const ir::Value* v : n.inputs)
       if (v && v->layout != ir::Layout::kPlain)

@@ -56,6 +56,8 @@ bool reformat_supports(const ir::Node& node, Precision precision, std::string* w
 Expected<std::unique_ptr<Kernel>> make_reformat_kernel(const ir::Node& node, Precision precision);
 bool int8_data_supports(const ir::Node& node, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_int8_data_kernel(const ir::Node& node);
+bool eltwise_supports(const ir::Node& node, Precision precision, std::string* why);
+Expected<std::unique_ptr<Kernel>> make_eltwise_kernel(const ir::Node& node);
 bool binary_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_binary_kernel(const ir::Node& node, Precision precision);
 

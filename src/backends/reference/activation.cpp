@@ -38,7 +38,11 @@ Status map_numeric(const Tensor& x, Tensor& y, Fn fn) {
     using T = decltype(tag);
     const T* src = x.data<T>();
     T* dst = y.data<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) dst[i] = T(fn(src[i]));
+    if constexpr (std::is_same_v<T, bool>) {
+      for (int64_t i = 0; i < x.numel(); ++i) dst[i] = src[i];  // no arithmetic on bools
+    } else {
+      for (int64_t i = 0; i < x.numel(); ++i) dst[i] = T(fn(src[i]));
+    }
   });
 }
 
