@@ -2,36 +2,43 @@
 # The benchmark suite in one command: prints one side-by-side table per model and writes them as
 # markdown, with the machine, to bench/.cache/results.md.
 #
-#   bench/run.sh [-n ITERATIONS] [-t THREADS] [--warmup N]      (defaults: 30, 2, 5)
+#   bench/run.sh [-n ITERATIONS] [-t THREADS] [--warmup N] [--calib-algo ALGO]
+#                (defaults: 30 timed runs, 2 threads, 5 warm-up runs, entropy calibration)
 #
-# Builds what it needs (the mixq CLI in ${BUILD_DIR:-build}, the peak kernel, ONNX Runtime from
-# npm), makes the models and data into bench/.cache (once; again when make_models.py or a
-# checkpoint there changes), builds the mixq engines, then times, in blocks and never interleaved
+# Builds what it needs (the mixq CLI in ${BUILD_DIR:-build} unless MIXQ names a mixq binary to use,
+# the peak kernel, ONNX Runtime from npm), makes the models and data into bench/.cache (once; again
+# when make_models.py or a checkpoint there changes), builds the mixq engines, then times, in blocks and never interleaved
 # (ONNX Runtime's thread pools spin): the peak kernel, every mixq engine, ONNX Runtime, PyTorch.
-# Batch 128, THREADS threads, the same input for all.
+# Batch 128, THREADS threads, the same input for all. The peak kernel runs first and last; the
+# table uses the higher of the two (a busy machine only ever lowers a peak).
 set -euo pipefail
+MIXQ=${MIXQ:+$(realpath "$MIXQ")}
 cd "$(dirname "$0")"
-N=30 THREADS=2 WARMUP=5
+N=30 THREADS=2 WARMUP=5 ALGO=entropy
 while [ $# -gt 0 ]; do
   case $1 in
     -n) N=$2; shift 2 ;;
     -t|--threads) THREADS=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
-    *) echo "usage: $0 [-n ITERATIONS] [-t THREADS] [--warmup N]" >&2; exit 2 ;;
+    --calib-algo) ALGO=$2; shift 2 ;;
+    *) echo "usage: $0 [-n ITERATIONS] [-t THREADS] [--warmup N] [--calib-algo ALGO]" >&2; exit 2 ;;
   esac
 done
 PY=/usr/bin/python3                   # Debian's Python, with torch and onnx
 ROOT=$(cd .. && pwd)
 BUILD=$ROOT/${BUILD_DIR:-build}
-MIXQ=$BUILD/mixq
 C=.cache
 export OMP_NUM_THREADS=$THREADS
 step() { echo "== $*" >&2; }
 
 step "build: mixq CLI, peak kernel, ONNX Runtime"
-[ -f "$BUILD/build.ninja" ] || cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DPython3_EXECUTABLE=$PY >/dev/null
-ninja -C "$BUILD" mixq_cli >/dev/null
+if [ -z "$MIXQ" ]; then
+  [ -f "$BUILD/build.ninja" ] || cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DPython3_EXECUTABLE=$PY >/dev/null
+  ninja -C "$BUILD" mixq_cli >&2
+  MIXQ=$BUILD/mixq
+fi
+rm -rf $C/results $C/outputs
 mkdir -p $C/engines $C/results $C/outputs
 [ $C/peak -nt peak/peak.cpp ] || g++ -O2 -fopenmp peak/peak.cpp -o $C/peak
 [ -d peers/node_modules/onnxruntime-node ] ||
@@ -40,7 +47,7 @@ mkdir -p $C/engines $C/results $C/outputs
 if [ ! -f $C/models.stamp ] || [ models/make_models.py -nt $C/models.stamp ] ||
    [ $C/resnet18.pt -nt $C/models.stamp ] || [ $C/lenet.pt -nt $C/models.stamp ]; then
   step "models and data (Fashion-MNIST) into $C"
-  $PY models/make_models.py $C
+  $PY models/make_models.py $C >&2
   touch $C/models.stamp
 fi
 
@@ -56,7 +63,7 @@ engine() {  # engine MODEL PLAN ONNX [mixq build options]; calibration is cached
   fi
   ENGINES+=("$name")
 }
-calib() { echo --calib $C/calib_$1.npy --calib-algo entropy --calib-cache $C/engines/$2.calib; }
+calib() { echo --calib $C/calib_$1.npy --calib-algo $ALGO --calib-cache $C/engines/$2_$ALGO.calib; }
 engine resnet18 fp32 resnet18.onnx
 engine resnet18 int8 resnet18.onnx --default-precision int8 $(calib resnet resnet18_int8)
 engine resnet18 int8-qdq-w7 resnet18_qdq_w7.onnx
@@ -67,7 +74,7 @@ engine lenet mixed lenet.onnx --config plans/lenet_mixed.json $(calib lenet lene
 # --- timing, in blocks -------------------------------------------------------------------------------
 input() { [ "$1" = lenet ] && echo $C/bench_lenet.npy || echo $C/bench_resnet.npy; }
 step "time: peak kernel ($THREADS threads)"
-$C/peak "$THREADS" >$C/results/peak.json
+$C/peak "$THREADS" >$C/results/peak_first.json
 for e in "${ENGINES[@]}"; do
   step "time: mixq $e"
   $MIXQ bench $C/engines/$e.mixq --batch 128 --warmup "$WARMUP" -n "$N" --json >$C/results/$e.json
@@ -89,6 +96,9 @@ for model in resnet18 lenet; do
   done
 done
 
+step "time: peak kernel again"
+$C/peak "$THREADS" >$C/results/peak_last.json
+
 # --- outputs of the mixq engines on the bench input (for SQNR), machine, table ----------------------
 for e in "${ENGINES[@]}"; do
   $MIXQ run $C/engines/$e.mixq -i input="$(input ${e%%__*})" -o $C/outputs/$e >/dev/null
@@ -98,4 +108,4 @@ ONEDNN_VERBOSE=1 $MIXQ bench $C/engines/lenet__mixq-fp32.mixq -n 1 --warmup 0 2>
   grep -m1 ',isa:' >$C/results/onednn_isa.txt || true
 for model in resnet18 lenet; do $MIXQ inspect $C/$model.onnx --json >$C/results/${model}_model.json; done
 for e in "${ENGINES[@]}"; do $MIXQ inspect $C/engines/$e.mixq --json >$C/results/$e.inspect.json; done
-$PY report.py $C "$N" "$THREADS"
+$PY report.py $C "$N" "$THREADS" "$ALGO"

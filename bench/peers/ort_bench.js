@@ -53,7 +53,7 @@ async function main() {
   const threads = Number(option(args, '--threads', 2));
   const session = await ort.InferenceSession.create(model, {
     intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential',
-    graphOptimizationLevel: 'all',
+    graphOptimizationLevel: 'all', logSeverityLevel: 3,
   });
   const { data, shape } = readNpy(inputPath);
   const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', data, shape) };

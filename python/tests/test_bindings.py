@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import MAX_BATCH, INPUT_SHAPE, sample, torch
+from conftest import MAX_BATCH, sample, torch
 
 import mixq
 

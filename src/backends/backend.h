@@ -19,6 +19,8 @@
 namespace mixq::backends {
 
 // A value's buffer during one inference: where it lives and its concrete shape at this batch.
+// On device backends activations are device pointers; constants always point to host memory
+// (device kernels upload the constants they need in prepare()).
 struct Buffer {
   const ir::Value* value = nullptr;  // dtype, layout, quantisation
   void* data = nullptr;
@@ -60,6 +62,31 @@ class Kernel {
   virtual int accumulates_into_output_from() const { return -1; }
 };
 
+// Memory and stream operations of a backend whose buffers live on a device (CUDA). The engine
+// keeps activations, constants and I/O staging there, copies inputs in and outputs out through
+// pinned host memory, and replays the step loop as a captured graph.
+class DeviceOps {
+ public:
+  virtual ~DeviceOps() = default;
+  virtual Expected<std::shared_ptr<void>> alloc_device(size_t bytes) const = 0;
+  virtual Expected<std::shared_ptr<void>> alloc_pinned(size_t bytes) const = 0;
+  // Asynchronous on the context's stream.
+  virtual Status copy_to_device(void* dst, const void* src, size_t bytes, ExecResources* r) const = 0;
+  virtual Status copy_to_host(void* dst, const void* src, size_t bytes, ExecResources* r) const = 0;
+  virtual Status copy_device_to_device(void* dst, const void* src, size_t bytes,
+                                       ExecResources* r) const = 0;
+  virtual Status synchronize(ExecResources* r) const = 0;
+  // Stream capture: everything issued between begin and end becomes one replayable graph.
+  virtual Status begin_capture(ExecResources* r) const = 0;
+  virtual Expected<std::shared_ptr<void>> end_capture(ExecResources* r) const = 0;
+  virtual Status replay(const std::shared_ptr<void>& graph, ExecResources* r) const = 0;
+  // Device-side timing: record event `slot` (0..3) on the stream; elapsed_ms waits for `to`.
+  virtual Status record(ExecResources* r, int slot) const = 0;
+  virtual Expected<double> elapsed_ms(ExecResources* r, int from, int to) const = 0;
+  // Whether `p` points into device memory (inputs handed over as device tensors).
+  virtual bool is_device_pointer(const void* p) const = 0;
+};
+
 // How a backend stores quantised data.
 struct QuantPolicy {
   // Activations: u8 with zero point 0 (non-negative) or 128 (signed, symmetric), as the CPU
@@ -98,6 +125,8 @@ class Backend {
   }
   // A value's contents as plain fp32 (dequantised), e.g. for `compare`.
   virtual Expected<Tensor> read_value(const Buffer& buffer) const;
+  // Non-null for device backends (see DeviceOps).
+  virtual const DeviceOps* device_ops() const { return nullptr; }
 };
 
 // The reference backend as an engine backend: every op, fp32 (plain layout), one kernel per node.
@@ -105,6 +134,9 @@ std::unique_ptr<Backend> make_reference_backend();
 // oneDNN on the host CPU (int8, fp32, bf16 where the ISA has it); other ops through the
 // reference kernels.
 std::unique_ptr<Backend> make_cpu_backend();
+// NVIDIA GPUs (cuDNN, cuBLASLt, own kernels): loaded from libmixq_cuda.so next to libmixq, so
+// the core library does not depend on CUDA. Errors say why (not built, no device...).
+Expected<std::unique_ptr<Backend>> make_cuda_backend();
 // "cpu", "reference" (and "cuda" where built); errors list the available names.
 Expected<std::unique_ptr<Backend>> make_backend(const std::string& name);
 

@@ -143,6 +143,16 @@ struct Context::Impl {
   std::shared_ptr<const Engine::Impl> engine;
   std::unique_ptr<backends::ExecResources> resources;
   Tensor arena, scratch;
+  // Device backends: arena, scratch and I/O live on the device; I/O is staged in pinned memory.
+  struct DeviceIo {
+    std::shared_ptr<void> device, pinned;
+    size_t bytes = 0;
+  };
+  std::shared_ptr<void> device_arena, device_scratch;
+  size_t device_arena_bytes = 0, device_scratch_bytes = 0;
+  std::map<std::string, DeviceIo> device_io;          // by graph input/output name
+  std::map<int64_t, std::shared_ptr<void>> graphs;     // captured step loops by batch
+  bool graphs_disabled = false;
   bool profiling = false;
   std::unordered_set<std::string> capture_names;
   bool capture_all = false;
@@ -183,12 +193,13 @@ Status check_finite(const std::string& name, const Tensor& t) {
 
 }  // namespace
 
-Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
-  const auto start = Clock::now();
-  const Engine::Impl& e = *impl_->engine;
-  const ir::Graph& g = *e.graph;
+namespace {
 
-  // Inputs: names, dtypes, shapes, one batch size within the engine's maximum.
+// Validates inputs (names, dtypes, shapes, one batch within the engine's maximum, finite values)
+// and returns the batch size.
+Expected<int64_t> check_engine_inputs(const Engine::Impl& e, const TensorMap& inputs,
+                                      const backends::DeviceOps* dev) {
+  const ir::Graph& g = *e.graph;
   std::string names;
   for (const ir::Value* in : g.inputs()) names += (names.empty() ? "'" : ", '") + in->name + "'";
   for (const auto& [name, t] : inputs) {
@@ -217,44 +228,24 @@ Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
     else if (b != batch)
       return InvalidArgument("inputs disagree on the batch size: '" + in->name + "' has " +
                              std::to_string(b) + ", another input " + std::to_string(batch));
-    MIXQ_RETURN_IF_ERROR(check_finite(in->name, t));
+    // Device-resident inputs are not scanned on the host.
+    if (!(dev && dev->is_device_pointer(t.raw()))) MIXQ_RETURN_IF_ERROR(check_finite(in->name, t));
   }
   if (batch < 0) batch = 1;
   if (batch < 1 || batch > e.max_batch)
     return InvalidArgument("batch size " + std::to_string(batch) + " is outside 1.." +
                            std::to_string(e.max_batch) + " (the engine's maximum batch)");
-  MIXQ_ASSIGN_OR_RETURN(auto plan, e.plan_for(batch));
+  return batch;
+}
 
-  if (size_t(impl_->arena.numel()) < plan->arena_bytes)
-    impl_->arena = Tensor::empty(DType::kUInt8, {int64_t(plan->arena_bytes)});
-  if (size_t(impl_->scratch.numel()) < plan->scratch_bytes)
-    impl_->scratch = Tensor::empty(DType::kUInt8, {int64_t(plan->scratch_bytes)});
-
-  InferenceResult result;
-  auto& ptr = impl_->pointers;
-  ptr.assign(e.values.size(), nullptr);
-  for (size_t i = 0; i < e.values.size(); ++i) {
-    const ir::Value* v = e.values[i];
-    if (v->is_constant()) ptr[i] = const_cast<void*>(v->constant.raw());
-    else if (plan->offsets[i] >= 0) ptr[i] = static_cast<char*>(impl_->arena.raw()) + plan->offsets[i];
-  }
-  for (const ir::Value* in : g.inputs())
-    ptr[size_t(e.value_index.at(in))] = const_cast<void*>(inputs.at(in->name).raw());
-  for (const ir::Value* out : g.outputs()) {
-    const size_t idx = size_t(e.value_index.at(out));
-    if (result.outputs.count(out->name)) continue;
-    Tensor t = Tensor::empty(out->dtype, plan->shapes[idx]);
-    if (out->is_constant() || g.is_graph_input(out)) {
-      std::memcpy(t.raw(), ptr[idx], t.nbytes());
-    } else {
-      ptr[idx] = t.raw();
-    }
-    result.outputs[out->name] = t;
-  }
-
-  const auto compute_start = Clock::now();
-  auto& ins = impl_->in_buffers;
-  auto& outs = impl_->out_buffers;
+// Runs every step with buffers from `ptr` (per value index). `after_step` sees each step's
+// outputs (capture, profiling).
+Status run_steps(Context::Impl& c, const BatchPlan& plan, std::vector<void*>& ptr, void* scratch,
+                 const std::function<Status(size_t, std::span<const backends::Buffer>)>& after_step) {
+  const Engine::Impl& e = *c.engine;
+  const backends::DeviceOps* dev = e.backend->device_ops();
+  auto& ins = c.in_buffers;
+  auto& outs = c.out_buffers;
   for (size_t s = 0; s < e.steps.size(); ++s) {
     const ir::Node& node = *e.steps[s];
     ins.clear();
@@ -265,7 +256,7 @@ Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
         continue;
       }
       const size_t idx = size_t(e.value_index.at(v));
-      ins.push_back({v, ptr[idx], plan->shapes[idx]});
+      ins.push_back({v, ptr[idx], plan.shapes[idx]});
     }
     for (const ir::Value* v : node.outputs) {
       if (!v) {
@@ -273,27 +264,205 @@ Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
         continue;
       }
       const size_t idx = size_t(e.value_index.at(v));
-      outs.push_back({v, ptr[idx], plan->shapes[idx]});
+      outs.push_back({v, ptr[idx], plan.shapes[idx]});
     }
     const int acc = e.kernels[s]->accumulates_into_output_from();
-    if (acc >= 0 && ins[size_t(acc)].data != outs[0].data)
-      std::memcpy(outs[0].data, ins[size_t(acc)].data, e.backend->buffer_bytes(*outs[0].value, outs[0].shape));
-    backends::ExecContext ctx{ins, outs, impl_->resources.get(), impl_->scratch.raw()};
-    const auto t0 = Clock::now();
-    Status st = plan->instances[s]->execute(ctx);
+    if (acc >= 0 && ins[size_t(acc)].data != outs[0].data) {
+      const size_t bytes = e.backend->buffer_bytes(*outs[0].value, outs[0].shape);
+      if (dev) MIXQ_RETURN_IF_ERROR(dev->copy_device_to_device(outs[0].data, ins[size_t(acc)].data, bytes, c.resources.get()));
+      else std::memcpy(outs[0].data, ins[size_t(acc)].data, bytes);
+    }
+    backends::ExecContext ctx{ins, outs, c.resources.get(), scratch};
+    Status st = plan.instances[s]->execute(ctx);
     if (!st.ok()) return st.with_context(node.describe());
-    if (impl_->profiling)
+    if (after_step) MIXQ_RETURN_IF_ERROR(after_step(s, outs));
+  }
+  return Status::Ok();
+}
+
+// Value pointers for this call: arena offsets, constants (host), inputs and outputs.
+void bind_arena(const Engine::Impl& e, const BatchPlan& plan, char* arena, std::vector<void*>& ptr) {
+  ptr.assign(e.values.size(), nullptr);
+  for (size_t i = 0; i < e.values.size(); ++i) {
+    const ir::Value* v = e.values[i];
+    if (v->is_constant()) ptr[i] = const_cast<void*>(v->constant.raw());
+    else if (plan.offsets[i] >= 0) ptr[i] = arena + plan.offsets[i];
+  }
+}
+
+Expected<std::shared_ptr<void>> grow(const backends::DeviceOps& dev, std::shared_ptr<void>& buf,
+                                     size_t& have, size_t need, bool pinned) {
+  if (have >= need && buf) return buf;
+  MIXQ_ASSIGN_OR_RETURN(buf, pinned ? dev.alloc_pinned(std::max<size_t>(need, 64))
+                                    : dev.alloc_device(std::max<size_t>(need, 64)));
+  have = need;
+  return buf;
+}
+
+Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& plan,
+                                          const TensorMap& inputs, Clock::time_point start) {
+  const Engine::Impl& e = *c.engine;
+  const ir::Graph& g = *e.graph;
+  const backends::DeviceOps& dev = *e.backend->device_ops();
+  backends::ExecResources* r = c.resources.get();
+  MIXQ_RETURN_IF_ERROR(grow(dev, c.device_arena, c.device_arena_bytes, plan.arena_bytes, false).status());
+  MIXQ_RETURN_IF_ERROR(grow(dev, c.device_scratch, c.device_scratch_bytes, plan.scratch_bytes, false).status());
+  // I/O buffers at the engine's maximum batch, allocated once: captured graphs keep pointers.
+  auto io_for = [&](const ir::Value* v) -> Expected<Context::Impl::DeviceIo*> {
+    auto& io = c.device_io[v->name];
+    if (!io.device) {
+      Shape full = v->shape;
+      for (auto& d : full)
+        if (d < 0) d = e.max_batch;
+      io.bytes = e.backend->buffer_bytes(*v, full);
+      MIXQ_ASSIGN_OR_RETURN(io.device, dev.alloc_device(std::max<size_t>(io.bytes, 64)));
+      MIXQ_ASSIGN_OR_RETURN(io.pinned, dev.alloc_pinned(std::max<size_t>(io.bytes, 64)));
+    }
+    return &io;
+  };
+  std::vector<void*>& ptr = c.pointers;
+  bind_arena(e, plan, static_cast<char*>(c.device_arena.get()), ptr);
+  InferenceResult result;
+  std::vector<std::pair<const ir::Value*, Context::Impl::DeviceIo*>> in_io, out_io;
+  for (const ir::Value* in : g.inputs()) {
+    MIXQ_ASSIGN_OR_RETURN(auto* io, io_for(in));
+    const Tensor& t = inputs.at(in->name);
+    if (dev.is_device_pointer(t.raw())) {
+      MIXQ_RETURN_IF_ERROR(dev.copy_device_to_device(io->device.get(), t.raw(), t.nbytes(), r));
+    } else {
+      std::memcpy(io->pinned.get(), t.raw(), t.nbytes());
+      in_io.push_back({in, io});
+    }
+    ptr[size_t(e.value_index.at(in))] = io->device.get();
+  }
+  for (const ir::Value* out : g.outputs()) {
+    if (out->is_constant() || g.is_graph_input(out)) continue;
+    MIXQ_ASSIGN_OR_RETURN(auto* io, io_for(out));
+    ptr[size_t(e.value_index.at(out))] = io->device.get();
+    out_io.push_back({out, io});
+  }
+  auto bytes_of = [&](const ir::Value* v) {
+    return e.backend->buffer_bytes(*v, plan.shapes[size_t(e.value_index.at(v))]);
+  };
+  // One inference: copies in, steps between timing marks, copies out.
+  auto issue = [&](const std::function<Status(size_t, std::span<const backends::Buffer>)>& hook) -> Status {
+    for (auto& [v, io] : in_io) MIXQ_RETURN_IF_ERROR(dev.copy_to_device(io->device.get(), io->pinned.get(), bytes_of(v), r));
+    MIXQ_RETURN_IF_ERROR(dev.record(r, 0));
+    MIXQ_RETURN_IF_ERROR(run_steps(c, plan, ptr, c.device_scratch.get(), hook));
+    MIXQ_RETURN_IF_ERROR(dev.record(r, 1));
+    for (auto& [v, io] : out_io) MIXQ_RETURN_IF_ERROR(dev.copy_to_host(io->pinned.get(), io->device.get(), bytes_of(v), r));
+    return Status::Ok();
+  };
+  const bool direct = c.profiling || c.capture_all || !c.capture_names.empty() || c.graphs_disabled;
+  if (direct) {
+    std::function<Status(size_t, std::span<const backends::Buffer>)> hook;
+    hook = [&](size_t s, std::span<const backends::Buffer> outs) -> Status {
+      const ir::Node& node = *e.steps[s];
+      if (c.profiling) {
+        // Per-layer device time: a mark after every step (slots 2/3 alternate).
+        MIXQ_RETURN_IF_ERROR(dev.record(r, 3));
+        MIXQ_ASSIGN_OR_RETURN(double ms, dev.elapsed_ms(r, 2, 3));
+        result.layers.push_back({node.name, std::string(ir::op_name(node.op)),
+                                 node.precision.value_or(Precision::kFP32), s == 0 ? 0.0 : ms});
+        MIXQ_RETURN_IF_ERROR(dev.record(r, 2));
+      }
+      if (c.capture_all || !c.capture_names.empty()) {
+        for (const backends::Buffer& b : outs) {
+          if (!b.value || (!c.capture_all && !c.capture_names.count(b.value->name))) continue;
+          MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
+          auto t = e.backend->read_value(b);
+          if (t.ok()) result.captured[b.value->name] = std::move(t).value();
+        }
+      }
+      return Status::Ok();
+    };
+    if (c.profiling) MIXQ_RETURN_IF_ERROR(dev.record(r, 2));
+    MIXQ_RETURN_IF_ERROR(issue(hook));
+  } else {
+    auto it = c.graphs.find(plan.batch);
+    if (it == c.graphs.end()) {
+      Status s = dev.begin_capture(r);
+      if (s.ok()) s = issue(nullptr);
+      Expected<std::shared_ptr<void>> graph = s.ok() ? dev.end_capture(r) : Expected<std::shared_ptr<void>>(s);
+      if (!graph.ok()) {
+        // Not capturable (a kernel synchronises or allocates): run directly from now on.
+        c.graphs_disabled = true;
+        MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
+        MIXQ_RETURN_IF_ERROR(issue(nullptr));
+      } else {
+        it = c.graphs.emplace(plan.batch, std::move(graph).value()).first;
+      }
+    }
+    if (it != c.graphs.end()) MIXQ_RETURN_IF_ERROR(dev.replay(it->second, r));
+  }
+  MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
+  MIXQ_ASSIGN_OR_RETURN(result.timing.compute_ms, dev.elapsed_ms(r, 0, 1));
+  for (const ir::Value* out : g.outputs()) {
+    const size_t idx = size_t(e.value_index.at(out));
+    Tensor t = Tensor::empty(out->dtype, plan.shapes[idx]);
+    if (out->is_constant()) std::memcpy(t.raw(), out->constant.raw(), t.nbytes());
+    else if (g.is_graph_input(out)) std::memcpy(t.raw(), inputs.at(out->name).raw(), t.nbytes());
+    else std::memcpy(t.raw(), c.device_io.at(out->name).pinned.get(), t.nbytes());
+    result.outputs[out->name] = t;
+  }
+  result.timing.end_to_end_ms = ms_since(start);
+  return result;
+}
+
+}  // namespace
+
+Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
+  const auto start = Clock::now();
+  const Engine::Impl& e = *impl_->engine;
+  const ir::Graph& g = *e.graph;
+  const backends::DeviceOps* dev = e.backend->device_ops();
+  MIXQ_ASSIGN_OR_RETURN(int64_t batch, check_engine_inputs(e, inputs, dev));
+  MIXQ_ASSIGN_OR_RETURN(auto plan, e.plan_for(batch));
+  if (dev) return infer_on_device(*impl_, *plan, inputs, start);
+
+  if (size_t(impl_->arena.numel()) < plan->arena_bytes)
+    impl_->arena = Tensor::empty(DType::kUInt8, {int64_t(plan->arena_bytes)});
+  if (size_t(impl_->scratch.numel()) < plan->scratch_bytes)
+    impl_->scratch = Tensor::empty(DType::kUInt8, {int64_t(plan->scratch_bytes)});
+
+  InferenceResult result;
+  auto& ptr = impl_->pointers;
+  bind_arena(e, *plan, static_cast<char*>(impl_->arena.raw()), ptr);
+  // Inputs are read in place; outputs are written straight into the returned tensors.
+  for (const ir::Value* in : g.inputs())
+    ptr[size_t(e.value_index.at(in))] = const_cast<void*>(inputs.at(in->name).raw());
+  for (const ir::Value* out : g.outputs()) {
+    const size_t idx = size_t(e.value_index.at(out));
+    if (result.outputs.count(out->name)) continue;
+    Tensor t = Tensor::empty(out->dtype, plan->shapes[idx]);
+    if (out->is_constant() || g.is_graph_input(out)) std::memcpy(t.raw(), ptr[idx], t.nbytes());
+    else ptr[idx] = t.raw();
+    result.outputs[out->name] = t;
+  }
+
+  const auto compute_start = Clock::now();
+  auto last = compute_start;
+  Context::Impl& c = *impl_;
+  MIXQ_RETURN_IF_ERROR(run_steps(c, *plan, ptr, c.scratch.raw(),
+                                 [&](size_t s, std::span<const backends::Buffer> outs) -> Status {
+    const ir::Node& node = *e.steps[s];
+    if (c.profiling) {
+      const auto now = Clock::now();
       result.layers.push_back({node.name, std::string(ir::op_name(node.op)),
-                               node.precision.value_or(Precision::kFP32), ms_since(t0)});
-    if (impl_->capture_all || !impl_->capture_names.empty()) {
+                               node.precision.value_or(Precision::kFP32),
+                               std::chrono::duration<double, std::milli>(now - last).count()});
+      last = now;
+    }
+    if (c.capture_all || !c.capture_names.empty()) {
       for (const backends::Buffer& b : outs) {
-        if (!b.value) continue;
-        if (!impl_->capture_all && !impl_->capture_names.count(b.value->name)) continue;
+        if (!b.value || (!c.capture_all && !c.capture_names.count(b.value->name))) continue;
         auto t = e.backend->read_value(b);
         if (t.ok()) result.captured[b.value->name] = std::move(t).value();
       }
+      last = Clock::now();
     }
-  }
+    return Status::Ok();
+  }));
   result.timing.compute_ms = ms_since(compute_start);
   result.timing.end_to_end_ms = ms_since(start);
   return result;

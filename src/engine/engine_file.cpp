@@ -7,6 +7,7 @@
 // precision, attributes). Floats are stored as their bit patterns so nothing is rounded.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/engine_impl.h"
@@ -296,6 +297,13 @@ Expected<std::string> serialize_engine(const Engine::Impl& impl) {
 
 Expected<std::shared_ptr<Engine::Impl>> deserialize_engine(const std::string& bytes,
                                                            const std::string& source) {
+  // A file cut inside the header (its bytes are a prefix of the magic or start with it) is a
+  // truncated engine, not a foreign file.
+  if (bytes.size() < kHeaderBytes &&
+      std::memcmp(bytes.data(), kMagic, std::min(bytes.size(), sizeof(kMagic))) == 0)
+    return DataLoss(source + " is truncated: " + std::to_string(bytes.size()) +
+                    " bytes, shorter than the " + std::to_string(kHeaderBytes) +
+                    "-byte engine header");
   if (bytes.size() < kHeaderBytes || std::memcmp(bytes.data(), kMagic, 8) != 0)
     return ParseError(source + " is not a mixq engine file (bad magic; an ONNX model goes to "
                                "`mixq build` first)");

@@ -351,14 +351,19 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
     if (explicit_request) {
       want = *explicit_request;
     } else if (is_precision_follower(n->op)) {
-      // Follow the producers: int8 in, int8 out, when every activation input comes from int8.
-      bool all_int8 = true, any = false;
+      // Follow the producers: int8 in, int8 out (likewise fp8, fp16, bf16) when every activation
+      // input comes from layers of one precision.
+      std::optional<Precision> common;
+      bool same = true;
       for (const Value* in : n->inputs) {
         if (!in || in->is_constant()) continue;
-        any = true;
-        all_int8 &= in->producer && in->producer->precision == Precision::kINT8;
+        const Precision p = in->producer && in->producer->precision ? *in->producer->precision
+                                                                     : Precision::kFP32;
+        if (common && *common != p) same = false;
+        common = p;
       }
-      want = any && all_int8 ? Precision::kINT8 : Precision::kFP32;
+      want = common && same ? *common : Precision::kFP32;
+      if (want == Precision::kTF32) want = Precision::kFP32;
     }
     r.requested = want;
     std::string why;
@@ -416,7 +421,10 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
 
 namespace {
 
-bool consumes_int8(const Node* n) { return n->precision == Precision::kINT8; }
+bool quantized_precision(std::optional<Precision> p) {
+  return p == Precision::kINT8 || p == Precision::kFP8;
+}
+bool consumes_int8(const Node* n) { return quantized_precision(n->precision); }
 
 // Activation inputs of a node (not weights or biases).
 std::vector<size_t> activation_slots(const Node* n) {
@@ -463,12 +471,14 @@ struct Ties {
 };
 
 // Which values are stored int8: produced by an int8 node and read by at least one int8 node.
+// Which values are stored quantised: produced by an int8/fp8 node and read by at least one node
+// of the same precision (or written by an op that keeps its input's quantisation).
 bool stored_int8(const ir::Graph& g, const Value* v) {
   if (v->is_constant()) return false;
-  if (!v->producer || v->producer->precision != Precision::kINT8) return false;
+  if (!v->producer || !quantized_precision(v->producer->precision)) return false;
   if (preserves_quantization(v->producer->op)) return true;  // int8 in, int8 out
   for (const Node* c : g.consumers(v))
-    if (consumes_int8(c)) return true;
+    if (c->precision == v->producer->precision) return true;
   return false;
 }
 
@@ -477,12 +487,12 @@ bool stored_int8(const ir::Graph& g, const Value* v) {
 RangeNeeds values_needing_ranges(const ir::Graph& g, const quant::PrecisionPlan& plan) {
   RangeNeeds needs;
   for (const Node* n : g.nodes()) {
-    if (n->precision != Precision::kINT8) continue;
+    if (!quantized_precision(n->precision)) continue;
     const bool follower = preserves_quantization(n->op);
     for (size_t slot : activation_slots(n)) {
       const Value* v = n->input(slot);
       // A follower's int8 input already has parameters from its int8 producer's output.
-      if (follower && v->producer && v->producer->precision == Precision::kINT8) continue;
+      if (follower && v->producer && v->producer->precision == n->precision) continue;
       if (plan.value_quant.count(v->name) || plan.value_ranges.count(v->name)) continue;
       needs.values.insert(v->name);
       if (wants_asymmetric(plan, n)) needs.asymmetric.insert(v->name);
@@ -496,7 +506,7 @@ RangeNeeds values_needing_ranges(const ir::Graph& g, const quant::PrecisionPlan&
   }
   // Followers tie their output to their input: the input needs a range, the output does not.
   for (const Node* n : g.nodes())
-    if (n->precision == Precision::kINT8 && preserves_quantization(n->op))
+    if (quantized_precision(n->precision) && preserves_quantization(n->op))
       for (const Value* out : n->outputs)
         if (out) needs.values.erase(out->name);
   return needs;
@@ -504,8 +514,15 @@ RangeNeeds values_needing_ranges(const ir::Graph& g, const quant::PrecisionPlan&
 
 namespace {
 
-ir::QuantParams params_from_range(const quant::Range& r, bool symmetric, const QuantPolicy& policy) {
+ir::QuantParams params_from_range(const quant::Range& r, bool symmetric, const QuantPolicy& policy,
+                                  Precision precision = Precision::kINT8) {
   ir::QuantParams q;
+  if (precision == Precision::kFP8) {
+    // e4m3: a float grid, symmetric by nature; 448 is its largest finite value.
+    q.dtype = DType::kFloat8E4M3;
+    q.scale = {std::max(std::max(std::fabs(r.min), std::fabs(r.max)) / 448.0f, 1e-12f)};
+    return q;
+  }
   q.dtype = policy.activation_dtype;
   const float lo = std::min(r.min, 0.0f), hi = std::max(r.max, 0.0f);
   const float tiny = 1e-8f;
@@ -530,20 +547,38 @@ ir::QuantParams params_from_range(const quant::Range& r, bool symmetric, const Q
 
 quant::Range range_of_params(const ir::QuantParams& q) {
   const float s = q.scale[0];
+  if (q.dtype == DType::kFloat8E4M3) return {-448.0f * s, 448.0f * s};
   const int32_t z = q.zero_point_at(0);
   const int lo = q.dtype == DType::kUInt8 ? 0 : -128, hi = q.dtype == DType::kUInt8 ? 255 : 127;
   return {float(lo - z) * s, float(hi - z) * s};
 }
 
-// Per-output-channel (axis 0) symmetric int8 weights.
+// Per-output-channel (axis 0) symmetric int8 weights, or e4m3 weights with per-channel scales.
 Expected<Tensor> quantize_weights(const Tensor& w, const ir::QuantParams* exact, bool per_tensor,
-                                  int qmax, ir::QuantParams& params) {
+                                  int qmax, ir::QuantParams& params, bool fp8 = false) {
   const int64_t channels = w.dim(0);
   const int64_t per = channels ? w.numel() / channels : 0;
   params = {};
   params.dtype = DType::kInt8;
   params.axis = 0;
   const float* p = w.data<float>();
+  if (fp8) {
+    params.dtype = DType::kFloat8E4M3;
+    params.scale.assign(size_t(channels), 1.0f);
+    float global = 0;
+    for (int64_t i = 0; i < w.numel(); ++i) global = std::max(global, std::fabs(p[i]));
+    Tensor q = Tensor::empty(DType::kFloat8E4M3, w.shape());
+    for (int64_t c = 0; c < channels; ++c) {
+      float m = 0;
+      for (int64_t i = 0; i < per; ++i) m = std::max(m, std::fabs(p[c * per + i]));
+      if (!std::isfinite(m)) return InvalidArgument("weights hold NaN or infinite values");
+      const float bound = per_tensor ? global : m;
+      params.scale[size_t(c)] = bound > 0 ? bound / 448.0f : 1.0f;
+      for (int64_t i = 0; i < per; ++i)
+        q.data<Float8E4M3>()[c * per + i] = float_to_fp8e4m3(p[c * per + i] / params.scale[size_t(c)]);
+    }
+    return q;
+  }
   if (exact && exact->dtype == DType::kInt8 && exact->zero_point_at(0) == 0) {
     // The model's own grid (QAT / Q/DQ): keep it when it fits this policy's range.
     params.scale = exact->per_tensor() ? std::vector<float>(size_t(channels), exact->scale[0]) : exact->scale;
@@ -587,7 +622,7 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
   // 1. Tie values that must share parameters: follower in/out, Concat inputs/output.
   Ties ties;
   for (const Node* n : g.nodes()) {
-    if (n->precision != Precision::kINT8 || !preserves_quantization(n->op)) continue;
+    if (!quantized_precision(n->precision) || !preserves_quantization(n->op)) continue;
     for (size_t slot : activation_slots(n))
       for (const Value* out : n->outputs)
         if (out) ties.join(n->input(slot), out);
@@ -610,11 +645,20 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
     }
   }
   for (const Node* n : g.nodes())
-    if (n->precision == Precision::kINT8 && wants_asymmetric(plan, n))
+    if (quantized_precision(n->precision) && wants_asymmetric(plan, n))
       for (size_t slot : activation_slots(n)) group_asymmetric[ties.find(n->input(slot))] = true;
 
-  auto params_for = [&](const Value* v) -> std::optional<ir::QuantParams> {
+  auto params_for = [&](const Value* v, Precision family) -> std::optional<ir::QuantParams> {
     const Value* root = ties.find(v);
+    if (family == Precision::kFP8) {
+      if (auto it = group_exact.find(root); it != group_exact.end()) {
+        if (it->second.dtype == DType::kFloat8E4M3) return it->second;
+        return params_from_range(range_of_params(it->second), true, policy, family);
+      }
+      if (auto it = group_range.find(root); it != group_range.end())
+        return params_from_range(it->second, true, policy, family);
+      return std::nullopt;
+    }
     if (auto it = group_exact.find(root); it != group_exact.end()) {
       ir::QuantParams q = it->second;
       if (q.dtype == policy.activation_dtype) return q;
@@ -646,7 +690,16 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
         for (size_t slot : activation_slots(c)) needed |= c->input(slot) == v;
       }
     if (!needed) continue;
-    auto q = params_for(v);
+    // The quantised family: the producer's, else the first quantised consumer's.
+    Precision family = Precision::kINT8;
+    if (v->producer && quantized_precision(v->producer->precision)) family = *v->producer->precision;
+    else
+      for (const Node* c : g.consumers(v))
+        if (consumes_int8(c)) {
+          family = *c->precision;
+          break;
+        }
+    auto q = params_for(v, family);
     if (!q) {
       missing.push_back(v->name);
       continue;
@@ -664,23 +717,37 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
                               "Q/DQ nodes)");
   }
 
-  // 4. Weights of int8 layers.
+  // 4. Weights of int8 and fp8 layers.
   for (Node* n : g.nodes()) {
-    if (n->precision != Precision::kINT8 || !is_weighted_layer(n->op)) continue;
+    if (!quantized_precision(n->precision) || !is_weighted_layer(n->op)) continue;
+    const bool fp8 = n->precision == Precision::kFP8;
     Value* w = n->input(1);
     if (!w || !w->is_constant() || w->dtype != DType::kFloat32)
-      return Unsupported(n->describe() + ": int8 needs constant fp32 weights");
+      return Unsupported(n->describe() + ": " + std::string(precision_name(*n->precision)) +
+                         " needs constant fp32 weights");
     auto exact = plan.value_quant.find(w->name);
     bool per_tensor = false;
     if (auto it = plan.layers.find(n->name); it != plan.layers.end() && it->second.weights)
       per_tensor = *it->second.weights == quant::WeightGranularity::kPerTensor;
     ir::QuantParams wq;
     auto qw = quantize_weights(w->constant, exact == plan.value_quant.end() ? nullptr : &exact->second,
-                               per_tensor, policy.weight_qmax, wq);
+                               per_tensor, policy.weight_qmax, wq, fp8);
     if (!qw.ok()) return qw.status().with_context(n->describe());
-    Value* nw = g.add_constant(g.unique_value_name(w->name + "/int8"), std::move(qw).value());
+    Value* nw = g.add_constant(g.unique_value_name(w->name + (fp8 ? "/fp8" : "/int8")),
+                               std::move(qw).value());
     nw->quant = wq;
     n->inputs[1] = nw;
+  }
+
+  // 5. 16-bit floats: a value written by an fp16/bf16 layer and read by one of the same
+  // precision stays in that format (weights stay fp32 constants: kernels convert them once).
+  for (Value* v : g.values()) {
+    if (v->is_constant() || !v->producer || v->dtype != DType::kFloat32) continue;
+    const auto p = v->producer->precision;
+    if (p != Precision::kFP16 && p != Precision::kBF16) continue;
+    bool keep = preserves_quantization(v->producer->op);
+    for (const Node* c : g.consumers(v)) keep |= c->precision == p;
+    if (keep) v->dtype = p == Precision::kFP16 ? DType::kFloat16 : DType::kBFloat16;
   }
   g.remove_unused_values();
   return Status::Ok();
@@ -699,51 +766,67 @@ bool same_form(const Value* a, DType dtype, const std::optional<ir::QuantParams>
 }  // namespace
 
 Status insert_reformats(ir::Graph& g, const backends::Backend& backend) {
+  const QuantPolicy policy = backend.quant_policy();
   // (source value, target dtype, target layout) -> converted value, shared between consumers.
   std::map<std::tuple<const Value*, DType, ir::Layout>, Value*> made;
   auto convert = [&](Value* v, DType dtype, const std::optional<ir::QuantParams>& q,
-                     ir::Layout layout) -> Value* {
+                     ir::Layout layout, Precision precision) -> Value* {
     auto key = std::make_tuple(static_cast<const Value*>(v), dtype, layout);
     if (auto it = made.find(key); it != made.end()) return it->second;
-    const bool quantized = dtype != DType::kFloat32 && q.has_value();
-    const bool source_quantized = v->quant && v->dtype != DType::kFloat32;
+    const bool quantized = q.has_value();
+    const bool source_quantized = v->quant && v->dtype != DType::kFloat32 && dtype_size(v->dtype) == 1;
     const bool same_grid = quantized && source_quantized && same_params(*v->quant, *q);
     const std::string suffix = quantized && !source_quantized   ? "/quantized"
                                : quantized && !same_grid        ? "/requantized"
                                : source_quantized && !quantized ? "/dequantized"
+                               : dtype != v->dtype              ? "/converted"
                                                                 : "/reordered";
     Value* out = g.add_value(g.unique_value_name(v->name + suffix), dtype, v->shape, v->shape_known);
     if (quantized) out->quant = q;
     out->layout = layout;
     Node* r = g.add_node(OpKind::kReformat, g.unique_node_name(v->name + suffix), {v}, {out});
-    r->precision = quantized ? Precision::kINT8 : Precision::kFP32;
+    r->precision = precision;
     made[key] = out;
     return out;
   };
   for (Node* n : g.nodes()) {
     if (n->op == OpKind::kReformat) continue;
-    const bool int8 = n->precision == Precision::kINT8;
+    const Precision p = n->precision.value_or(Precision::kFP32);
     for (size_t slot : activation_slots(n)) {
       Value* v = n->inputs[slot];
       if (!v || v->is_constant()) continue;
+      if (!dtype_is_float(v->dtype) && !v->quant) continue;  // integer shapes and indices
       const ir::Layout layout = backend.required_input_layout(*n, slot);
-      DType dtype = v->dtype;
-      std::optional<ir::QuantParams> q;
-      if (int8) {
-        if (!v->quant)
-          return Internal(n->describe() + ": int8 input '" + v->name + "' has no parameters");
-        dtype = v->quant->dtype;
-        q = v->quant;
-      } else if (v->quant && v->dtype != DType::kFloat32) {
-        dtype = DType::kFloat32;  // an fp32 layer reading int8: dequantise
+      Precision want = p;
+      // A fused residual is accumulated into the output: it takes the output's format.
+      if (slot == 3 && (n->op == OpKind::kFusedConv || n->op == OpKind::kFusedGemm)) {
+        const Value* y = n->output(0);
+        if (!y->quant || y->dtype == DType::kFloat32)
+          want = y->dtype == DType::kFloat16 ? Precision::kFP16
+               : y->dtype == DType::kBFloat16 ? Precision::kBF16 : Precision::kFP32;
       }
-      if (!same_form(v, dtype, q, layout)) n->inputs[slot] = convert(v, dtype, q, layout);
+      DType dtype = DType::kFloat32;
+      std::optional<ir::QuantParams> q;
+      if (want == Precision::kINT8 || want == Precision::kFP8) {
+        if (!v->quant)
+          return Internal(n->describe() + ": " + std::string(precision_name(want)) + " input '" +
+                          v->name + "' has no parameters");
+        const bool fp8_grid = v->quant->dtype == DType::kFloat8E4M3;
+        if ((want == Precision::kFP8) == fp8_grid) q = v->quant;
+        else q = params_from_range(range_of_params(*v->quant), true, policy, want);
+        dtype = q->dtype;
+      } else if (want == Precision::kFP16) {
+        dtype = DType::kFloat16;
+      } else if (want == Precision::kBF16) {
+        dtype = DType::kBFloat16;
+      }
+      if (!same_form(v, dtype, q, layout)) n->inputs[slot] = convert(v, dtype, q, layout, want);
     }
   }
   // Graph outputs: plain fp32 under their original names.
   for (Value*& out : g.outputs()) {
     if (out->dtype == DType::kFloat32 && out->layout == ir::Layout::kPlain) continue;
-    if (!out->quant && out->dtype != DType::kFloat32) continue;  // e.g. int64 indices
+    if (!out->quant && !dtype_is_float(out->dtype)) continue;  // e.g. int64 indices
     const std::string name = out->name;
     Value* src = out;
     g.rename_value(src, g.unique_value_name(name + "/engine"));

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "backends/backend.h"
+#include "engine/engine_impl.h"
 #include "support/engine_util.h"
 #include "support/onnx_builder.h"
 #include "support/status_matchers.h"
@@ -87,7 +88,8 @@ Engine int8_engine(const std::shared_ptr<const Model>& model) {
 }
 
 bool bit_equal(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 void expect_same_report(const BuildReport& a, const BuildReport& b) {
@@ -119,7 +121,8 @@ void expect_same_report(const BuildReport& a, const BuildReport& b) {
   EXPECT_EQ(a.calibration_from_cache, b.calibration_from_cache);
 }
 
-// --- the engine file ------------------------------------------------------------------------------
+// --- the engine file
+// ------------------------------------------------------------------------------
 
 // Header layout (engine_file.cpp): magic[8], version u32 @8, header size u32 @12, payload size
 // u64 @16, FNV-1a 64 of the payload @24; payload: metadata length u64, JSON, 64-byte aligned blobs.
@@ -136,7 +139,8 @@ uint64_t fnv1a(const char* p, size_t n) {
 
 // Rewrites the metadata JSON of a valid engine file and makes the file consistent again (blob
 // area realigned, sizes and checksum recomputed): what another build of mixq would have written.
-std::string rewrite_metadata(const std::string& bytes, const std::function<void(nlohmann::json&)>& edit) {
+std::string rewrite_metadata(const std::string& bytes,
+                             const std::function<void(nlohmann::json&)>& edit) {
   uint64_t len;
   std::memcpy(&len, bytes.data() + kHeader, 8);
   size_t blob_start = 8 + len;
@@ -199,8 +203,8 @@ TEST_F(EngineFile, TruncatedFileIsRefused) {
   auto bytes = fp32_engine(model_).serialize();
   ASSERT_TRUE(bytes.ok());
   const size_t n = bytes->size();
-  for (size_t cut : {size_t(4), size_t(8), size_t(20), size_t(31), size_t(32), size_t(40), n / 2, n - 64,
-                     n - 1}) {
+  for (size_t cut : {size_t(4), size_t(8), size_t(20), size_t(31), size_t(32), size_t(40), n / 2,
+                     n - 64, n - 1}) {
     SCOPED_TRACE("cut at " + std::to_string(cut) + " of " + std::to_string(n));
     const std::string path = dir_.file("cut.mixq");
     testing::write_file(path, bytes->substr(0, cut));
@@ -208,8 +212,10 @@ TEST_F(EngineFile, TruncatedFileIsRefused) {
     EXPECT_TRUE(status_is(e, StatusCode::kDataLoss, {"cut.mixq", "truncated"}));
   }
   testing::write_file(dir_.file("empty.mixq"), "");
-  EXPECT_TRUE(status_is(Engine::load(dir_.file("empty.mixq")), StatusCode::kDataLoss, {"empty.mixq"}));
-  EXPECT_TRUE(status_is(Engine::load(dir_.file("missing.mixq")), StatusCode::kNotFound, {"missing.mixq"}));
+  EXPECT_TRUE(
+      status_is(Engine::load(dir_.file("empty.mixq")), StatusCode::kDataLoss, {"empty.mixq"}));
+  EXPECT_TRUE(
+      status_is(Engine::load(dir_.file("missing.mixq")), StatusCode::kNotFound, {"missing.mixq"}));
 }
 
 TEST_F(EngineFile, FlippedByteFailsTheChecksum) {
@@ -218,7 +224,8 @@ TEST_F(EngineFile, FlippedByteFailsTheChecksum) {
   uint64_t len;
   std::memcpy(&len, bytes->data() + kHeader, 8);
   // In the metadata, in the packed weights (the last bytes), and in the stored checksum itself.
-  for (size_t at : {kHeader + 8 + 10, kHeader + 8 + size_t(len) / 2, bytes->size() - 3, size_t(24)}) {
+  for (size_t at :
+       {kHeader + 8 + 10, kHeader + 8 + size_t(len) / 2, bytes->size() - 3, size_t(24)}) {
     SCOPED_TRACE("byte " + std::to_string(at));
     std::string bad = *bytes;
     bad[at] = char(bad[at] ^ 0x10);
@@ -256,7 +263,8 @@ TEST_F(EngineFile, WrongMagicIsRefused) {
 TEST_F(EngineFile, ForeignBackendIsRefused) {
   auto bytes = fp32_engine(model_).serialize();
   ASSERT_TRUE(bytes.ok());
-  const std::string other = rewrite_metadata(*bytes, [](nlohmann::json& m) { m["backend"] = "tpu"; });
+  const std::string other =
+      rewrite_metadata(*bytes, [](nlohmann::json& m) { m["backend"] = "tpu"; });
   EXPECT_TRUE(status_is(Engine::from_bytes(other, "'tpu.mixq'"), StatusCode::kUnsupported,
                         {"'tpu.mixq'", "'tpu'"}));
   // The rewrite itself keeps a file valid.
@@ -264,7 +272,9 @@ TEST_F(EngineFile, ForeignBackendIsRefused) {
   EXPECT_TRUE(Engine::from_bytes(same, "same").ok());
 }
 
-std::string this_cpu_target() { return (*backends::make_backend("cpu"))->target(); }
+std::string this_cpu_target() {
+  return (*backends::make_backend("cpu"))->target();
+}
 
 // An engine recorded for a VNNI CPU (8-bit weights) runs only where u8 x s8 sums do not
 // saturate: refused with ONEDNN_MAX_CPU_ISA=AVX2, accepted on this machine's VNNI.
@@ -274,7 +284,8 @@ TEST(EngineFileIsa, VnniEngineNeedsVnni) {
   auto bytes = int8_engine(model).serialize();
   ASSERT_TRUE(bytes.ok());
   const std::string vnni_target = "cpu;isa=avx512_core_vnni;weight_bits=8";
-  const std::string vnni = rewrite_metadata(*bytes, [&](nlohmann::json& m) { m["target"] = vnni_target; });
+  const std::string vnni =
+      rewrite_metadata(*bytes, [&](nlohmann::json& m) { m["target"] = vnni_target; });
   auto e = Engine::from_bytes(vnni, "'vnni.mixq'");
   const std::string here = this_cpu_target();
   if (here.find("weight_bits=8") != std::string::npos) {
@@ -285,17 +296,22 @@ TEST(EngineFileIsa, VnniEngineNeedsVnni) {
         << "this CPU: " << here;
   }
   // 7-bit engines (built without VNNI) run everywhere.
-  const std::string avx2 = rewrite_metadata(*bytes, [](nlohmann::json& m) { m["target"] = "cpu;isa=avx2;weight_bits=7"; });
+  const std::string avx2 = rewrite_metadata(
+      *bytes, [](nlohmann::json& m) { m["target"] = "cpu;isa=avx2;weight_bits=7"; });
   EXPECT_TRUE(Engine::from_bytes(avx2, "'avx2.mixq'").ok());
   // Not a CPU engine at all.
-  const std::string gpu = rewrite_metadata(*bytes, [](nlohmann::json& m) { m["target"] = "cuda;sm=90"; });
-  EXPECT_TRUE(status_is(Engine::from_bytes(gpu, "'gpu.mixq'"), StatusCode::kFailedPrecondition, {"'gpu.mixq'"}));
+  const std::string gpu =
+      rewrite_metadata(*bytes, [](nlohmann::json& m) { m["target"] = "cuda;sm=90"; });
+  EXPECT_TRUE(status_is(Engine::from_bytes(gpu, "'gpu.mixq'"), StatusCode::kFailedPrecondition,
+                        {"'gpu.mixq'"}));
 }
 
 TEST(EngineFileIsa, Avx2LimitRefusesVnniEngines) {
   const char* limit = std::getenv("ONEDNN_MAX_CPU_ISA");
-  if (!limit || std::string(limit) != "AVX2") GTEST_SKIP() << "runs under ONEDNN_MAX_CPU_ISA=AVX2 (CTest)";
-  EXPECT_NE(this_cpu_target().find("isa=avx2;weight_bits=7"), std::string::npos) << this_cpu_target();
+  if (!limit || std::string(limit) != "AVX2")
+    GTEST_SKIP() << "runs under ONEDNN_MAX_CPU_ISA=AVX2 (CTest)";
+  EXPECT_NE(this_cpu_target().find("isa=avx2;weight_bits=7"), std::string::npos)
+      << this_cpu_target();
   auto model = small_cnn();
   ASSERT_TRUE(model);
   // This process builds 7-bit engines, which run and load fine here.
@@ -306,7 +322,8 @@ TEST(EngineFileIsa, Avx2LimitRefusesVnniEngines) {
   EXPECT_TRUE(Engine::from_bytes(*bytes, "'own.mixq'").ok());
 }
 
-// --- batches and input checks ---------------------------------------------------------------------
+// --- batches and input checks
+// ---------------------------------------------------------------------
 
 TensorMap sample(const TensorMap& batch, int64_t i) {
   TensorMap m;
@@ -314,7 +331,8 @@ TensorMap sample(const TensorMap& batch, int64_t i) {
   return m;
 }
 
-void check_batches_match_batch_one(const Engine& engine, const std::shared_ptr<const Model>& model, bool exact) {
+void check_batches_match_batch_one(const Engine& engine, const std::shared_ptr<const Model>& model,
+                                   bool exact) {
   auto ctx = engine.create_context();
   ASSERT_TRUE(ctx.ok());
   for (int64_t batch = 1; batch <= kMaxBatch; ++batch) {
@@ -331,7 +349,8 @@ void check_batches_match_batch_one(const Engine& engine, const std::shared_ptr<c
       if (exact) {
         EXPECT_TRUE(bit_equal(row.clone(), ref)) << "batch " << batch << " sample " << i;
       } else {
-        EXPECT_LE(testing::max_relative_error(row, ref), 1e-6) << "batch " << batch << " sample " << i;
+        EXPECT_LE(testing::max_relative_error(row, ref), 1e-6)
+            << "batch " << batch << " sample " << i;
       }
     }
   }
@@ -365,15 +384,19 @@ TEST(EngineBatch, BadBatchesAndInputsAreRefused) {
   EXPECT_TRUE(status_is(ctx->infer({{"x", Tensor::empty(DType::kFloat32, {0, 3, 12, 12})},
                                     {"z", Tensor::empty(DType::kFloat32, {0, 10})}}),
                         StatusCode::kInvalidArgument, {"batch size 0", "1..8"}));
-  EXPECT_TRUE(status_is(ctx->infer(inputs(9, 9)), StatusCode::kInvalidArgument, {"batch size 9", "1..8"}));
-  EXPECT_TRUE(status_is(ctx->infer(inputs(2, 3)), StatusCode::kInvalidArgument, {"disagree", "batch"}));
+  EXPECT_TRUE(
+      status_is(ctx->infer(inputs(9, 9)), StatusCode::kInvalidArgument, {"batch size 9", "1..8"}));
+  EXPECT_TRUE(
+      status_is(ctx->infer(inputs(2, 3)), StatusCode::kInvalidArgument, {"disagree", "batch"}));
   // Wrong dtype, wrong shape, missing and unknown inputs.
   TensorMap in = inputs(2, 2);
   in["x"] = random_tensor({2, 3, 12, 12}, 1).to(DType::kInt32);
-  EXPECT_TRUE(status_is(ctx->infer(in), StatusCode::kInvalidArgument, {"'x'", "dtype", "i32", "f32"}));
+  EXPECT_TRUE(
+      status_is(ctx->infer(in), StatusCode::kInvalidArgument, {"'x'", "dtype", "i32", "f32"}));
   in = inputs(2, 2);
   in["x"] = random_tensor({2, 3, 12, 13}, 1);
-  EXPECT_TRUE(status_is(ctx->infer(in), StatusCode::kInvalidArgument, {"'x'", "shape", "[2,3,12,13]"}));
+  EXPECT_TRUE(
+      status_is(ctx->infer(in), StatusCode::kInvalidArgument, {"'x'", "shape", "[2,3,12,13]"}));
   in = inputs(2, 2);
   in.erase("z");
   EXPECT_TRUE(status_is(ctx->infer(in), StatusCode::kInvalidArgument, {"'z'", "not given"}));
@@ -407,8 +430,10 @@ void check_threads(const Engine& engine, const TensorMap& in) {
       }
       for (int i = 0; i < kRuns; ++i) {
         auto r = ctx->infer(in);
-        if (!r.ok()) ++failures;
-        else if (!bit_equal(r->outputs.at("y"), expected)) ++mismatches;
+        if (!r.ok())
+          ++failures;
+        else if (!bit_equal(r->outputs.at("y"), expected))
+          ++mismatches;
       }
     });
   for (auto& t : threads) t.join();
@@ -489,7 +514,8 @@ TEST(EngineContext, ProfilingGivesOneTimingPerStep) {
     sum += r->layers[i].ms;
   }
   EXPECT_LE(sum, r->timing.compute_ms * 1.01 + 0.01);
-  EXPECT_TRUE(bit_equal(r->outputs.at("y"), plain->outputs.at("y"))) << "profiling changes no result";
+  EXPECT_TRUE(bit_equal(r->outputs.at("y"), plain->outputs.at("y")))
+      << "profiling changes no result";
   ctx->set_profiling(false);
   auto again = ctx->infer(in);
   ASSERT_TRUE(again.ok());
@@ -586,8 +612,10 @@ TEST(EngineReport, ListsLayersPrecisionsBitsAndMemory) {
   EXPECT_EQ(by_module["conv2"]->macs, m2);
   EXPECT_EQ(by_module["conv3"]->macs, m3);
   EXPECT_EQ(by_module["fc"]->macs, m4);
-  EXPECT_NEAR(r.average_bits_by_params, (8.0 * (p1 + p2) + 32.0 * (p3 + p4)) / double(p1 + p2 + p3 + p4), 1e-9);
-  EXPECT_NEAR(r.average_bits_by_macs, (8.0 * (m1 + m2) + 32.0 * (m3 + m4)) / double(m1 + m2 + m3 + m4), 1e-9);
+  EXPECT_NEAR(r.average_bits_by_params,
+              (8.0 * (p1 + p2) + 32.0 * (p3 + p4)) / double(p1 + p2 + p3 + p4), 1e-9);
+  EXPECT_NEAR(r.average_bits_by_macs,
+              (8.0 * (m1 + m2) + 32.0 * (m3 + m4)) / double(m1 + m2 + m3 + m4), 1e-9);
   for (const LayerReport& l : r.layers) {
     EXPECT_FALSE(l.implementation.empty()) << l.name;
     EXPECT_EQ(l.requested, l.actual) << l.name;

@@ -17,7 +17,8 @@
 
 namespace mixq::testing {
 
-inline std::shared_ptr<const Model> load_model(const OnnxBuilder& b, const std::string& name = "test") {
+inline std::shared_ptr<const Model> load_model(const OnnxBuilder& b,
+                                               const std::string& name = "test") {
   auto m = Model::from_bytes(b.bytes(), name);
   if (!m.ok()) {
     ADD_FAILURE() << "loading the test model failed: " << m.status().to_string();
@@ -27,8 +28,8 @@ inline std::shared_ptr<const Model> load_model(const OnnxBuilder& b, const std::
 }
 
 // Uniform values in [lo, hi] (never exactly zero) for every graph input at `batch`.
-inline TensorMap random_model_inputs(const Model& model, int64_t batch, uint64_t seed, float lo = -1.0f,
-                                     float hi = 1.0f) {
+inline TensorMap random_model_inputs(const Model& model, int64_t batch, uint64_t seed,
+                                     float lo = -1.0f, float hi = 1.0f) {
   TensorMap m;
   uint64_t s = seed;
   for (const TensorSpec& spec : model.inputs()) {
@@ -41,15 +42,16 @@ inline TensorMap random_model_inputs(const Model& model, int64_t batch, uint64_t
 }
 
 // `batches` batches of `batch` samples from the same distribution as random_model_inputs.
-inline CalibrationData random_calibration(const Model& model, int batches, int64_t batch, uint64_t seed,
-                                          float lo = -1.0f, float hi = 1.0f) {
+inline CalibrationData random_calibration(const Model& model, int batches, int64_t batch,
+                                          uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::vector<TensorMap> data;
   for (int i = 0; i < batches; ++i)
     data.push_back(random_model_inputs(model, batch, seed * 1000 + uint64_t(i), lo, hi));
   return CalibrationData::from_batches(std::move(data));
 }
 
-inline BuildOptions cpu_options(Precision default_precision = Precision::kFP32, int64_t max_batch = 8) {
+inline BuildOptions cpu_options(Precision default_precision = Precision::kFP32,
+                                int64_t max_batch = 8) {
   BuildOptions o;
   o.backend = "cpu";
   o.default_precision = default_precision;
@@ -57,8 +59,8 @@ inline BuildOptions cpu_options(Precision default_precision = Precision::kFP32, 
   return o;
 }
 
-inline Expected<Engine> build_engine(std::shared_ptr<const Model> model, const BuildOptions& options,
-                                     const std::string& plan_json = "",
+inline Expected<Engine> build_engine(std::shared_ptr<const Model> model,
+                                     const BuildOptions& options, const std::string& plan_json = "",
                                      std::optional<CalibrationData> calibration = std::nullopt) {
   Builder b(std::move(model));
   b.set_options(options);
@@ -96,12 +98,16 @@ class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) old_ = std::string(old);
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
+    if (value)
+      setenv(name, value, 1);
+    else
+      unsetenv(name);
   }
   ~ScopedEnv() {
-    if (old_) setenv(name_.c_str(), old_->c_str(), 1);
-    else unsetenv(name_.c_str());
+    if (old_)
+      setenv(name_.c_str(), old_->c_str(), 1);
+    else
+      unsetenv(name_.c_str());
   }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;
@@ -131,8 +137,8 @@ inline const LayerReport* find_layer(const BuildReport& r, const std::string& op
 inline std::string describe_layers(const BuildReport& r) {
   std::string s;
   for (const LayerReport& l : r.layers)
-    s += "  " + l.name + " " + l.op + " " + std::string(precision_name(l.actual)) + " [" + l.implementation +
-         "]\n";
+    s += "  " + l.name + " " + l.op + " " + std::string(precision_name(l.actual)) + " [" +
+         l.implementation + "]\n";
   return s;
 }
 

@@ -110,7 +110,8 @@ Expected<Tensor> Backend::read_value(const Buffer& b) const {
 Expected<std::unique_ptr<Backend>> make_backend(const std::string& name) {
   if (name == "cpu") return make_cpu_backend();
   if (name == "reference") return make_reference_backend();
-  return NotFound("unknown backend '" + name + "'; available: cpu, reference");
+  if (name == "cuda") return make_cuda_backend();
+  return NotFound("unknown backend '" + name + "'; available: cpu, reference, cuda");
 }
 
 }  // namespace mixq::backends

@@ -40,13 +40,15 @@ constexpr double kInt8MinSqnrDb = 30.0;
 
 enum class Layouts { kBackend, kPlain };
 
-std::string layouts_name(Layouts l) { return l == Layouts::kPlain ? "plain" : "backend"; }
+std::string layouts_name(Layouts l) {
+  return l == Layouts::kPlain ? "plain" : "backend";
+}
 
 struct Check {
   Precision precision = Precision::kFP32;  // int8: SQNR against the reference, else tolerance
   Layouts layouts = Layouts::kBackend;
-  std::string plan;                        // a native plan; empty: `precision` is the default
-  float lo = -1.0f, hi = 1.0f;             // input distribution (calibration and test data)
+  std::string plan;             // a native plan; empty: `precision` is the default
+  float lo = -1.0f, hi = 1.0f;  // input distribution (calibration and test data)
   bool allow_fallback = false;
 };
 
@@ -123,8 +125,8 @@ std::shared_ptr<const Model> conv_model(const ConvCase& c, uint64_t seed) {
   b.output("y", {"N", c.cout, oh, ow});
   // Weights scaled like a trained layer (Kaiming-ish) so outputs stay O(1).
   const float bound = 1.0f / std::sqrt(float(c.cin / c.group * c.kernel[0] * c.kernel[1]));
-  b.initializer("conv.weight", random_tensor({c.cout, c.cin / c.group, c.kernel[0], c.kernel[1]}, seed,
-                                             -2 * bound, 2 * bound));
+  b.initializer("conv.weight", random_tensor({c.cout, c.cin / c.group, c.kernel[0], c.kernel[1]},
+                                             seed, -2 * bound, 2 * bound));
   std::vector<std::string> ins = {"x", "conv.weight"};
   if (c.bias) {
     b.initializer("conv.bias", random_tensor({c.cout}, seed + 1, -0.2f, 0.2f));
@@ -164,13 +166,44 @@ std::vector<ConvCase> conv_cases() {
       {"k1x3_rect_stride2x1", 8, 16, 9, 13, {1, 3}, {2, 1}, {1, 1}, {0, 1, 0, 1}},
       {"groups4", 16, 32, 10, 10, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 4},
       {"depthwise", 16, 16, 10, 10, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 16},
-      {"depthwise_stride2_no_bias", 32, 32, 11, 11, {3, 3}, {2, 2}, {1, 1}, {1, 1, 1, 1}, 32, false},
+      {"depthwise_stride2_no_bias",
+       32,
+       32,
+       11,
+       11,
+       {3, 3},
+       {2, 2},
+       {1, 1},
+       {1, 1, 1, 1},
+       32,
+       false},
       {"depthwise_k5", 8, 8, 12, 12, {5, 5}, {1, 1}, {1, 1}, {2, 2, 2, 2}, 8},
       {"relu", 8, 16, 12, 12, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 1, true, "relu"},
       {"clip", 8, 16, 12, 12, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 1, true, "clip"},
       {"residual_add", 8, 16, 12, 12, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 1, true, "add"},
-      {"residual_add_relu", 16, 16, 8, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, 1, true, "add_relu"},
-      {"residual_add_relu_stride2", 8, 16, 10, 10, {3, 3}, {2, 2}, {1, 1}, {1, 1, 1, 1}, 1, false,
+      {"residual_add_relu",
+       16,
+       16,
+       8,
+       8,
+       {3, 3},
+       {1, 1},
+       {1, 1},
+       {1, 1, 1, 1},
+       1,
+       true,
+       "add_relu"},
+      {"residual_add_relu_stride2",
+       8,
+       16,
+       10,
+       10,
+       {3, 3},
+       {2, 2},
+       {1, 1},
+       {1, 1, 1, 1},
+       1,
+       false,
        "add_relu"},
   };
 }
@@ -180,6 +213,10 @@ struct ConvParam {
   Precision precision;
   Layouts layouts;
 };
+
+void PrintTo(const ConvParam& p, std::ostream* os) {
+  *os << p.c.name;
+}
 
 class CpuConv : public ::testing::TestWithParam<ConvParam> {};
 
@@ -216,7 +253,8 @@ INSTANTIATE_TEST_SUITE_P(Kernels, CpuConv, ::testing::ValuesIn(conv_params()),
                            return param_name(i.param.c.name, i.param.precision, i.param.layouts);
                          });
 
-// --- linear layers ---------------------------------------------------------------------------------
+// --- linear layers
+// ---------------------------------------------------------------------------------
 
 struct GemmCase {
   std::string name;
@@ -243,7 +281,8 @@ std::shared_ptr<const Model> gemm_model(const GemmCase& c, uint64_t seed) {
     }
     return load_model(b, "gemm_" + c.name);
   }
-  b.initializer("fc.weight", random_tensor(c.trans_b ? Shape{c.n, c.k} : Shape{c.k, c.n}, seed, -bound, bound));
+  b.initializer("fc.weight",
+                random_tensor(c.trans_b ? Shape{c.n, c.k} : Shape{c.k, c.n}, seed, -bound, bound));
   std::vector<std::string> ins = {"x", "fc.weight"};
   if (!c.bias_shape.empty()) {
     b.initializer("fc.bias", random_tensor(c.bias_shape, seed + 1, -0.2f, 0.2f));
@@ -278,6 +317,10 @@ struct GemmParam {
   Layouts layouts;
 };
 
+void PrintTo(const GemmParam& p, std::ostream* os) {
+  *os << p.c.name;
+}
+
 class CpuGemm : public ::testing::TestWithParam<GemmParam> {};
 
 TEST_P(CpuGemm, MatchesReference) {
@@ -290,7 +333,8 @@ TEST_P(CpuGemm, MatchesReference) {
   ASSERT_NE(fc, nullptr) << testing::describe_layers(r);
   EXPECT_EQ(fc->actual, p.precision);
   EXPECT_NE(fc->implementation.find("onednn"), std::string::npos) << fc->implementation;
-  EXPECT_EQ(r.layers.size() - size_t(testing::count_op(r, "Reformat")), 1u) << testing::describe_layers(r);
+  EXPECT_EQ(r.layers.size() - size_t(testing::count_op(r, "Reformat")), 1u)
+      << testing::describe_layers(r);
 }
 
 std::vector<GemmParam> gemm_params() {
@@ -315,19 +359,21 @@ struct PoolCase {
   int64_t ceil_mode = 0;
   int64_t count_include_pad = 0;
   bool int8_kernel = true;  // oneDNN runs it in int8 (else the build falls back to fp32)
+  int64_t size = 9;         // input height and width
 };
 
-constexpr int64_t kPoolChannels = 16, kPoolSize = 9;
+constexpr int64_t kPoolChannels = 16;
 
 std::shared_ptr<const Model> pool_model(const PoolCase& c) {
   OnnxBuilder b(13, "pool_" + c.name);
-  b.input("x", {"N", kPoolChannels, kPoolSize, kPoolSize});
+  const int64_t size = c.size;
+  b.input("x", {"N", kPoolChannels, size, size});
   int64_t oh = 1;
   if (c.op != "GlobalAveragePool") {
-    const int64_t span = kPoolSize + c.pads[0] + c.pads[2] - c.kernel[0];
+    const int64_t span = size + c.pads[0] + c.pads[2] - c.kernel[0];
     oh = (c.ceil_mode ? (span + c.strides[0] - 1) / c.strides[0] : span / c.strides[0]) + 1;
     // ONNX: the last window must start inside the input or the left padding.
-    if (c.ceil_mode && (oh - 1) * c.strides[0] >= kPoolSize + c.pads[0]) --oh;
+    if (c.ceil_mode && (oh - 1) * c.strides[0] >= size + c.pads[0]) --oh;
   }
   b.output("y", {"N", kPoolChannels, oh, oh});
   auto n = b.node(c.op, {"x"}, {"y"}, "/pool/" + c.op);
@@ -347,8 +393,25 @@ std::vector<PoolCase> pool_cases() {
       {"avg_k3_s1_pad1_exclude_pad", "AveragePool", {3, 3}, {1, 1}, {1, 1, 1, 1}, 0, 0},
       {"avg_k3_s2_pad1_include_pad", "AveragePool", {3, 3}, {2, 2}, {1, 1, 1, 1}, 0, 1},
       {"avg_k2_s2_ceil_exclude_pad", "AveragePool", {2, 2}, {2, 2}, {0, 0, 0, 0}, 1, 0},
-      // oneDNN cannot count the extra ceil_mode padding as ONNX does: the reference runs it.
-      {"avg_k3_s2_pad1_ceil_include_pad", "AveragePool", {3, 3}, {2, 2}, {1, 1, 1, 1}, 1, 1, false},
+      // 10x10: ceil_mode adds a window beyond the right padding. oneDNN cannot count padding
+      // there as ONNX does, so the reference kernel runs it (int8 requests fall back to fp32).
+      {"avg_k3_s2_pad1_ceil_include_pad",
+       "AveragePool",
+       {3, 3},
+       {2, 2},
+       {1, 1, 1, 1},
+       1,
+       1,
+       false,
+       10},
+      {"avg_k3_s2_pad1_ceil_include_pad_no_overhang",
+       "AveragePool",
+       {3, 3},
+       {2, 2},
+       {1, 1, 1, 1},
+       1,
+       1},
+      {"max_k3_s2_pad1_ceil_overhang", "MaxPool", {3, 3}, {2, 2}, {1, 1, 1, 1}, 1, 0, true, 10},
       {"global_avg", "GlobalAveragePool", {}, {}, {}},
   };
 }
@@ -358,6 +421,10 @@ struct PoolParam {
   Precision precision;
   Layouts layouts;
 };
+
+void PrintTo(const PoolParam& p, std::ostream* os) {
+  *os << p.c.name;
+}
 
 class CpuPool : public ::testing::TestWithParam<PoolParam> {};
 
@@ -375,7 +442,8 @@ TEST_P(CpuPool, MatchesReference) {
   ASSERT_NE(pool, nullptr) << testing::describe_layers(r);
   const Precision expected = int8 && p.c.int8_kernel ? Precision::kINT8 : Precision::kFP32;
   EXPECT_EQ(pool->actual, expected) << pool->fallback_reason;
-  if (p.c.int8_kernel) EXPECT_NE(pool->implementation.find("onednn"), std::string::npos) << pool->implementation;
+  if (p.c.int8_kernel)
+    EXPECT_NE(pool->implementation.find("onednn"), std::string::npos) << pool->implementation;
   if (int8 && !p.c.int8_kernel) EXPECT_EQ(r.fallbacks.size(), 1u);
 }
 
@@ -416,6 +484,10 @@ struct ConcatParam {
   Layouts layouts;
 };
 
+void PrintTo(const ConcatParam& p, std::ostream* os) {
+  *os << p.ca << "+" << p.cb;
+}
+
 class CpuConcat : public ::testing::TestWithParam<ConcatParam> {};
 
 TEST_P(CpuConcat, TwoConvolutionsMatchReference) {
@@ -440,8 +512,9 @@ std::vector<ConcatParam> concat_params() {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, CpuConcat, ::testing::ValuesIn(concat_params()),
                          [](const ::testing::TestParamInfo<ConcatParam>& i) {
-                           return param_name(std::to_string(i.param.ca) + "_" + std::to_string(i.param.cb),
-                                             i.param.precision, i.param.layouts);
+                           return param_name(
+                               std::to_string(i.param.ca) + "_" + std::to_string(i.param.cb),
+                               i.param.precision, i.param.layouts);
                          });
 
 }  // namespace

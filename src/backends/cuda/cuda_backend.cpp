@@ -1,0 +1,304 @@
+// The CUDA backend: cuDNN graph convolutions, cuBLASLt GEMMs and own kernels, NHWC activations,
+// s8 symmetric int8 and e4m3 fp8 with per-tensor activation scales, per-channel weight scales.
+// Device memory, streams, graph capture and timing (DeviceOps) live here too.
+#include <cstring>
+#include <sstream>
+
+#include "backends/cuda/cuda_common.h"
+#include "backends/reference/reference.h"
+#include "engine/lower.h"
+
+namespace mixq::backends::cuda {
+
+Status cuda_status(cudaError_t e, const char* what, const char* file, int line) {
+  return Internal(std::string("CUDA error ") + cudaGetErrorString(e) + " in " + what + " (" + file +
+                  ":" + std::to_string(line) + ")");
+}
+Status cudnn_status(cudnnStatus_t e, const char* what, const char* file, int line) {
+  char detail[512] = {};
+  cudnnGetLastErrorString(detail, sizeof detail);
+  return Unsupported(std::string("cuDNN ") + cudnnGetErrorString(e) + " in " + what + " (" + file +
+                     ":" + std::to_string(line) + ")" + (detail[0] ? std::string(": ") + detail : ""));
+}
+Status cublas_status(cublasStatus_t e, const char* what, const char* file, int line) {
+  return Unsupported(std::string("cuBLASLt status ") + std::to_string(int(e)) + " in " + what +
+                     " (" + file + ":" + std::to_string(line) + ")");
+}
+
+Shape at_batch(const Shape& s, int64_t batch) {
+  Shape r = s;
+  for (auto& d : r)
+    if (d < 0) d = batch;
+  return r;
+}
+
+Expected<std::unique_ptr<CudaResources>> CudaResources::create() {
+  auto r = std::make_unique<CudaResources>();
+  CUDA_CHECK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
+  CUDNN_CHECK(cudnnCreate(&r->cudnn));
+  CUDNN_CHECK(cudnnSetStream(r->cudnn, r->stream));
+  CUBLAS_CHECK(cublasLtCreate(&r->cublas));
+  for (auto& e : r->events) CUDA_CHECK(cudaEventCreate(&e));
+  return r;
+}
+
+CudaResources::~CudaResources() {
+  for (auto& e : events)
+    if (e) cudaEventDestroy(e);
+  if (cublas) cublasLtDestroy(cublas);
+  if (cudnn) cudnnDestroy(cudnn);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+Expected<DeviceBuffer> device_alloc(size_t bytes) {
+  void* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 16)));
+  return DeviceBuffer{std::shared_ptr<void>(p, [](void* q) { cudaFree(q); }), bytes};
+}
+
+Expected<DeviceBuffer> upload(const void* host, size_t bytes) {
+  MIXQ_ASSIGN_OR_RETURN(DeviceBuffer b, device_alloc(bytes));
+  if (bytes) CUDA_CHECK(cudaMemcpy(b.get(), host, bytes, cudaMemcpyHostToDevice));
+  return b;
+}
+
+namespace {
+
+CudaResources* res(ExecResources* r) { return static_cast<CudaResources*>(r); }
+
+class CudaDeviceOps final : public DeviceOps {
+ public:
+  Expected<std::shared_ptr<void>> alloc_device(size_t bytes) const override {
+    MIXQ_ASSIGN_OR_RETURN(DeviceBuffer b, device_alloc(bytes));
+    return b.ptr;
+  }
+  Expected<std::shared_ptr<void>> alloc_pinned(size_t bytes) const override {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMallocHost(&p, std::max<size_t>(bytes, 16)));
+    return std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
+  }
+  Status copy_to_device(void* dst, const void* src, size_t bytes, ExecResources* r) const override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, res(r)->stream));
+    return Status::Ok();
+  }
+  Status copy_to_host(void* dst, const void* src, size_t bytes, ExecResources* r) const override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, res(r)->stream));
+    return Status::Ok();
+  }
+  Status copy_device_to_device(void* dst, const void* src, size_t bytes,
+                               ExecResources* r) const override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, res(r)->stream));
+    return Status::Ok();
+  }
+  Status synchronize(ExecResources* r) const override {
+    CUDA_CHECK(cudaStreamSynchronize(res(r)->stream));
+    return Status::Ok();
+  }
+  Status begin_capture(ExecResources* r) const override {
+    CUDA_CHECK(cudaStreamBeginCapture(res(r)->stream, cudaStreamCaptureModeThreadLocal));
+    return Status::Ok();
+  }
+  Expected<std::shared_ptr<void>> end_capture(ExecResources* r) const override {
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamEndCapture(res(r)->stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) return cuda_status(e, "cudaGraphInstantiate", __FILE__, __LINE__);
+    return std::shared_ptr<void>(exec, [](void* x) { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(x)); });
+  }
+  Status replay(const std::shared_ptr<void>& graph, ExecResources* r) const override {
+    CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph.get()), res(r)->stream));
+    return Status::Ok();
+  }
+  Status record(ExecResources* r, int slot) const override {
+    CUDA_CHECK(cudaEventRecord(res(r)->events[slot], res(r)->stream));
+    return Status::Ok();
+  }
+  Expected<double> elapsed_ms(ExecResources* r, int from, int to) const override {
+    CUDA_CHECK(cudaEventSynchronize(res(r)->events[to]));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, res(r)->events[from], res(r)->events[to]));
+    return double(ms);
+  }
+  bool is_device_pointer(const void* p) const override {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+  }
+};
+
+bool is_conv2d(const ir::Node& n) {
+  return n.op == ir::OpKind::kFusedConv && n.input(0) && n.input(0)->shape_known &&
+         n.input(0)->shape.size() == 4;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, device);
+    name_ = prop.name;
+    sm_ = prop.major * 10 + prop.minor;
+  }
+
+  std::string_view name() const override { return "cuda"; }
+
+  bool supports(const ir::Node& n, Precision p, std::string* why) const override {
+    if (p == Precision::kFP8 && sm_ < 89) {
+      if (why) *why = "fp8 needs compute capability 8.9 or newer; this GPU is sm_" + std::to_string(sm_);
+      return false;
+    }
+    switch (n.op) {
+      case ir::OpKind::kFusedConv: return conv_supports(n, p, why);
+      case ir::OpKind::kFusedGemm: return gemm_supports(n, p, why);
+      default: return own_supports(n, p, why);
+    }
+  }
+
+  Expected<std::unique_ptr<Kernel>> create(const ir::Node& n, Precision p) const override {
+    switch (n.op) {
+      case ir::OpKind::kFusedConv: return make_conv_kernel(n, p);
+      case ir::OpKind::kFusedGemm: return make_gemm_kernel(n, p);
+      default: return make_own_kernel(n, p);
+    }
+  }
+
+  std::unique_ptr<ExecResources> create_resources() const override {
+    cudaSetDevice(device_);
+    auto r = CudaResources::create();
+    return r.ok() ? std::move(r).value() : nullptr;
+  }
+
+  QuantPolicy quant_policy() const override {
+    QuantPolicy p;
+    p.activation_dtype = DType::kInt8;  // symmetric s8: what cuDNN and cuBLASLt int8 paths take
+    p.weight_qmax = 127;
+    return p;
+  }
+
+  std::string target() const override {
+    int cudnn = int(cudnnGetVersion());
+    int runtime = 0;
+    cudaRuntimeGetVersion(&runtime);
+    return "cuda;sm=" + std::to_string(sm_) + ";gpu=" + name_ + ";cudnn=" + std::to_string(cudnn) +
+           ";cudart=" + std::to_string(runtime);
+  }
+
+  Status check_target(const std::string& recorded) const override {
+    auto field = [](const std::string& s, const std::string& key) {
+      const size_t at = s.find(key + "=");
+      if (at == std::string::npos) return std::string();
+      const size_t end = s.find(';', at);
+      return s.substr(at + key.size() + 1, end == std::string::npos ? std::string::npos : end - at - key.size() - 1);
+    };
+    const std::string here = target();
+    for (const char* key : {"sm", "cudnn"}) {
+      if (field(recorded, key) != field(here, key))
+        return FailedPrecondition("the engine was built for " + recorded + "; this machine is " + here +
+                                  " (" + key + " differs): rebuild the engine here");
+    }
+    return Status::Ok();
+  }
+
+  Status assign_layouts(ir::Graph& g) const override {
+    for (ir::Node* n : g.nodes()) {
+      for (ir::Value* out : n->outputs) {
+        if (!out) continue;
+        const bool four_d = out->shape_known && out->shape.size() == 4;
+        // Convolutions and the ops between them run NHWC; everything else plain.
+        if (four_d && (is_conv2d(*n) || nhwc_capable(*n))) out->layout = ir::Layout::kNHWC;
+        else out->layout = ir::Layout::kPlain;
+      }
+    }
+    return Status::Ok();
+  }
+
+  ir::Layout required_input_layout(const ir::Node& n, size_t slot) const override {
+    if (is_conv2d(n)) return ir::Layout::kNHWC;
+    if (nhwc_capable(n)) return n.output(0)->layout;
+    return ir::Layout::kPlain;
+  }
+
+  size_t buffer_bytes(const ir::Value& v, const Shape& shape) const override {
+    return size_t(shape_numel(shape)) * dtype_size(v.dtype);
+  }
+
+  Expected<Tensor> read_value(const Buffer& b) const override {
+    Tensor raw = Tensor::empty(b.value->dtype, b.shape);
+    if (cudaMemcpy(raw.raw(), b.data, raw.nbytes(), cudaMemcpyDeviceToHost) != cudaSuccess)
+      return Internal("reading '" + b.value->name + "' from the device failed");
+    if (b.value->layout == ir::Layout::kNHWC && b.shape.size() == 4) {
+      // NHWC -> NCHW on the host.
+      Tensor plain = Tensor::empty(b.value->dtype, b.shape);
+      const int64_t N = b.shape[0], C = b.shape[1], H = b.shape[2], W = b.shape[3];
+      const size_t es = dtype_size(b.value->dtype);
+      const char* src = static_cast<const char*>(raw.raw());
+      char* dst = static_cast<char*>(plain.raw());
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w)
+              std::memcpy(dst + size_t(((n * C + c) * H + h) * W + w) * es,
+                          src + size_t(((n * H + h) * W + w) * C + c) * es, es);
+      raw = plain;
+    }
+    return reference::dequantize_to_float(raw, b.value->quant ? &*b.value->quant : nullptr).clone();
+  }
+
+  const DeviceOps* device_ops() const override { return &ops_; }
+
+ private:
+  // Ops whose own kernels read and write NHWC (elementwise, pooling, channel concat).
+  static bool nhwc_capable(const ir::Node& n) {
+    switch (n.op) {
+      case ir::OpKind::kMaxPool:
+      case ir::OpKind::kAveragePool:
+      case ir::OpKind::kGlobalAveragePool:
+      case ir::OpKind::kGlobalMaxPool:
+      case ir::OpKind::kRelu:
+      case ir::OpKind::kClip:
+      case ir::OpKind::kSigmoid:
+      case ir::OpKind::kTanh:
+      case ir::OpKind::kLeakyRelu:
+      case ir::OpKind::kHardSwish:
+      case ir::OpKind::kHardSigmoid:
+        return n.input(0)->shape_known && n.input(0)->shape.size() == 4;
+      case ir::OpKind::kConcat:
+      case ir::OpKind::kAdd:
+      case ir::OpKind::kMul:
+        // Same-shape operands only: layouts then agree element for element.
+        for (const ir::Value* v : n.inputs)
+          if (!v || v->is_constant() || v->shape != n.output(0)->shape) {
+            if (n.op != ir::OpKind::kConcat) return false;
+          }
+        return n.output(0)->shape_known && n.output(0)->shape.size() == 4 &&
+               (n.op != ir::OpKind::kConcat || n.attr_int("axis", 0) == 1 || n.attr_int("axis", 0) == -3);
+      default:
+        return false;
+    }
+  }
+
+  int device_;
+  int sm_ = 0;
+  std::string name_;
+  CudaDeviceOps ops_;
+};
+
+}  // namespace
+}  // namespace mixq::backends::cuda
+
+extern "C" __attribute__((visibility("default"))) mixq::backends::Backend* mixq_create_cuda_backend(
+    char* error, size_t error_size) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::snprintf(error, error_size, "no CUDA device (%s)",
+                  e == cudaSuccess ? "none found" : cudaGetErrorString(e));
+    return nullptr;
+  }
+  return new mixq::backends::cuda::CudaBackend(0);
+}

@@ -1,0 +1,79 @@
+// Shared pieces of the CUDA backend: error checks that become Status, per-context resources
+// (stream, events, cuDNN and cuBLASLt handles), device buffers, and the kernel families.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <memory>
+#include <string>
+
+#include "backends/backend.h"
+
+namespace mixq::backends::cuda {
+
+Status cuda_status(cudaError_t e, const char* what, const char* file, int line);
+Status cudnn_status(cudnnStatus_t e, const char* what, const char* file, int line);
+Status cublas_status(cublasStatus_t e, const char* what, const char* file, int line);
+
+#define CUDA_CHECK(x)                                                                \
+  do {                                                                               \
+    cudaError_t mixq_e_ = (x);                                                       \
+    if (mixq_e_ != cudaSuccess)                                                      \
+      return ::mixq::backends::cuda::cuda_status(mixq_e_, #x, __FILE__, __LINE__);   \
+  } while (0)
+#define CUDNN_CHECK(x)                                                               \
+  do {                                                                               \
+    cudnnStatus_t mixq_e_ = (x);                                                     \
+    if (mixq_e_ != CUDNN_STATUS_SUCCESS)                                             \
+      return ::mixq::backends::cuda::cudnn_status(mixq_e_, #x, __FILE__, __LINE__);  \
+  } while (0)
+#define CUBLAS_CHECK(x)                                                              \
+  do {                                                                               \
+    cublasStatus_t mixq_e_ = (x);                                                    \
+    if (mixq_e_ != CUBLAS_STATUS_SUCCESS)                                            \
+      return ::mixq::backends::cuda::cublas_status(mixq_e_, #x, __FILE__, __LINE__); \
+  } while (0)
+
+// One per Context (thread): everything a kernel issues goes on `stream`.
+class CudaResources final : public ExecResources {
+ public:
+  static Expected<std::unique_ptr<CudaResources>> create();
+  ~CudaResources() override;
+  cudaStream_t stream = nullptr;
+  cudnnHandle_t cudnn = nullptr;
+  cublasLtHandle_t cublas = nullptr;
+  cudaEvent_t events[4] = {};
+};
+
+inline CudaResources& resources_of(const ExecContext& ctx) {
+  return *static_cast<CudaResources*>(ctx.resources);
+}
+
+// Device memory owned by a kernel (packed weights, scales), freed with it.
+struct DeviceBuffer {
+  std::shared_ptr<void> ptr;
+  size_t bytes = 0;
+  void* get() const { return ptr.get(); }
+};
+Expected<DeviceBuffer> device_alloc(size_t bytes);
+Expected<DeviceBuffer> upload(const void* host, size_t bytes);
+
+// Bytes per element of a dtype on the device (same as the host's).
+inline size_t element_bytes(DType d) { return dtype_size(d); }
+
+Shape at_batch(const Shape& shape, int64_t batch);
+
+// --- kernel families (one file each) --------------------------------------------------------------
+// conv_cudnn.cpp: FusedConv through cuDNN's graph API (NHWC; fp32/tf32/fp16/bf16/int8/fp8).
+bool conv_supports(const ir::Node& node, Precision precision, std::string* why);
+Expected<std::unique_ptr<Kernel>> make_conv_kernel(const ir::Node& node, Precision precision);
+// gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).
+bool gemm_supports(const ir::Node& node, Precision precision, std::string* why);
+Expected<std::unique_ptr<Kernel>> make_gemm_kernel(const ir::Node& node, Precision precision);
+// kernels.cu: reformat, pooling, elementwise, concat, softmax, copies.
+bool own_supports(const ir::Node& node, Precision precision, std::string* why);
+Expected<std::unique_ptr<Kernel>> make_own_kernel(const ir::Node& node, Precision precision);
+
+}  // namespace mixq::backends::cuda

@@ -1,0 +1,238 @@
+// The CUDA backend's own kernels: reformats (quantize, dequantize, requantize, dtype and
+// NCHW<->NHWC changes in one pass), pooling, elementwise ops, concatenation and softmax. All are
+// memory-bound: one thread per output element, dtypes dispatched in the kernel.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cmath>
+
+#include "backends/cuda/kernels.h"
+
+namespace mixq::backends::cuda::kernels {
+namespace {
+
+__device__ __forceinline__ float load_real(const void* p, int64_t i, const Grid& g) {
+  float q;
+  switch (g.dt) {
+    case kF32: return static_cast<const float*>(p)[i];
+    case kF16: return __half2float(static_cast<const __half*>(p)[i]);
+    case kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case kS8: q = float(static_cast<const int8_t*>(p)[i]); break;
+    case kU8: q = float(static_cast<const uint8_t*>(p)[i]); break;
+    case kE4M3: q = float(static_cast<const __nv_fp8_e4m3*>(p)[i]); break;
+    default: return 0.0f;
+  }
+  return (q - g.zero) * g.scale;
+}
+
+__device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Grid& g) {
+  switch (g.dt) {
+    case kF32: static_cast<float*>(p)[i] = x; return;
+    case kF16: static_cast<__half*>(p)[i] = __float2half_rn(x); return;
+    case kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(x); return;
+    case kS8: {
+      const float q = rintf(x / g.scale) + g.zero;  // rintf: round half to even
+      static_cast<int8_t*>(p)[i] = int8_t(fminf(fmaxf(q, -128.0f), 127.0f));
+      return;
+    }
+    case kU8: {
+      const float q = rintf(x / g.scale) + g.zero;
+      static_cast<uint8_t*>(p)[i] = uint8_t(fminf(fmaxf(q, 0.0f), 255.0f));
+      return;
+    }
+    case kE4M3: {
+      __nv_fp8_storage_t s = __nv_cvt_float_to_fp8(x / g.scale, __NV_SATFINITE, __NV_E4M3);
+      static_cast<__nv_fp8_storage_t*>(p)[i] = s;
+      return;
+    }
+    default: return;
+  }
+}
+
+// Offset of logical (n, c, h, w) in a 4-D tensor of shape (N, C, H, W).
+__device__ __forceinline__ int64_t offset4(int64_t n, int64_t c, int64_t h, int64_t w, int64_t C,
+                                           int64_t H, int64_t W, bool nhwc) {
+  return nhwc ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
+}
+
+// Logical coordinates of physical index i.
+__device__ __forceinline__ void coords4(int64_t i, int64_t C, int64_t H, int64_t W, bool nhwc,
+                                        int64_t& n, int64_t& c, int64_t& h, int64_t& w) {
+  if (nhwc) {
+    c = i % C;
+    i /= C;
+    w = i % W;
+    i /= W;
+    h = i % H;
+    n = i / H;
+  } else {
+    w = i % W;
+    i /= W;
+    h = i % H;
+    i /= H;
+    c = i % C;
+    n = i / C;
+  }
+}
+
+// --- reformat ---------------------------------------------------------------------------------------
+
+__global__ void reformat_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C,
+                                int64_t H, int64_t W, bool four_d) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  int64_t src = i;
+  if (four_d && gx.nhwc != gy.nhwc) {
+    int64_t n, c, h, w;
+    coords4(i, C, H, W, gy.nhwc, n, c, h, w);
+    src = offset4(n, c, h, w, C, H, W, gx.nhwc);
+  }
+  store_real(y, i, load_real(x, src, gx), gy);
+}
+
+__global__ void pool_kernel(const void* x, Grid gx, void* y, Grid gy, PoolParams p) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t total = p.N * p.C * p.OH * p.OW;
+  if (i >= total) return;
+  int64_t n, c, oh, ow;
+  coords4(i, p.C, p.OH, p.OW, gy.nhwc, n, c, oh, ow);
+  float acc = p.max ? -INFINITY : 0.0f;
+  int count = 0;
+  for (int a = 0; a < p.kh; ++a) {
+    const int64_t h = oh * p.sh - p.ph + a * p.dh;
+    for (int b = 0; b < p.kw; ++b) {
+      const int64_t w = ow * p.sw - p.pw + b * p.dw;
+      const bool inside = h >= 0 && h < p.H && w >= 0 && w < p.W;
+      if (!inside) {
+        if (!p.max && p.count_pad && h < p.pad_h_end && w < p.pad_w_end) ++count;
+        continue;
+      }
+      const float v = load_real(x, offset4(n, c, h, w, p.C, p.H, p.W, gx.nhwc), gx);
+      if (p.max) acc = fmaxf(acc, v);
+      else acc += v;
+      ++count;
+    }
+  }
+  if (!p.max) acc = count ? acc / float(count) : 0.0f;
+  store_real(y, i, acc, gy);
+}
+
+__global__ void unary_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t total, int op,
+                             float a, float b) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  float v = load_real(x, i, gx);
+  switch (op) {
+    case kRelu: v = fmaxf(v, 0.0f); break;
+    case kClip: v = fminf(fmaxf(v, a), b); break;
+    case kSigmoid: v = 1.0f / (1.0f + __expf(-v)); break;
+    case kTanh: v = tanhf(v); break;
+    case kLeakyRelu: v = v >= 0 ? v : a * v; break;
+    case kHardSwish: v = v * fminf(fmaxf(v / 6.0f + 0.5f, 0.0f), 1.0f); break;
+    case kHardSigmoid: v = fminf(fmaxf(a * v + b, 0.0f), 1.0f); break;
+  }
+  store_real(y, i, v, gy);
+}
+
+__global__ void binary_kernel(const void* x, Grid gx, const void* z, Grid gz, void* y, Grid gy,
+                              int64_t total, Strides s, int op, bool same_layout) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  int64_t ia = i, ib = i;
+  if (!same_layout) {
+    ia = 0;
+    ib = 0;
+    int64_t rest = i;
+    for (int d = s.rank - 1; d >= 0; --d) {
+      const int64_t k = rest % s.out[d];
+      rest /= s.out[d];
+      ia += k * s.a[d];
+      ib += k * s.b[d];
+    }
+  }
+  const float u = load_real(x, ia, gx), v = load_real(z, ib, gz);
+  float r = 0;
+  switch (op) {
+    case kAdd: r = u + v; break;
+    case kSub: r = u - v; break;
+    case kMul: r = u * v; break;
+    case kDiv: r = u / v; break;
+  }
+  store_real(y, i, r, gy);
+}
+
+// --- concat ---------------------------------------------------------------------------------------
+// Copies one input into its slice of the output: outer x [axis extent] x inner, physically.
+__global__ void concat_kernel(const char* x, char* y, int64_t outer, int64_t x_mid, int64_t y_mid,
+                              int64_t offset, int64_t inner_bytes) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row_bytes = x_mid * inner_bytes;
+  if (i >= outer * row_bytes) return;
+  const int64_t o = i / row_bytes, r = i % row_bytes;
+  y[(o * y_mid + offset) * inner_bytes + r] = x[i];
+}
+
+// --- softmax over the last axis ------------------------------------------------------------------
+__global__ void softmax_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols,
+                               bool log) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  float m = -INFINITY;
+  for (int64_t c = 0; c < cols; ++c) m = fmaxf(m, load_real(x, r * cols + c, gx));
+  float sum = 0;
+  for (int64_t c = 0; c < cols; ++c) sum += __expf(load_real(x, r * cols + c, gx) - m);
+  for (int64_t c = 0; c < cols; ++c) {
+    const float v = load_real(x, r * cols + c, gx) - m;
+    store_real(y, r * cols + c, log ? v - __logf(sum) : __expf(v) / sum, gy);
+  }
+}
+
+inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+cudaError_t reformat(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C, int64_t H,
+                     int64_t W, bool four_d, cudaStream_t stream) {
+  if (total > 0)
+    reformat_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, total, C, H, W, four_d);
+  return cudaGetLastError();
+}
+
+cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p, cudaStream_t stream) {
+  const int64_t total = p.N * p.C * p.OH * p.OW;
+  if (total > 0) pool_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, p);
+  return cudaGetLastError();
+}
+
+cudaError_t unary(const void* x, Grid gx, void* y, Grid gy, int64_t total, int op, float a, float b,
+                  cudaStream_t stream) {
+  if (total > 0)
+    unary_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, total, op, a, b);
+  return cudaGetLastError();
+}
+
+cudaError_t binary(const void* x, Grid gx, const void* z, Grid gz, void* y, Grid gy, int64_t total,
+                   const Strides& s, int op, bool same_layout, cudaStream_t stream) {
+  if (total > 0)
+    binary_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, z, gz, y, gy, total, s, op,
+                                                              same_layout);
+  return cudaGetLastError();
+}
+
+cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
+                         int64_t offset, int64_t inner_bytes, cudaStream_t stream) {
+  const int64_t count = outer * x_mid * inner_bytes;
+  if (count > 0)
+    concat_kernel<<<blocks_for(count), kThreads, 0, stream>>>(
+        static_cast<const char*>(x), static_cast<char*>(y), outer, x_mid, y_mid, offset, inner_bytes);
+  return cudaGetLastError();
+}
+
+cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
+                    cudaStream_t stream) {
+  if (rows > 0) softmax_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, gx, y, gy, rows, cols, log);
+  return cudaGetLastError();
+}
+
+}  // namespace mixq::backends::cuda::kernels

@@ -1,0 +1,55 @@
+// The CUDA backend's own kernels, callable from C++20 host code: plain structs and launch
+// functions only (the .cu file is compiled as C++17 by nvcc).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mixq::backends::cuda::kernels {
+
+enum Dt : int { kF32, kF16, kBF16, kS8, kU8, kE4M3, kI32, kI64, kBool };
+
+// How a tensor's stored elements map to real values: real = (stored - zero) * scale.
+struct Grid {
+  int dt = kF32;
+  float scale = 1.0f;
+  float zero = 0.0f;
+  bool nhwc = false;
+};
+
+struct PoolParams {
+  int64_t N, C, H, W, OH, OW;
+  int kh, kw, sh, sw, ph, pw, dh, dw;
+  bool max, count_pad;
+  int64_t pad_h_end, pad_w_end;  // last padded row/column + 1 (for count_include_pad)
+};
+
+enum Unary : int { kRelu, kClip, kSigmoid, kTanh, kLeakyRelu, kHardSwish, kHardSigmoid };
+
+constexpr int kMaxRank = 6;
+struct Strides {
+  int rank;
+  int64_t out[kMaxRank];  // output dims
+  int64_t a[kMaxRank];    // strides of input a over the output dims (0 when broadcast)
+  int64_t b[kMaxRank];
+};
+
+enum Binary : int { kAdd, kSub, kMul, kDiv };
+
+constexpr int kThreads = 256;
+
+cudaError_t reformat(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C, int64_t H,
+                     int64_t W, bool four_d, cudaStream_t stream);
+cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p, cudaStream_t stream);
+cudaError_t unary(const void* x, Grid gx, void* y, Grid gy, int64_t total, int op, float a, float b,
+                  cudaStream_t stream);
+cudaError_t binary(const void* x, Grid gx, const void* z, Grid gz, void* y, Grid gy, int64_t total,
+                   const Strides& s, int op, bool same_layout, cudaStream_t stream);
+// Copies one input into its slice of the output: outer x [extent] x inner bytes, physically.
+cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
+                         int64_t offset, int64_t inner_bytes, cudaStream_t stream);
+cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
+                    cudaStream_t stream);
+
+}  // namespace mixq::backends::cuda::kernels
