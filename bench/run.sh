@@ -7,7 +7,7 @@
 #
 # Builds what it needs (the mixq CLI in ${BUILD_DIR:-build} unless MIXQ names a mixq binary to use,
 # the peak kernel, ONNX Runtime from npm), makes the models and data into bench/.cache (once; again
-# when make_models.py or a checkpoint there changes), builds the mixq engines, then times, in blocks and never interleaved
+# when make_models.py, the example models or their trained checkpoints change), builds the mixq engines, then times, in blocks and never interleaved
 # (ONNX Runtime's thread pools spin): the peak kernel, every mixq engine, ONNX Runtime, PyTorch.
 # Batch 128, THREADS threads, the same input for all. The peak kernel runs first and last; the
 # table uses the higher of the two (a busy machine only ever lowers a peak).
@@ -44,10 +44,14 @@ mkdir -p $C/engines $C/results $C/outputs
 [ -d peers/node_modules/onnxruntime-node ] ||
   (cd peers && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund >/dev/null)
 
-if [ ! -f $C/models.stamp ] || [ models/make_models.py -nt $C/models.stamp ] ||
-   [ $C/resnet18.pt -nt $C/models.stamp ] || [ $C/lenet.pt -nt $C/models.stamp ]; then
+stale=$([ -f $C/models.stamp ] || echo yes)
+for f in models/make_models.py ../examples/models.py ../examples/fashion_mnist.py ../examples/checkpoints/*.pth; do
+  [ ! -e "$f" ] || [ "$f" -ot $C/models.stamp ] || stale=yes
+done
+if [ -n "$stale" ]; then
   step "models and data (Fashion-MNIST) into $C"
   $PY models/make_models.py $C >&2
+  rm -f $C/engines/*.calib          # calibration caches of the old models (mixq refuses them)
   touch $C/models.stamp
 fi
 

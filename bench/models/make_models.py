@@ -14,12 +14,14 @@ Writes into OUTDIR:
                                       [-127, 127]), int32 bias
   calib_{lenet,resnet}.npy            512 Fashion-MNIST training images, normalised
   bench_{lenet,resnet}.npy            128 Fashion-MNIST test images (the benchmark input)
-  resnet18.pt, lenet.pt               state_dicts of the modules below; used when present (put
-                                      trained checkpoints there), else written from a fixed seed
-                                      with randomised BatchNorm statistics
-ResNet18 images are the 28x28 images zero-padded to 32x32 and repeated to 3 channels.
+  resnet18.pth, lenet.pth             the weights when examples/checkpoints/ has no trained ones
+                                      (examples/train.py makes those): a fixed seed, randomised
+                                      BatchNorm statistics
+The models are those of examples/models.py.
+The images are read as examples/fashion_mnist.py reads them: scaled to [0, 1], normalised (mean
+0.2860, std 0.3530); for ResNet18 padded to 32x32 with black and repeated to 3 channels.
 """
-import gzip
+import importlib.util
 import os
 import sys
 
@@ -29,83 +31,38 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-DATA = "/usr/share/datasets/fashion-mnist"
-MEAN, STD = 0.2860, 0.3530
 
 
-# --- the models ------------------------------------------------------------------------------------
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+# --- the models: examples/models.py, the repository's one definition of them ----------------------
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "..", "..", "examples")
 
 
-class ResNet18Cifar(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        widths, cin = [64, 128, 256, 512], 64
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
-            cin = w
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+def _example(name):
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class LeNet(nn.Module):
-    """The MNIST LeNet of NNI's quantization examples."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5, 1)
-        self.relu1 = nn.ReLU()
-        self.max_pool1 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(20, 50, 5, 1)
-        self.relu2 = nn.ReLU()
-        self.max_pool2 = nn.MaxPool2d(2, 2)
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = self.max_pool1(self.relu1(self.conv1(x)))
-        x = self.max_pool2(self.relu2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(torch.flatten(x, 1))))
+NETS, FMNIST = _example("models"), _example("fashion_mnist")  # FMNIST: the data, as examples/ reads it
+MODELS = {"resnet18": (NETS.ResNet18, "resnet"), "lenet": (NETS.LeNet, "lenet")}  # -> input kind
 
 
-MODELS = {"resnet18": (ResNet18Cifar, "resnet"), "lenet": (LeNet, "lenet")}
+def checkpoint(name, outdir):
+    """examples/checkpoints/<name>.pth (trained by examples/train.py) when present, else
+    OUTDIR/<name>.pth (written from a fixed seed by load_model when absent)."""
+    trained = os.path.join(EXAMPLES, "checkpoints", f"{name}.pth")
+    return trained if os.path.exists(trained) else os.path.join(outdir, f"{name}.pth")
 
 
 def load_model(name, outdir):
-    """The model with the weights of OUTDIR/<name>.pt, written from a fixed seed when absent."""
     torch.manual_seed(0)
     model = MODELS[name][0]()
-    path = os.path.join(outdir, f"{name}.pt")
+    path = checkpoint(name, outdir)
     if os.path.exists(path):
-        model.load_state_dict(torch.load(path))
-    else:
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+    else:  # untrained: random BatchNorm statistics, so that folding them is exercised
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for m in model.modules():
@@ -117,23 +74,6 @@ def load_model(name, outdir):
                     m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
         torch.save(model.state_dict(), path)
     return model.eval()
-
-
-# --- data ------------------------------------------------------------------------------------------
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = np.frombuffer(raw, ">u4", ndim, 4).astype(int)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def images(split):
-    """(lenet, resnet) float32 arrays: [N,1,28,28] and [N,3,32,32], normalised."""
-    x = read_idx(f"{DATA}/{split}-images-idx3-ubyte.gz")[:, None].astype(np.float32) / 255
-    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
-    norm = lambda a: ((a - MEAN) / STD).astype(np.float32)
-    return norm(x), np.ascontiguousarray(np.repeat(norm(padded), 3, axis=1))
 
 
 # --- Q/DQ models -----------------------------------------------------------------------------------
@@ -357,12 +297,13 @@ def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(2)
-    train_l, train_r = images("train")
-    test_l, test_r = images("t10k")
-    data = {"lenet": (train_l[:512], test_l), "resnet": (train_r[:512], test_r)}
-    for key, (calib, test) in data.items():
+    data = {}
+    for name, (_, key) in MODELS.items():
+        calib = FMNIST.dataset("train", name, 512)[0].numpy()
+        test = FMNIST.dataset("test", name, 128)[0].numpy()
         np.save(f"{out}/calib_{key}.npy", calib)
-        np.save(f"{out}/bench_{key}.npy", test[:128])
+        np.save(f"{out}/bench_{key}.npy", test)
+        data[key] = calib, test
 
     for name, (_, key) in MODELS.items():
         model = load_model(name, out)
@@ -376,8 +317,8 @@ def main():
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         y = run_onnx(path, x)
-        print(f"{name}.onnx: max |onnx - torch| = {np.abs(y - ref).max():.2e} (output range "
-              f"[{ref.min():.3g}, {ref.max():.3g}])")
+        print(f"{name}.onnx (weights {os.path.relpath(checkpoint(name, out))}): max |onnx - torch| = "
+              f"{np.abs(y - ref).max():.2e}, output range [{ref.min():.3g}, {ref.max():.3g}]")
         for bits in (7, 8):
             qpath = f"{out}/{name}_qdq_w{bits}.onnx"
             make_qdq(path, model, calib, bits, qpath)

@@ -188,6 +188,28 @@ __global__ void softmax_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t
   }
 }
 
+// --- epilogue after a library GEMM / convolution -----------------------------------------------------
+__device__ __forceinline__ float load_acc(const void* p, int64_t i, int dt) {
+  switch (dt) {
+    case kI32: return float(static_cast<const int32_t*>(p)[i]);
+    case kF16: return __half2float(static_cast<const __half*>(p)[i]);
+    case kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+__global__ void epilogue_kernel(const void* acc, void* y, Grid gy, EpilogueParams p) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.rows * p.cols) return;
+  const int64_t c = i % p.cols;
+  float v = load_acc(acc, i, p.acc_dt) * (p.scale ? p.scale[c] : p.scalar_scale);
+  if (p.bias) v += p.bias[c];
+  if (p.residual) v += load_real(p.residual, i, p.residual_grid);
+  if (p.act == kActRelu) v = fmaxf(v, 0.0f);
+  else if (p.act == kActClip) v = fminf(fmaxf(v, p.lo), p.hi);
+  store_real(y, i, v, gy);
+}
+
 inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -232,6 +254,12 @@ cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, i
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
                     cudaStream_t stream) {
   if (rows > 0) softmax_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, gx, y, gy, rows, cols, log);
+  return cudaGetLastError();
+}
+
+cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p, cudaStream_t stream) {
+  const int64_t total = p.rows * p.cols;
+  if (total > 0) epilogue_kernel<<<blocks_for(total), kThreads, 0, stream>>>(acc, y, gy, p);
   return cudaGetLastError();
 }
 

@@ -52,4 +52,25 @@ cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, i
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
                     cudaStream_t stream);
 
+// The epilogue of a GEMM or convolution whose library call wrote an intermediate `acc`
+// (row-major [rows, cols], cols = output channels, the innermost dimension of NHWC and of a
+// linear layer's output):
+//   y[r, c] = act(acc[r, c] * scale[c] + bias[c] + residual[r, c])   stored in y's grid
+// scale == nullptr means `scalar_scale` for every column; bias == nullptr means 0; the residual
+// (same element order as y) is read in its own grid. Integer accumulators (kI32) are converted
+// exactly to float before scaling; act: 0 none, 1 relu, 2 clip to [lo, hi] (real units).
+enum Activation : int { kActNone = 0, kActRelu = 1, kActClip = 2 };
+struct EpilogueParams {
+  int acc_dt = kF32;  // kI32, kF32, kF16 or kBF16
+  const float* scale = nullptr;
+  float scalar_scale = 1.0f;
+  const float* bias = nullptr;
+  const void* residual = nullptr;
+  Grid residual_grid;
+  int act = kActNone;
+  float lo = 0.0f, hi = 0.0f;
+  int64_t rows = 0, cols = 0;
+};
+cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p, cudaStream_t stream);
+
 }  // namespace mixq::backends::cuda::kernels

@@ -8,11 +8,12 @@
 //
 // tests/CMakeLists.txt runs these tests a second time with ONEDNN_MAX_CPU_ISA=AVX2 (and
 // AVX512_CORE): oneDNN then uses vpmaddubsw, whose u8 x s8 pair sums saturate at 16 bits, and
-// the engine must switch to 7-bit weights to stay exact. EightBitWeights* lowers the same layer
-// with a forced 8-bit policy to show that the saturation is real there (and absent with VNNI).
+// the engine must switch to 7-bit weights to stay exact. EightBitWeightsAreExactOnlyWithVnni
+// lowers the same layer with a forced 8-bit policy: the saturation is real there (not with VNNI).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>

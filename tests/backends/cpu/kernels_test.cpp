@@ -460,6 +460,61 @@ INSTANTIATE_TEST_SUITE_P(Kernels, CpuPool, ::testing::ValuesIn(pool_params()),
                            return param_name(i.param.c.name, i.param.precision, i.param.layouts);
                          });
 
+// --- a residual block: the fused residual in int8 -> int8 form --------------------------------
+
+// x -> conv1+relu -> r1 -> conv2 (+ r1) -> relu -> r2 -> conv3 (1x1) -> y. With int8 everywhere
+// conv2 writes u8 for conv3 and sums r1 (u8, its own scale) into it: the sum post-op's scale and
+// zero point, unlike the single-layer cases above whose fp32 output takes an fp32 residual.
+std::shared_ptr<const Model> residual_block() {
+  OnnxBuilder b(13, "residual_block");
+  b.input("x", {"N", 16, 8, 8});
+  b.output("y", {"N", 8, 8, 8});
+  b.initializer("conv1.weight", random_tensor({16, 16, 3, 3}, 41, -0.15f, 0.15f));
+  b.initializer("conv1.bias", random_tensor({16}, 42, -0.1f, 0.1f));
+  b.initializer("conv2.weight", random_tensor({16, 16, 3, 3}, 43, -0.15f, 0.15f));
+  b.initializer("conv2.bias", random_tensor({16}, 44, -0.1f, 0.1f));
+  b.initializer("conv3.weight", random_tensor({8, 16, 1, 1}, 45, -0.4f, 0.4f));
+  b.node("Conv", {"x", "conv1.weight", "conv1.bias"}, {"c1"}, "/conv1/Conv")
+      .attr("kernel_shape", {3, 3})
+      .attr("pads", {1, 1, 1, 1});
+  b.node("Relu", {"c1"}, {"r1"}, "/relu1/Relu");
+  b.node("Conv", {"r1", "conv2.weight", "conv2.bias"}, {"c2"}, "/conv2/Conv")
+      .attr("kernel_shape", {3, 3})
+      .attr("pads", {1, 1, 1, 1});
+  b.node("Add", {"c2", "r1"}, {"s"}, "/Add");
+  b.node("Relu", {"s"}, {"r2"}, "/relu2/Relu");
+  b.node("Conv", {"r2", "conv3.weight"}, {"y"}, "/conv3/Conv").attr("kernel_shape", {1, 1});
+  return load_model(b, "residual_block");
+}
+
+class CpuResidualBlock : public ::testing::TestWithParam<std::tuple<Precision, Layouts>> {};
+
+TEST_P(CpuResidualBlock, MatchesReference) {
+  const auto [precision, layouts] = GetParam();
+  auto model = residual_block();
+  ASSERT_TRUE(model);
+  const BuildReport r = check_engine(model, {precision, layouts});
+  if (::testing::Test::HasFailure()) return;
+  const LayerReport* conv2 = testing::find_layer(r, "FusedConv", 1);
+  ASSERT_NE(conv2, nullptr) << testing::describe_layers(r);
+  EXPECT_EQ(conv2->fused, (std::vector<std::string>{"/Add", "/relu2/Relu"}));
+  EXPECT_EQ(conv2->actual, precision);
+  // int8: conv1 -> conv2 -> conv3 stay u8 (the quantize at the input is the only dtype change).
+  if (precision == Precision::kINT8) {
+    int quantizing = 0;
+    for (const LayerReport& l : r.layers)
+      quantizing += l.op == "Reformat" && l.actual == Precision::kINT8;
+    EXPECT_EQ(quantizing, 1) << testing::describe_layers(r);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CpuResidualBlock,
+                         ::testing::Combine(::testing::Values(Precision::kFP32, Precision::kINT8),
+                                            ::testing::Values(Layouts::kBackend, Layouts::kPlain)),
+                         [](const auto& i) {
+                           return param_name("block", std::get<0>(i.param), std::get<1>(i.param));
+                         });
+
 // --- concat of two convolutions ------------------------------------------------------------------
 
 std::shared_ptr<const Model> concat_model(int64_t ca, int64_t cb) {

@@ -1,0 +1,211 @@
+// Build-time helpers of the CUDA backend: shared build resources, timing, random data, choices.
+#include "backends/cuda/cuda_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <vector>
+
+namespace mixq::backends::cuda {
+
+int kernel_dtype(DType d) {
+  switch (d) {
+    case DType::kFloat32: return kernels::kF32;
+    case DType::kFloat16: return kernels::kF16;
+    case DType::kBFloat16: return kernels::kBF16;
+    case DType::kInt8: return kernels::kS8;
+    case DType::kUInt8: return kernels::kU8;
+    case DType::kFloat8E4M3: return kernels::kE4M3;
+    case DType::kInt32: return kernels::kI32;
+    case DType::kInt64: return kernels::kI64;
+    case DType::kBool: return kernels::kBool;
+  }
+  return kernels::kF32;
+}
+
+bool stored_quantized(const ir::Value& v) {
+  return v.quant && (v.dtype == DType::kInt8 || v.dtype == DType::kUInt8 || v.dtype == DType::kFloat8E4M3);
+}
+
+kernels::Grid value_grid(const ir::Value& v) {
+  kernels::Grid g;
+  g.dt = kernel_dtype(v.dtype);
+  if (stored_quantized(v)) {
+    g.scale = v.quant->scale[0];
+    g.zero = float(v.quant->zero_point_at(0));
+  }
+  g.nhwc = v.layout == ir::Layout::kNHWC;
+  return g;
+}
+
+namespace {
+
+struct Shared {
+  std::mutex mutex;
+  std::unique_ptr<CudaResources> res;
+  DeviceBuffer scratch[4];
+  std::mutex cache_mutex;
+  std::map<std::string, std::string> choices;
+};
+
+Shared& shared() {
+  // Never destroyed: kernels may outlive static destruction order at exit.
+  static Shared* s = new Shared;
+  return *s;
+}
+
+}  // namespace
+
+Expected<void*> BuildResources::scratch(int slot, size_t bytes) {
+  DeviceBuffer& b = shared().scratch[slot];
+  if (b.bytes < bytes || !b.ptr) {
+    b = {};  // free first: the old buffer may be large
+    MIXQ_ASSIGN_OR_RETURN(b, device_alloc(std::max<size_t>(bytes, 256)));
+    b.bytes = std::max<size_t>(bytes, 256);
+  }
+  return b.get();
+}
+
+Expected<BuildResources> build_resources() {
+  Shared& s = shared();
+  BuildResources r;
+  r.lock = std::unique_lock<std::mutex>(s.mutex);
+  if (!s.res) {
+    // The backend runs on device 0 (cuda_backend.cpp); build there too.
+    CUDA_CHECK(cudaSetDevice(0));
+    MIXQ_ASSIGN_OR_RETURN(s.res, CudaResources::create());
+  }
+  r.res = s.res.get();
+  return r;
+}
+
+Expected<DeviceBuffer> random_device(DType dtype, int64_t count, float amp, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-amp, amp);
+  auto draw = [&] {
+    float v;
+    do v = u(rng);
+    while (v == 0.0f);
+    return v;
+  };
+  Tensor t = Tensor::empty(dtype, {count});
+  for (int64_t i = 0; i < count; ++i) {
+    switch (dtype) {
+      case DType::kFloat32: t.data<float>()[i] = draw(); break;
+      case DType::kFloat16: t.data<Half>()[i] = float_to_half(draw()); break;
+      case DType::kBFloat16: t.data<BFloat16>()[i] = float_to_bf16(draw()); break;
+      case DType::kFloat8E4M3: t.data<Float8E4M3>()[i] = float_to_fp8e4m3(draw()); break;
+      case DType::kInt8:
+        t.data<int8_t>()[i] = int8_t(std::clamp(std::nearbyint(draw()), -128.0f, 127.0f));
+        break;
+      case DType::kUInt8:
+        t.data<uint8_t>()[i] = uint8_t(std::clamp(std::nearbyint(std::fabs(draw())), 0.0f, 255.0f));
+        break;
+      case DType::kInt32: t.data<int32_t>()[i] = int32_t(std::nearbyint(draw())); break;
+      default: return Internal("random_device: unsupported dtype " + std::string(dtype_name(dtype)));
+    }
+  }
+  return upload(t.raw(), t.nbytes());
+}
+
+Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream, int warmup,
+                               int reps, int inner) {
+  for (int i = 0; i < warmup; ++i) MIXQ_RETURN_IF_ERROR(launch());
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaEvent_t a = nullptr, b = nullptr;
+  CUDA_CHECK(cudaEventCreate(&a));
+  std::shared_ptr<void> free_a(a, [](void* e) { cudaEventDestroy(static_cast<cudaEvent_t>(e)); });
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::shared_ptr<void> free_b(b, [](void* e) { cudaEventDestroy(static_cast<cudaEvent_t>(e)); });
+  std::vector<double> ms;
+  for (int r = 0; r < reps; ++r) {
+    CUDA_CHECK(cudaEventRecord(a, stream));
+    for (int i = 0; i < inner; ++i) MIXQ_RETURN_IF_ERROR(launch());
+    CUDA_CHECK(cudaEventRecord(b, stream));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(double(t) / inner);
+  }
+  CUDA_CHECK(cudaGetLastError());
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+namespace {
+
+long env_long(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return end && *end == 0 ? x : fallback;
+}
+
+}  // namespace
+
+int tune_max_candidates() { return int(std::max(1L, env_long("MIXQ_CUDA_TUNE_CONFIGS", 24))); }
+
+double tune_seconds() {
+  const char* v = std::getenv("MIXQ_CUDA_TUNE_SECONDS");
+  if (!v || !*v) return 4.0;
+  const double x = std::atof(v);
+  return x > 0 ? x : 4.0;
+}
+
+bool tuning_enabled() { return env_long("MIXQ_CUDA_TUNE", 1) != 0; }
+
+std::string hex_encode(const void* data, size_t bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  s.reserve(bytes * 2);
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < bytes; ++i) {
+    s.push_back(digits[p[i] >> 4]);
+    s.push_back(digits[p[i] & 15]);
+  }
+  return s;
+}
+
+bool hex_decode(const std::string& hex, void* data, size_t bytes) {
+  if (hex.size() != bytes * 2) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  auto* p = static_cast<uint8_t*>(data);
+  for (size_t i = 0; i < bytes; ++i) {
+    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    p[i] = uint8_t(hi << 4 | lo);
+  }
+  return true;
+}
+
+std::string read_choice(const ir::Node& node, const std::string& key) {
+  return node.attr_string(key, "");
+}
+
+void record_choice(const ir::Node& node, const std::string& key, const std::string& choice) {
+  // The kernel holds its node by const reference; the node itself lives in the engine's graph,
+  // which is not const, and the attribute is how the choice reaches the engine file.
+  const_cast<ir::Node&>(node).attrs[key] = choice;
+}
+
+std::string cached_choice(const std::string& signature) {
+  Shared& s = shared();
+  std::lock_guard<std::mutex> lock(s.cache_mutex);
+  auto it = s.choices.find(signature);
+  return it == s.choices.end() ? std::string() : it->second;
+}
+
+void cache_choice(const std::string& signature, const std::string& choice) {
+  Shared& s = shared();
+  std::lock_guard<std::mutex> lock(s.cache_mutex);
+  s.choices[signature] = choice;
+}
+
+}  // namespace mixq::backends::cuda

@@ -1,0 +1,66 @@
+// Helpers shared by the library-backed kernel families (cuDNN convolutions, cuBLASLt GEMMs):
+// the process-wide build resources (support probes, weight uploads and tuning run on their own
+// stream, never on a context's), device timing, random device data, the epilogue grids of the own
+// kernels, and the tuning choice that travels in the engine file as a node attribute.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include "backends/cuda/cuda_common.h"
+#include "backends/cuda/kernels.h"
+
+namespace mixq::backends::cuda {
+
+// The own kernels' dtype code and grid (real = (stored - zero) * scale) of a value.
+int kernel_dtype(DType dtype);
+kernels::Grid value_grid(const ir::Value& value);
+// Whether a value is stored quantised (s8, u8 or e4m3 with parameters).
+bool stored_quantized(const ir::Value& value);
+
+// One stream, cuDNN handle and cuBLASLt handle for building kernels (probing supports(),
+// uploading weights, timing candidates), shared by the process. Hold the lock while using them:
+// builds are serialised (timings must not overlap anyway).
+struct BuildResources {
+  CudaResources* res = nullptr;
+  std::unique_lock<std::mutex> lock;
+  // Device memory for tuning, grown on demand, reused between builds (slot 0..3).
+  Expected<void*> scratch(int slot, size_t bytes);
+};
+Expected<BuildResources> build_resources();
+
+// `count` random values of `dtype` on the device: uniform in [-amp, amp] (integers: rounded codes;
+// e4m3: the nearest e4m3 value), never exactly zero for floats.
+Expected<DeviceBuffer> random_device(DType dtype, int64_t count, float amp, uint64_t seed);
+
+// Median device time in ms of one `launch` on `stream`: `warmup` launches, then `reps` batches of
+// `inner` launches between two events. Fails with the launch's status.
+Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream, int warmup = 2,
+                               int reps = 5, int inner = 3);
+
+// Tuning bounds (environment overrides): MIXQ_CUDA_TUNE_CONFIGS (most candidates timed per layer,
+// default 24), MIXQ_CUDA_TUNE_SECONDS (wall-clock budget per layer once one candidate works,
+// default 4), MIXQ_CUDA_TUNE=0 (no timing: the first candidate that runs wins).
+int tune_max_candidates();
+double tune_seconds();
+bool tuning_enabled();
+
+// Bytes <-> lowercase hex (algorithm structures in choice strings).
+std::string hex_encode(const void* data, size_t bytes);
+bool hex_decode(const std::string& hex, void* data, size_t bytes);
+
+// The tuning choice of a kernel lives in a string attribute of its node ("mixq.cudnn_choice",
+// "mixq.cublaslt_choice"), so the engine file records it and loading rebuilds the same plan
+// without timing. The node belongs to the engine's own (mutable) graph.
+std::string read_choice(const ir::Node& node, const std::string& key);
+void record_choice(const ir::Node& node, const std::string& key, const std::string& choice);
+
+// Process-wide memo of tuning results (signature -> choice), so identical layers tune once.
+std::string cached_choice(const std::string& signature);
+void cache_choice(const std::string& signature, const std::string& choice);
+
+// Rounds up to a multiple of 256 bytes (scratch sub-buffers).
+inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace mixq::backends::cuda
