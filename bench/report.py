@@ -24,7 +24,7 @@ ROWS = [
     ("ort-int8-qdq-w7", "ONNX Runtime int8, Q/DQ model, 7-bit weights", "int8"),
     ("ort-int8-qdq-w8", "ONNX Runtime int8, Q/DQ model, 8-bit weights", "int8"),
     ("torch-fp32", "PyTorch fp32 eager", "fp32"),
-    ("torch-int8-fx", "PyTorch FX int8 (onednn engine)", "int8"),
+    ("torch-int8", "PyTorch FX int8 (onednn engine)", "int8"),
 ]
 MODELS = [("resnet18", "CIFAR ResNet18, 3x32x32"), ("lenet", "MNIST LeNet, 1x28x28")]
 

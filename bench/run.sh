@@ -93,10 +93,8 @@ done
 for model in resnet18 lenet; do
   for p in fp32 int8; do
     step "time: PyTorch $model $p"
-    row=${model}__torch-$p
-    [ $p = int8 ] && row=${model}__torch-int8-fx
     $PY peers/torch_bench.py $model $p $C -n "$N" --warmup "$WARMUP" --threads "$THREADS" \
-      --out $C/outputs/$row.npy >$C/results/$row.json
+      --out $C/outputs/${model}__torch-$p.npy >$C/results/${model}__torch-$p.json
   done
 done
 

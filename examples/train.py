@@ -2,7 +2,7 @@
 checkpoints into examples/checkpoints/.
 
     python3 examples/train.py                    # LeNet: 1 epoch on the 60 000 images (~1 min)
-    python3 examples/train.py --model resnet18   # ResNet18: 1 epoch on 10 000 images (minutes)
+    python3 examples/train.py --model resnet18   # ResNet18: 1 epoch on 5 000 images (~5-10 min)
     python3 examples/train.py --model resnet18 --full   # 60 000 images, 5 epochs (long)
 
 The LeNet checkpoint (1.7 MB) is shipped; ResNet18's (45 MB) is not: this script makes it.
@@ -22,7 +22,7 @@ from models import MODELS  # noqa: E402
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 
 # model -> (training images, epochs, batch size, learning rate); --full: all images, more epochs
-DEFAULTS = {"lenet": (60000, 1, 64, 1e-3), "resnet18": (10000, 1, 64, 1e-3)}
+DEFAULTS = {"lenet": (60000, 1, 64, 1e-3), "resnet18": (5000, 1, 64, 1e-3)}
 FULL = {"lenet": (60000, 5, 64, 1e-3), "resnet18": (60000, 5, 128, 1e-3)}
 
 

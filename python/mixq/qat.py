@@ -41,6 +41,7 @@ A module called several times shares one tracked range (give each call its own m
 import inspect
 import json
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ def _per_type(entry, key, types, default, where):
 
 
 def _check_type_settings(t, bits, dtype, scheme, where):
-    if isinstance(bits, bool) or bits not in _BITS:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in _BITS:
         raise ValueError(f"{where}: quant_bits for '{t}' is {bits!r}; mixq runs 8 (int8), "
                          "16 (fp16) or 32 (fp32) bits")
     if dtype not in ("int", "uint"):
@@ -158,7 +159,7 @@ def parse_config_list(model, config_list):
     if unknown:
         raise ValueError(f"config_list names module(s) the model does not have: {unknown}; "
                          f"its modules include {list(modules)[:12]}")
-    return settings
+    return {n: settings[n] for n in modules if n in settings}  # in the model's order
 
 
 # --- fake quantization --------------------------------------------------------------------------
@@ -186,9 +187,8 @@ def weight_scale(w, bits, scheme):
     """Symmetric scale(s) of a weight: max |w| / 127 per output channel or per tensor."""
     qmax = 2 ** (bits - 1) - 1
     w = w.detach()
-    if scheme == "per_channel_symmetric":
-        return (w.abs().flatten(1).amax(1) / qmax).clamp(min=_EPS).float()
-    return max(w.abs().max().item() / qmax, _EPS)
+    amax = w.abs().flatten(1).amax(1) if scheme == "per_channel_symmetric" else w.abs().max()
+    return (amax.reshape(-1) / qmax).clamp(min=_EPS).float()
 
 
 def fake_quantize_weight(w, bits, scheme, scale=None):
@@ -200,9 +200,9 @@ def fake_quantize_weight(w, bits, scheme, scale=None):
     half = 2 ** (bits - 1)
     if scale is None:
         scale = weight_scale(w, bits, scheme)
-    if isinstance(scale, float):
-        return torch.fake_quantize_per_tensor_affine(w, scale, 0, -half, half - 1)
     zero = torch.zeros(scale.numel(), dtype=torch.int32, device=w.device)
+    if scheme == "per_tensor_symmetric":
+        return torch.fake_quantize_per_tensor_affine(w, scale.to(w.device), zero, -half, half - 1)
     return torch.fake_quantize_per_channel_affine(w, scale.to(w.device), zero, 0, -half, half - 1)
 
 
@@ -233,7 +233,11 @@ class ActivationObserver:
             self.update(x)
         if not quantize:
             return x
-        return torch.fake_quantize_per_tensor_affine(x, *self.qparams())
+        scale, zero_point, qmin, qmax = self.qparams()
+        # float32 / int32 tensors: torch.onnx writes Python floats as float64 constants
+        scale = torch.tensor([scale], dtype=torch.float32, device=x.device)
+        zero_point = torch.tensor([zero_point], dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
 
 
 # --- the quantizer ------------------------------------------------------------------------------
@@ -449,11 +453,14 @@ class QATQuantizer:
         steps, was_training = self.steps, model.training
         model.eval()
         try:
-            torch.onnx.export(model, torch.randn(*input_shape, device=device), os.fspath(path),
-                              opset_version=opset_version, do_constant_folding=False,
-                              input_names=_INPUT_NAMES, output_names=_OUTPUT_NAMES,
-                              dynamic_axes={_INPUT_NAMES[0]: {0: "batch"},
-                                            _OUTPUT_NAMES[0]: {0: "batch"}}, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constant qparams
+                torch.onnx.export(
+                    model, torch.randn(*input_shape, device=device), os.fspath(path),
+                    opset_version=opset_version, do_constant_folding=False,
+                    input_names=_INPUT_NAMES, output_names=_OUTPUT_NAMES,
+                    dynamic_axes={_INPUT_NAMES[0]: {0: "batch"}, _OUTPUT_NAMES[0]: {0: "batch"}},
+                    **kwargs)
         finally:
             model.train(was_training)
             self.steps = steps

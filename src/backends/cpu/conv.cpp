@@ -70,6 +70,7 @@ class ConvKernel final : public Kernel {
   // The primitive descriptor for `batch`; `weights` pins the packed weights' layout.
   Expected<dnnl::convolution_forward::primitive_desc> make_pd(int64_t batch,
                                                               const memory::desc* weights) const;
+  Expected<memory> pack_weights(const memory::desc& desc) const;
 
   const ir::Node& node_;
   Precision precision_;
@@ -82,8 +83,10 @@ class ConvKernel final : public Kernel {
 
 class ConvInstance final : public KernelInstance {
  public:
-  ConvInstance(const ConvKernel& k, dnnl::convolution_forward::primitive_desc pd)
-      : kernel_(k), pd_(pd), prim_(pd), scratch_(pd.scratchpad_desc().get_size()) {}
+  // `weights` is the kernel's packed memory, or this batch size's own when its best
+  // implementation wants another layout.
+  ConvInstance(const ConvKernel& k, dnnl::convolution_forward::primitive_desc pd, memory weights)
+      : kernel_(k), pd_(pd), prim_(pd), weights_(weights), scratch_(pd.scratchpad_desc().get_size()) {}
 
   Status execute(const ExecContext& ctx) const override {
     const Buffer& x = ctx.inputs[0];
@@ -92,7 +95,7 @@ class ConvInstance final : public KernelInstance {
     memory dst(pd_.dst_desc(), cpu_engine(), y.data);
     memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
-                                            {DNNL_ARG_WEIGHTS, kernel_.weights_},
+                                            {DNNL_ARG_WEIGHTS, weights_},
                                             {DNNL_ARG_DST, dst},
                                             {DNNL_ARG_SCRATCHPAD, scratch}};
     if (kernel_.bias_) args[DNNL_ARG_BIAS] = kernel_.bias_;
@@ -104,6 +107,7 @@ class ConvInstance final : public KernelInstance {
   const ConvKernel& kernel_;
   dnnl::convolution_forward::primitive_desc pd_;
   dnnl::convolution_forward prim_;
+  memory weights_;
   size_t scratch_;
 };
 
@@ -198,21 +202,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
   MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(max_batch, nullptr));
   impl_ = std::string("onednn ") + pd.impl_info_str() + (int8 ? " int8" : " fp32");
   weights_desc_ = pd.weights_desc();
-  // Pack the weights once into the layout the primitive wants.
-  const int64_t g = geometry_.groups;
-  memory::dims wdims = dims_of(w->constant.shape());
-  if (g > 1) {
-    wdims.insert(wdims.begin(), g);
-    wdims[1] /= g;
-  }
-  const memory::desc plain(wdims, int8 ? memory::data_type::s8 : memory::data_type::f32,
-                           plain_tag(wdims.size()));
+  MIXQ_ASSIGN_OR_RETURN(weights_, pack_weights(weights_desc_));
   Status s = guarded(node_.describe() + " weights", [&] {
-    memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
-    weights_ = memory(weights_desc_, cpu_engine());
-    dnnl::stream stream(cpu_engine());
-    dnnl::reorder(src, weights_).execute(stream, src, weights_);
-    stream.wait();
     if (b) {
       bias_ = memory(memory::desc({oc}, memory::data_type::f32, memory::format_tag::x), cpu_engine());
       std::memcpy(bias_.get_data_handle(), bias_values.data(), size_t(oc) * sizeof(float));
@@ -221,12 +212,37 @@ Status ConvKernel::prepare(int64_t max_batch) {
   return s;
 }
 
+Expected<memory> ConvKernel::pack_weights(const memory::desc& desc) const {
+  const ir::Value* w = node_.input(1);
+  const int64_t g = geometry_.groups;
+  memory::dims wdims = dims_of(w->constant.shape());
+  if (g > 1) {
+    wdims.insert(wdims.begin(), g);
+    wdims[1] /= g;
+  }
+  const memory::desc plain(wdims, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
+                           plain_tag(wdims.size()));
+  memory packed;
+  Status s = guarded(node_.describe() + " weights", [&] {
+    memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
+    packed = memory(desc, cpu_engine());
+    dnnl::stream stream(cpu_engine());
+    dnnl::reorder(src, packed).execute(stream, src, packed);
+    stream.wait();
+  });
+  if (!s.ok()) return s;
+  return packed;
+}
+
 Expected<std::unique_ptr<KernelInstance>> ConvKernel::instantiate(int64_t batch) const {
-  auto pd = make_pd(batch, &weights_desc_);
-  if (!pd.ok())
-    return Unsupported(node_.describe() + ": no implementation at batch " + std::to_string(batch) +
-                       " for the weights packed at build: " + pd.status().message());
-  return std::unique_ptr<KernelInstance>(new ConvInstance(*this, *pd));
+  // The best implementation for this batch; it shares the packed weights when it wants the
+  // same layout (the usual case), else gets its own copy, packed once here.
+  MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(batch, nullptr));
+  memory weights = weights_;
+  if (pd.weights_desc() != weights_desc_) {
+    MIXQ_ASSIGN_OR_RETURN(weights, pack_weights(pd.weights_desc()));
+  }
+  return std::unique_ptr<KernelInstance>(new ConvInstance(*this, pd, weights));
 }
 
 }  // namespace

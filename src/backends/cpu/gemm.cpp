@@ -18,6 +18,7 @@ class GemmKernel final : public Kernel {
   std::string implementation() const override { return impl_; }
 
   Expected<dnnl::matmul::primitive_desc> make_pd(int64_t m, const memory::desc* weights) const;
+  Expected<memory> pack_weights(const memory::desc& desc) const;
 
   const ir::Node& node_;
   Precision precision_;
@@ -30,14 +31,14 @@ class GemmKernel final : public Kernel {
 
 class GemmInstance final : public KernelInstance {
  public:
-  GemmInstance(const GemmKernel& k, dnnl::matmul::primitive_desc pd)
-      : kernel_(k), pd_(pd), prim_(pd), scratch_(pd.scratchpad_desc().get_size()) {}
+  GemmInstance(const GemmKernel& k, dnnl::matmul::primitive_desc pd, memory weights)
+      : kernel_(k), pd_(pd), prim_(pd), weights_(weights), scratch_(pd.scratchpad_desc().get_size()) {}
   Status execute(const ExecContext& ctx) const override {
     memory src(pd_.src_desc(), cpu_engine(), ctx.inputs[0].data);
     memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
     memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
-                                            {DNNL_ARG_WEIGHTS, kernel_.weights_},
+                                            {DNNL_ARG_WEIGHTS, weights_},
                                             {DNNL_ARG_DST, dst},
                                             {DNNL_ARG_SCRATCHPAD, scratch}};
     if (kernel_.bias_) args[DNNL_ARG_BIAS] = kernel_.bias_;
@@ -49,6 +50,7 @@ class GemmInstance final : public KernelInstance {
   const GemmKernel& kernel_;
   dnnl::matmul::primitive_desc pd_;
   dnnl::matmul prim_;
+  memory weights_;
   size_t scratch_;
 };
 
@@ -120,15 +122,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
   MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(max_batch, nullptr));
   impl_ = std::string("onednn matmul ") + pd.impl_info_str() + (int8 ? " int8" : " fp32");
   weights_desc_ = pd.weights_desc();
+  MIXQ_ASSIGN_OR_RETURN(weights_, pack_weights(weights_desc_));
   return guarded(node_.describe() + " weights", [&] {
-    // W is [N, K] row-major, i.e. the K x N matrix B in column-major ("ba").
-    const memory::desc plain({k_, n_}, int8 ? memory::data_type::s8 : memory::data_type::f32,
-                             memory::format_tag::ba);
-    memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
-    weights_ = memory(weights_desc_, cpu_engine());
-    dnnl::stream stream(cpu_engine());
-    dnnl::reorder(src, weights_).execute(stream, src, weights_);
-    stream.wait();
     if (b) {
       bias_ = memory(memory::desc({1, n_}, memory::data_type::f32, memory::format_tag::ab), cpu_engine());
       std::memcpy(bias_.get_data_handle(), bias_values.data(), size_t(n_) * sizeof(float));
@@ -136,11 +131,33 @@ Status GemmKernel::prepare(int64_t max_batch) {
   });
 }
 
+Expected<memory> GemmKernel::pack_weights(const memory::desc& desc) const {
+  const ir::Value* w = node_.input(1);
+  memory packed;
+  Status s = guarded(node_.describe() + " weights", [&] {
+    // W is [N, K] row-major, i.e. the K x N matrix B in column-major ("ba").
+    const memory::desc plain({k_, n_}, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
+                             memory::format_tag::ba);
+    memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
+    packed = memory(desc, cpu_engine());
+    dnnl::stream stream(cpu_engine());
+    dnnl::reorder(src, packed).execute(stream, src, packed);
+    stream.wait();
+  });
+  if (!s.ok()) return s;
+  return packed;
+}
+
 Expected<std::unique_ptr<KernelInstance>> GemmKernel::instantiate(int64_t batch) const {
   const ir::Value* x = node_.input(0);
   const int64_t m = x->shape[0] < 0 ? batch : x->shape[0];
-  MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(m, &weights_desc_));
-  return std::unique_ptr<KernelInstance>(new GemmInstance(*this, pd));
+  // As for convolutions: share the packed weights when this batch's implementation agrees.
+  MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(m, nullptr));
+  memory weights = weights_;
+  if (pd.weights_desc() != weights_desc_) {
+    MIXQ_ASSIGN_OR_RETURN(weights, pack_weights(pd.weights_desc()));
+  }
+  return std::unique_ptr<KernelInstance>(new GemmInstance(*this, pd, weights));
 }
 
 }  // namespace

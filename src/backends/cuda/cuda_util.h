@@ -35,9 +35,10 @@ Expected<BuildResources> build_resources();
 Expected<DeviceBuffer> random_device(DType dtype, int64_t count, float amp, uint64_t seed);
 
 // Median device time in ms of one `launch` on `stream`: `warmup` launches, then `reps` batches of
-// `inner` launches between two events. Fails with the launch's status.
+// `inner` launches between two events (captured as one CUDA graph where the launches capture, so
+// host overhead stays out, as in the engine's replay). Fails with the launch's status.
 Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream, int warmup = 2,
-                               int reps = 5, int inner = 3);
+                               int reps = 5, int inner = 5);
 
 // Tuning bounds (environment overrides): MIXQ_CUDA_TUNE_CONFIGS (most candidates timed per layer,
 // default 24), MIXQ_CUDA_TUNE_SECONDS (wall-clock budget per layer once one candidate works,

@@ -1,0 +1,235 @@
+"""The end-to-end results table: each model built with mixq at several precision plans, its
+latency at batch 128 and its accuracy on the 10 000 Fashion-MNIST test images.
+
+    python3 examples/results_table.py                    # LeNet (shipped checkpoint), minutes
+    python3 examples/results_table.py --model resnet18   # trains ResNet18 first if needed
+    python3 examples/results_table.py --model resnet18 --full   # the checkpoint of train.py --full
+
+Strategies, as in NNI's table for its TensorRT speedup tool:
+  fp32          every layer fp32
+  mixed         int8 (PTQ, entropy) except the layers listed in MIXED_FP32, which stay fp32
+  int8 PTQ      every layer int8, ranges calibrated on training images (entropy / percentile)
+  int8 QAT      QATQuantizer fine-tunes the fp32 model briefly, its calibration_config goes to
+                ModelSpeedup as it is (NNI's workflow); layers it does not name get int8 with
+                calibrated ranges
+  mixed QAT     the QAT model and ranges with the MIXED_FP32 layers in fp32
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before libgomp starts: see README note
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fashion_mnist  # noqa: E402
+import mixq  # noqa: E402
+from mixq.qat import QATQuantizer  # noqa: E402
+from train import accuracy, evaluate, load_model, train  # noqa: E402
+
+BATCH = 128
+# Layers (and the ReLU / pool fused with them) that the mixed plans keep in fp32: LeNet's conv1
+# has one input channel, too little work per output for int8 to pay; ResNet18's stem conv
+# (3 input channels) and its classifier are the usual precision-sensitive ends.
+MIXED_FP32 = {"lenet": ["conv1", "relu1", "pool1"], "resnet18": ["conv1", "relu", "fc"]}
+# QAT config_lists (NNI's form): weights and inputs of the weighted layers, outputs of the rest.
+QAT_CONFIG = {
+    "lenet": [
+        {"quant_types": ["weight", "input"], "quant_bits": {"weight": 8, "input": 8},
+         "op_types": ["Conv2d", "Linear"]},
+        {"quant_types": ["output"], "quant_bits": {"output": 8},
+         "op_types": ["ReLU", "MaxPool2d"]},
+    ],
+    "resnet18": [
+        {"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["Conv2d"]},
+        {"quant_types": ["weight", "input"], "quant_bits": 8, "op_types": ["Linear"]},
+        {"quant_types": ["output"], "quant_bits": 8, "op_types": ["ReLU", "AdaptiveAvgPool2d"]},
+    ],
+}
+# model -> (QAT training images, learning rate, batch size, calibration images)
+SETTINGS = {"lenet": (5000, 1e-4, 128, 1024), "resnet18": (1024, 1e-4, 64, 512)}
+REPEATS = {"lenet": 100, "resnet18": 10}  # timed runs per strategy
+TARGETS = {"int8 PTQ": 0.5, "int8 QAT": 0.3, "mixed": 0.2}  # max accuracy loss vs fp32, points
+
+
+def mixed_config(name, model, base=None):
+    """NNI config keeping MIXED_FP32 in fp32; `base` (a QAT calibration_config) for the rest."""
+    config = copy.deepcopy(base) if base else {}
+    modules = dict(model.named_modules())
+    for module in MIXED_FP32[name]:
+        entry = config.setdefault(module, {})
+        keys = [k for k in entry if k.endswith("_bits")]
+        for key in keys or ["weight_bits" if hasattr(modules[module], "weight") else "output_bits"]:
+            entry[key] = 32
+    return config
+
+
+def qat_finetune(name, model, x, y, lr, batch_size, workdir, log=print):
+    """QAT from the fp32 model: returns (the exported model, its calibration_config, the
+    fake-quantized model's accuracy function)."""
+    model = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    quantizer = QATQuantizer(model, QAT_CONFIG[name], optimizer, dummy_input=x[:2])
+    quantizer.compress()
+    start = time.time()
+    train(model, x, y, epochs=1, lr=lr, batch_size=batch_size, seed=1, log=None)
+    log(f"  QAT: {len(x)} images in {time.time() - start:.0f} s")
+    model.eval()
+    config = quantizer.export_model(os.path.join(workdir, f"{name}_qat.pth"),
+                                    os.path.join(workdir, f"{name}_calibration.pth"))
+    return model, config
+
+
+def latencies(speedups, x, repeats, warmup=5, rounds=5):
+    """Median compute and end-to-end times (ms) of each engine for batch x: `repeats` timed
+    runs per engine after `warmup` runs, taken in `rounds` interleaved rounds so that a change
+    in the machine's load affects every engine alike."""
+    compute = {k: [] for k in speedups}
+    total = {k: [] for k in speedups}
+    for s in speedups.values():
+        for _ in range(warmup):
+            s.context.infer(x)
+    for r in range(rounds):
+        for k, s in speedups.items():
+            for _ in range(r * repeats // rounds, (r + 1) * repeats // rounds):
+                timing = s.context.infer(x).timing
+                compute[k].append(timing["compute_ms"])
+                total[k].append(timing["end_to_end_ms"])
+    return {k: (statistics.median(compute[k]), statistics.median(total[k])) for k in speedups}
+
+
+def build(model, shape, log, **kwargs):
+    speedup = mixq.ModelSpeedup(model, (BATCH,) + shape, batchsize=BATCH, **kwargs)
+    start = time.time()
+    speedup.compress()
+    log(f"  built in {time.time() - start:.1f} s")
+    return speedup
+
+
+def run_model(name, full=False, repeats=None, test_limit=None, log=print):
+    """Rows of the table for one model: dicts with strategy, bits, latency, accuracy."""
+    qat_images, lr, qat_batch, calib_images = SETTINGS[name]
+    shape = fashion_mnist.INPUT_SHAPES[name]
+    model = load_model(name, full, log=log)
+    x_test, y_test = fashion_mnist.dataset("test", name, test_limit)
+    x_train, y_train = fashion_mnist.dataset("train", name, max(qat_images, calib_images) + 10000)
+    # Calibration images from the end of this slice: none of them is a QAT training image.
+    calib = list(torch.split(x_train[-calib_images:], BATCH))
+    x_qat, y_qat = x_train[:qat_images], y_train[:qat_images]
+    ptq = dict(extra_layer_bits=8, calib_data_loader=calib, calib_algo="entropy")
+    fp32_layers = "fp32: " + ", ".join(MIXED_FP32[name])
+
+    log(f"{name}: fp32 model accuracy in PyTorch {evaluate(model, x_test, y_test):.2f}%")
+    engines = {"fp32": (build(model, shape, log), "")}
+    engines["mixed (PTQ entropy)"] = (
+        build(model, shape, log, config=mixed_config(name, model), **ptq), fp32_layers)
+    for algo in ("entropy", "percentile"):
+        engines[f"int8 PTQ {algo}"] = (build(model, shape, log, **dict(ptq, calib_algo=algo)), "")
+    with tempfile.TemporaryDirectory() as workdir:
+        qat_model, config = qat_finetune(name, model, x_qat, y_qat, lr, qat_batch, workdir, log)
+    log(f"  QAT model (fp32, quantized weights) in PyTorch: "
+        f"{evaluate(qat_model, x_test, y_test):.2f}%")
+    engines["int8 QAT"] = (build(qat_model, shape, log, config=config, **ptq),
+                           f"fine-tuned on {qat_images} images")
+    engines["mixed QAT"] = (
+        build(qat_model, shape, log, config=mixed_config(name, qat_model, config), **ptq),
+        fp32_layers)
+
+    rows = []
+    for strategy, (speedup, note) in engines.items():
+        acc = accuracy(lambda xb: speedup.inference(xb)[0], x_test, y_test, BATCH)
+        report = speedup.report()
+        rows.append(dict(model=name, strategy=strategy, note=note, accuracy=acc,
+                         bits_params=report["average_bits_by_params"],
+                         bits_macs=report["average_bits_by_macs"],
+                         fallbacks=report["fallbacks"], test_images=len(x_test)))
+        log(f"  {strategy:<22} accuracy {acc:6.2f}%")
+    if repeats is None:
+        repeats = REPEATS[name]
+    times = latencies({k: s for k, (s, _) in engines.items()}, x_test[:BATCH], repeats)
+    for row in rows:
+        row["latency_ms"], row["end_to_end_ms"] = times[row["strategy"]]
+        row["repeats"] = repeats
+    return rows
+
+
+def machine():
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
+def table(rows, threads):
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        fp32 = next(r for r in mine if r["strategy"] == "fp32")
+        lines.append(f"\n{name}: Fashion-MNIST, {mine[0]['test_images']} test images")
+        lines.append(f"| {'strategy':<22} | avg bits (params / MACs) | latency ms | speedup "
+                     f"| accuracy | vs fp32 |")
+        lines.append(f"|{'-' * 24}|{'-' * 26}|{'-' * 12}|{'-' * 9}|{'-' * 10}|{'-' * 9}|")
+        for r in mine:
+            bits = f"{r['bits_params']:.2f} / {r['bits_macs']:.2f}"
+            lines.append(f"| {r['strategy']:<22} | {bits:<24} | {r['latency_ms']:10.2f} "
+                         f"| {fp32['latency_ms'] / r['latency_ms']:6.2f}x | {r['accuracy']:7.2f}% "
+                         f"| {r['accuracy'] - fp32['accuracy']:+7.2f} |")
+        lines.append("")
+        for strategy, limit in TARGETS.items():
+            for r in mine:
+                if r["strategy"].startswith(strategy):
+                    loss = fp32["accuracy"] - r["accuracy"]
+                    verdict = "met" if loss <= limit else "MISSED"
+                    lines.append(f"  target {strategy}: within {limit} points of fp32 -- "
+                                 f"{r['strategy']}: {loss:+.2f} points lost, {verdict}")
+        for r in mine:
+            if r["fallbacks"]:
+                lines.append(f"  {r['strategy']}: fallbacks {r['fallbacks']}")
+    lines.append(
+        f"\nMachine: {machine()}; {threads} thread(s), OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY')}; PyTorch {torch.__version__}, mixq "
+        f"{mixq.__version__}, backend cpu.\n"
+        f"Latency: the median over the timed runs of the engine's compute time (Context.infer's "
+        f"timing['compute_ms']: the layers' execution, without input checks and conversions) for "
+        f"one batch of {BATCH} test images, after 5 warm-up runs. Speedup: fp32 latency / "
+        f"latency. The engines are timed in 5 interleaved rounds. Accuracy: top-1 on the test images, run through the engine in batches of "
+        f"{BATCH}. Average bits: the bits of each layer's precision weighted by its parameters "
+        f"/ by its multiply-accumulates (BuildReport).")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["lenet", "resnet18", "all"], default="lenet")
+    parser.add_argument("--full", action="store_true", help="use the *-full.pth checkpoints")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per strategy (default: 100 for LeNet, 10 for ResNet18)")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="evaluate on the first N test images (default: all 10 000)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in (["lenet", "resnet18"] if args.model == "all" else [args.model]):
+        rows += run_model(name, args.full, args.repeats, args.test_limit)
+    print(table(rows, args.threads))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1167 @@
+// FusedConv through cuDNN's backend (graph) API, NHWC, in fp32, tf32, fp16, bf16, int8 and fp8.
+//
+// One operation graph per layer: conv_fprop, then a chain of pointwise nodes that is the whole
+// epilogue ("fused" mode):
+//   conv -> [* scale[c]] -> [+ bias[c]] -> [+ residual] -> [* out_scale] -> [relu | clip] -> y
+// Quantised outputs (s8, e4m3) are computed in output units: with a quantised residual r (scale
+// s_r) the chain runs in units of s_r, so the residual adds as stored codes, and one scalar
+// multiply (s_r / s_y) brings it to y's units:
+//   y_q = act((acc * s_x*s_w[c]/s_r + b[c]/s_r + r_q) * s_r/s_y)
+// without a residual the divisor is s_y. Float outputs: acc * s_x*s_w[c] (int8/fp8) + b + r.
+// The last node's output tensor has y's dtype: cuDNN converts (rounds, saturates) on store.
+//
+// Where cuDNN has no engine for the fused graph, "split" mode runs the convolution alone
+// (int8/fp8: with the per-channel scale, into f32) into scratch and the own epilogue kernel adds
+// bias and residual, applies the activation and writes y's format.
+//
+// prepare() builds the graph at the maximum batch, takes engine configurations from the
+// heuristics (mode A, then FALLBACK), times every one that finalises and runs (the heuristic's
+// first pick can be 3.5x off), keeps the fastest, and records "engine index + knob choices" in the
+// node attribute mixq.cudnn_choice, which the engine file stores: loading rebuilds that plan
+// without timing, and other batch sizes reuse the choice (re-tuning only where it does not build).
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <vector>
+
+#include "backends/cuda/cuda_common.h"
+#include "backends/cuda/cuda_util.h"
+#include "backends/cuda/kernels.h"
+
+// The handle attributes of the operation graph and the execution plan are marked deprecated in
+// cuDNN 9.x (a device-property descriptor can replace them) but remain the documented way to
+// bind a graph to a device; the measured probe uses them.
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+namespace mixq::backends::cuda {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Desc = std::shared_ptr<void>;  // a cudnnBackendDescriptor_t, destroyed with its last owner
+
+constexpr const char* kChoiceAttr = "mixq.cudnn_choice";
+constexpr int64_t kMaxWorkspace = int64_t(256) << 20;
+
+Expected<Desc> make_desc(cudnnBackendDescriptorType_t type) {
+  cudnnBackendDescriptor_t d = nullptr;
+  CUDNN_CHECK(cudnnBackendCreateDescriptor(type, &d));
+  return Desc(d, [](void* p) { cudnnBackendDestroyDescriptor(p); });
+}
+
+#define SET_ATTR(desc, name, type, count, ptr) \
+  CUDNN_CHECK(cudnnBackendSetAttribute((desc).get(), name, type, count, ptr))
+
+std::string cudnn_last_error() {
+  char buf[512] = {};
+  cudnnGetLastErrorString(buf, sizeof buf);
+  return buf;
+}
+
+// --- geometry -------------------------------------------------------------------------------------
+
+struct Geometry {
+  int64_t stride[2] = {1, 1}, dilation[2] = {1, 1}, pre[2] = {0, 0}, post[2] = {0, 0};
+  int64_t groups = 1;
+};
+
+Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry& g) {
+  if (x.size() != 4 || w.size() != 4)
+    return Unsupported("the GPU runs 2-D convolutions only (input rank " + std::to_string(x.size()) + ")");
+  auto strides = n.attr_ints("strides", {1, 1});
+  auto dil = n.attr_ints("dilations", {1, 1});
+  auto pads = n.attr_ints("pads", {0, 0, 0, 0});
+  const std::string auto_pad = n.attr_string("auto_pad", "NOTSET");
+  g.groups = n.attr_int("group", 1);
+  if (strides.size() != 2 || dil.size() != 2 || pads.size() != 4)
+    return InvalidArgument("strides/dilations/pads do not match a 2-D convolution");
+  if (g.groups < 1 || x[1] % g.groups != 0 || w[0] % g.groups != 0 || x[1] / g.groups != w[1])
+    return InvalidArgument("channels " + std::to_string(x[1]) + " and weights " + shape_to_string(w) +
+                           " do not match group " + std::to_string(g.groups));
+  for (int i = 0; i < 2; ++i) {
+    g.stride[i] = strides[size_t(i)];
+    g.dilation[i] = dil[size_t(i)];
+    const int64_t in = x[size_t(2 + i)], k = w[size_t(2 + i)];
+    if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      const int64_t out = (in + g.stride[i] - 1) / g.stride[i];
+      const int64_t total = std::max<int64_t>((out - 1) * g.stride[i] + (k - 1) * g.dilation[i] + 1 - in, 0);
+      const int64_t small = total / 2, big = total - small;
+      g.pre[i] = auto_pad == "SAME_UPPER" ? small : big;
+      g.post[i] = auto_pad == "SAME_UPPER" ? big : small;
+    } else if (auto_pad == "VALID") {
+      g.pre[i] = g.post[i] = 0;
+    } else {
+      g.pre[i] = pads[size_t(i)];
+      g.post[i] = pads[size_t(2 + i)];
+    }
+  }
+  return Status::Ok();
+}
+
+// --- the graph --------------------------------------------------------------------------------------
+
+enum class Mode { kFused, kSplit };
+enum Role : int { kRoleX, kRoleW, kRoleY, kRoleScale, kRoleBias, kRoleResidual, kRoleOutScale };
+constexpr int kRoles = 7;
+
+cudnnDataType_t cudnn_type(DType d) {
+  switch (d) {
+    case DType::kFloat32: return CUDNN_DATA_FLOAT;
+    case DType::kFloat16: return CUDNN_DATA_HALF;
+    case DType::kBFloat16: return CUDNN_DATA_BFLOAT16;
+    case DType::kFloat8E4M3: return CUDNN_DATA_FP8_E4M3;
+    case DType::kInt8: return CUDNN_DATA_INT8;
+    case DType::kUInt8: return CUDNN_DATA_UINT8;
+    case DType::kInt32: return CUDNN_DATA_INT32;
+    default: return CUDNN_DATA_FLOAT;
+  }
+}
+
+const char* type_name(cudnnDataType_t t) {
+  switch (t) {
+    case CUDNN_DATA_FLOAT: return "f32";
+    case CUDNN_DATA_HALF: return "f16";
+    case CUDNN_DATA_BFLOAT16: return "bf16";
+    case CUDNN_DATA_FP8_E4M3: return "e4m3";
+    case CUDNN_DATA_INT8: return "s8";
+    case CUDNN_DATA_INT32: return "s32";
+    default: return "?";
+  }
+}
+
+size_t type_bytes(cudnnDataType_t t) {
+  switch (t) {
+    case CUDNN_DATA_FLOAT:
+    case CUDNN_DATA_INT32: return 4;
+    case CUDNN_DATA_HALF:
+    case CUDNN_DATA_BFLOAT16: return 2;
+    default: return 1;
+  }
+}
+
+DType dtype_of(cudnnDataType_t t) {
+  switch (t) {
+    case CUDNN_DATA_HALF: return DType::kFloat16;
+    case CUDNN_DATA_BFLOAT16: return DType::kBFloat16;
+    case CUDNN_DATA_FP8_E4M3: return DType::kFloat8E4M3;
+    case CUDNN_DATA_INT8: return DType::kInt8;
+    case CUDNN_DATA_INT32: return DType::kInt32;
+    default: return DType::kFloat32;
+  }
+}
+
+// Everything that determines the operation graph (not the data).
+struct Spec {
+  int64_t n = 1, c = 0, h = 0, w = 0, k = 0, cg = 0, r = 0, s = 0, oh = 0, ow = 0;
+  Geometry geo;
+  cudnnDataType_t xt = CUDNN_DATA_FLOAT, wt = CUDNN_DATA_FLOAT, comp = CUDNN_DATA_FLOAT;
+  cudnnDataType_t acc = CUDNN_DATA_FLOAT;  // the convolution's (virtual) output
+  cudnnDataType_t yt = CUDNN_DATA_FLOAT, rt = CUDNN_DATA_FLOAT;
+  bool scale = false, bias = false, residual = false, out_scale = false;
+  int act = kernels::kActNone;
+  double lo = 0, hi = 0;  // clip bounds in the units of the clipped value
+  bool no_tensor_cores = false;  // fp32: exclude TF32 engines
+  Mode mode = Mode::kFused;
+
+  bool has_pointwise() const { return scale || bias || residual || out_scale || act != kernels::kActNone; }
+  // Whether the convolution writes y itself (no pointwise node at all).
+  bool direct() const { return !has_pointwise() && (yt == xt || mode == Mode::kSplit) && acc != CUDNN_DATA_INT32; }
+
+  std::string signature() const {
+    std::ostringstream o;
+    o << (mode == Mode::kFused ? "fused" : "split") << " x" << n << "," << c << "," << h << "," << w
+      << " w" << k << "," << cg << "," << r << "," << s << " y" << oh << "," << ow << " s" << geo.stride[0]
+      << "," << geo.stride[1] << " d" << geo.dilation[0] << "," << geo.dilation[1] << " p" << geo.pre[0]
+      << "," << geo.pre[1] << "," << geo.post[0] << "," << geo.post[1] << " g" << geo.groups << " t"
+      << int(xt) << "," << int(wt) << "," << int(comp) << "," << int(acc) << "," << int(yt) << ","
+      << int(rt) << " e" << scale << bias << residual << out_scale << act << "," << lo << "," << hi
+      << " tc" << !no_tensor_cores;
+    return o.str();
+  }
+};
+
+std::vector<int64_t> nhwc_strides(int64_t c, int64_t h, int64_t w) { return {c * h * w, 1, w * c, c}; }
+
+Expected<Desc> make_tensor(int64_t uid, cudnnDataType_t dt, const std::vector<int64_t>& dims,
+                           const std::vector<int64_t>& strides, bool is_virtual) {
+  MIXQ_ASSIGN_OR_RETURN(Desc d, make_desc(CUDNN_BACKEND_TENSOR_DESCRIPTOR));
+  int64_t alignment = 16;
+  bool v = is_virtual;
+  SET_ATTR(d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
+  SET_ATTR(d, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, int64_t(dims.size()), dims.data());
+  SET_ATTR(d, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, int64_t(strides.size()), strides.data());
+  SET_ATTR(d, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+  SET_ATTR(d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment);
+  SET_ATTR(d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v);
+  CUDNN_CHECK(cudnnBackendFinalize(d.get()));
+  return d;
+}
+
+struct OpGraph {
+  std::vector<Desc> keep;  // every descriptor the graph references
+  Desc graph;
+  std::vector<int64_t> uids;  // non-virtual tensors
+  std::vector<int> roles;     // parallel to uids
+};
+
+// A pointwise node y = mode(x[, b]).
+Status add_pointwise(OpGraph& g, std::vector<Desc>& ops, cudnnPointwiseMode_t mode, const Desc& x,
+                     const Desc* b, const Desc& y, double lo = 0, double hi = 0) {
+  MIXQ_ASSIGN_OR_RETURN(Desc pw, make_desc(CUDNN_BACKEND_POINTWISE_DESCRIPTOR));
+  cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+  SET_ATTR(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+  SET_ATTR(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
+  if (mode == CUDNN_POINTWISE_RELU_FWD) {
+    const double fmax = double(std::numeric_limits<float>::max());
+    double lower = std::max(lo, -fmax), upper = std::min(hi, fmax), slope = 0.0;
+    SET_ATTR(pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP, CUDNN_TYPE_DOUBLE, 1, &lower);
+    SET_ATTR(pw, CUDNN_ATTR_POINTWISE_RELU_UPPER_CLIP, CUDNN_TYPE_DOUBLE, 1, &upper);
+    SET_ATTR(pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP_SLOPE, CUDNN_TYPE_DOUBLE, 1, &slope);
+  }
+  CUDNN_CHECK(cudnnBackendFinalize(pw.get()));
+  g.keep.push_back(pw);
+  MIXQ_ASSIGN_OR_RETURN(Desc op, make_desc(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR));
+  void* pwd = pw.get();
+  void* xd = x.get();
+  void* yd = y.get();
+  SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pwd);
+  SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &xd);
+  if (b) {
+    void* bd = b->get();
+    SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &bd);
+  }
+  SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &yd);
+  CUDNN_CHECK(cudnnBackendFinalize(op.get()));
+  g.keep.push_back(op);
+  ops.push_back(op);
+  return Status::Ok();
+}
+
+Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
+  OpGraph g;
+  auto keep = [&](const Desc& d) {
+    g.keep.push_back(d);
+    return d;
+  };
+  auto io = [&](int role, int64_t uid) {
+    g.uids.push_back(uid);
+    g.roles.push_back(role);
+  };
+  const std::vector<int64_t> ydims = {s.n, s.k, s.oh, s.ow}, ystr = nhwc_strides(s.k, s.oh, s.ow);
+  const std::vector<int64_t> cdims = {1, s.k, 1, 1}, cstr = {s.k, 1, s.k, s.k};
+  const std::vector<int64_t> one = {1, 1, 1, 1};
+  MIXQ_ASSIGN_OR_RETURN(Desc tx, make_tensor(1, s.xt, {s.n, s.c, s.h, s.w}, nhwc_strides(s.c, s.h, s.w), false));
+  keep(tx);
+  io(kRoleX, 1);
+  MIXQ_ASSIGN_OR_RETURN(Desc tw, make_tensor(2, s.wt, {s.k, s.cg, s.r, s.s},
+                                             {s.r * s.s * s.cg, 1, s.s * s.cg, s.cg}, false));
+  keep(tw);
+  io(kRoleW, 2);
+  const bool direct = s.direct();
+  int64_t next_virtual = 100;
+  MIXQ_ASSIGN_OR_RETURN(Desc tconv, make_tensor(direct ? 3 : next_virtual++, direct ? s.yt : s.acc, ydims, ystr, !direct));
+  keep(tconv);
+  if (direct) io(kRoleY, 3);
+
+  MIXQ_ASSIGN_OR_RETURN(Desc cd, make_desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR));
+  {
+    int64_t dims = 2;
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    cudnnDataType_t comp = s.comp;
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp);
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &dims);
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, s.geo.dilation);
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, s.geo.stride);
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, s.geo.pre);
+    SET_ATTR(cd, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, s.geo.post);
+    CUDNN_CHECK(cudnnBackendFinalize(cd.get()));
+  }
+  keep(cd);
+  MIXQ_ASSIGN_OR_RETURN(Desc conv, make_desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR));
+  {
+    float alpha = 1.0f, beta = 0.0f;
+    void* xd = tx.get();
+    void* wd = tw.get();
+    void* yd = tconv.get();
+    void* cdd = cd.get();
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &xd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &wd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &yd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cdd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
+    CUDNN_CHECK(cudnnBackendFinalize(conv.get()));
+  }
+  keep(conv);
+  std::vector<Desc> ops = {conv};
+
+  if (!direct) {
+    // The pointwise chain; the last node writes y.
+    struct Step {
+      cudnnPointwiseMode_t mode;
+      int role;  // operand b's role, or -1
+      double lo = 0, hi = 0;
+    };
+    std::vector<Step> steps;
+    if (s.scale) steps.push_back({CUDNN_POINTWISE_MUL, kRoleScale});
+    if (s.bias) steps.push_back({CUDNN_POINTWISE_ADD, kRoleBias});
+    if (s.residual) steps.push_back({CUDNN_POINTWISE_ADD, kRoleResidual});
+    if (s.out_scale) steps.push_back({CUDNN_POINTWISE_MUL, kRoleOutScale});
+    if (s.act == kernels::kActRelu)
+      steps.push_back({CUDNN_POINTWISE_RELU_FWD, -1, 0.0, double(std::numeric_limits<float>::max())});
+    else if (s.act == kernels::kActClip) steps.push_back({CUDNN_POINTWISE_RELU_FWD, -1, s.lo, s.hi});
+    if (steps.empty()) steps.push_back({CUDNN_POINTWISE_IDENTITY, -1});
+    Desc cur = tconv;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const bool last = i + 1 == steps.size();
+      std::optional<Desc> operand;
+      if (steps[i].role >= 0) {
+        const int role = steps[i].role;
+        const int64_t uid = 4 + (role - kRoleScale);  // 4 scale, 5 bias, 6 residual, 7 out scale
+        Desc t;
+        if (role == kRoleResidual) {
+          MIXQ_ASSIGN_OR_RETURN(t, make_tensor(uid, s.rt, ydims, ystr, false));
+        } else if (role == kRoleOutScale) {
+          MIXQ_ASSIGN_OR_RETURN(t, make_tensor(uid, CUDNN_DATA_FLOAT, one, one, false));
+        } else {
+          MIXQ_ASSIGN_OR_RETURN(t, make_tensor(uid, CUDNN_DATA_FLOAT, cdims, cstr, false));
+        }
+        keep(t);
+        io(role, uid);
+        operand = t;
+      }
+      Desc out;
+      if (last) {
+        MIXQ_ASSIGN_OR_RETURN(out, make_tensor(3, s.yt, ydims, ystr, false));
+        io(kRoleY, 3);
+      } else {
+        MIXQ_ASSIGN_OR_RETURN(out, make_tensor(next_virtual++, CUDNN_DATA_FLOAT, ydims, ystr, true));
+      }
+      keep(out);
+      MIXQ_RETURN_IF_ERROR(add_pointwise(g, ops, steps[i].mode, cur, operand ? &*operand : nullptr, out,
+                                         steps[i].lo, steps[i].hi));
+      cur = out;
+    }
+  }
+
+  MIXQ_ASSIGN_OR_RETURN(g.graph, make_desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
+  std::vector<void*> raw;
+  for (const Desc& d : ops) raw.push_back(d.get());
+  SET_ATTR(g.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(raw.size()), raw.data());
+  SET_ATTR(g.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  CUDNN_CHECK(cudnnBackendFinalize(g.graph.get()));
+  return g;
+}
+
+// --- engine configurations ---------------------------------------------------------------------------
+
+struct EngineChoice {
+  int64_t engine = -1;
+  std::vector<std::pair<int64_t, int64_t>> knobs;  // (cudnnBackendKnobType_t, value)
+  bool tensor_core = false, runtime_compiled = false;
+
+  std::string str() const {
+    std::string s = "e" + std::to_string(engine);
+    for (auto [t, v] : knobs) s += ";k" + std::to_string(t) + "=" + std::to_string(v);
+    return s;
+  }
+  static bool parse(const std::string& text, EngineChoice& c) {
+    c = {};
+    std::istringstream in(text);
+    std::string part;
+    bool first = true;
+    while (std::getline(in, part, ';')) {
+      try {
+        if (first) {
+          if (part.size() < 2 || part[0] != 'e') return false;
+          c.engine = std::stoll(part.substr(1));
+          first = false;
+        } else {
+          const size_t eq = part.find('=');
+          if (part.empty() || part[0] != 'k' || eq == std::string::npos) return false;
+          c.knobs.push_back({std::stoll(part.substr(1, eq - 1)), std::stoll(part.substr(eq + 1))});
+        }
+      } catch (...) {
+        return false;
+      }
+    }
+    return !first;
+  }
+};
+
+Expected<EngineChoice> describe_config(const Desc& cfg) {
+  EngineChoice c;
+  MIXQ_ASSIGN_OR_RETURN(Desc eng, make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
+  void* e = eng.get();
+  int64_t count = 0;
+  CUDNN_CHECK(cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                       &count, &e));
+  CUDNN_CHECK(cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &count,
+                                       &c.engine));
+  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+  int64_t nn = 0;
+  if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, notes) == CUDNN_STATUS_SUCCESS)
+    for (int64_t i = 0; i < nn; ++i)
+      c.tensor_core |= notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE ||
+                       notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
+                       notes[i] == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION;
+  cudnnBackendBehaviorNote_t behavior[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+  int64_t nb = 0;
+  if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                               CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nb, behavior) == CUDNN_STATUS_SUCCESS)
+    for (int64_t i = 0; i < nb; ++i) c.runtime_compiled |= behavior[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+  // Knob choices: descriptors created here, filled by the query.
+  std::vector<Desc> knobs;
+  std::vector<void*> raw;
+  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
+    MIXQ_ASSIGN_OR_RETURN(Desc k, make_desc(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR));
+    raw.push_back(k.get());
+    knobs.push_back(k);
+  }
+  int64_t nk = 0;
+  CUDNN_CHECK(cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                       int64_t(raw.size()), &nk, raw.data()));
+  for (int64_t i = 0; i < nk && i < int64_t(raw.size()); ++i) {
+    cudnnBackendKnobType_t type;
+    int64_t value = 0, n = 0;
+    CUDNN_CHECK(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1,
+                                         &n, &type));
+    CUDNN_CHECK(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n,
+                                         &value));
+    c.knobs.push_back({int64_t(type), value});
+  }
+  return c;
+}
+
+// Engine configurations from one heuristics mode (empty when the mode has none). `heur` keeps the
+// heuristics descriptor alive as long as its results.
+struct Heuristics {
+  Desc heur;
+  std::vector<Desc> configs;
+};
+
+Expected<Heuristics> heuristic_configs(const OpGraph& g, cudnnBackendHeurMode_t mode) {
+  Heuristics h;
+  MIXQ_ASSIGN_OR_RETURN(h.heur, make_desc(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR));
+  void* og = g.graph.get();
+  SET_ATTR(h.heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og);
+  SET_ATTR(h.heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+  CUDNN_CHECK(cudnnBackendFinalize(h.heur.get()));
+  int64_t count = 0;
+  CUDNN_CHECK(cudnnBackendGetAttribute(h.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                       0, &count, nullptr));
+  std::vector<void*> raw;
+  for (int64_t i = 0; i < count; ++i) {
+    MIXQ_ASSIGN_OR_RETURN(Desc c, make_desc(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+    h.configs.push_back(c);
+    raw.push_back(c.get());
+  }
+  int64_t got = 0;
+  if (count > 0)
+    CUDNN_CHECK(cudnnBackendGetAttribute(h.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                         count, &got, raw.data()));
+  h.configs.resize(size_t(std::clamp<int64_t>(got, 0, count)));
+  return h;
+}
+
+// The configuration `choice` names, for graph `g`.
+Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice, std::vector<Desc>& keep) {
+  MIXQ_ASSIGN_OR_RETURN(Desc eng, make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
+  void* og = g.graph.get();
+  int64_t index = choice.engine;
+  SET_ATTR(eng, CUDNN_ATTR_ENGINE_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og);
+  SET_ATTR(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &index);
+  CUDNN_CHECK(cudnnBackendFinalize(eng.get()));
+  keep.push_back(eng);
+  std::vector<void*> knobs;
+  for (auto [type, value] : choice.knobs) {
+    MIXQ_ASSIGN_OR_RETURN(Desc k, make_desc(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR));
+    auto t = cudnnBackendKnobType_t(type);
+    int64_t v = value;
+    SET_ATTR(k, CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &t);
+    SET_ATTR(k, CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &v);
+    CUDNN_CHECK(cudnnBackendFinalize(k.get()));
+    keep.push_back(k);
+    knobs.push_back(k.get());
+  }
+  MIXQ_ASSIGN_OR_RETURN(Desc cfg, make_desc(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+  void* e = eng.get();
+  SET_ATTR(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &e);
+  if (!knobs.empty())
+    SET_ATTR(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(knobs.size()),
+             knobs.data());
+  CUDNN_CHECK(cudnnBackendFinalize(cfg.get()));
+  keep.push_back(cfg);
+  return cfg;
+}
+
+// An execution plan with everything it references.
+struct Plan {
+  OpGraph graph;
+  std::vector<Desc> keep;
+  Desc plan;
+  int64_t workspace = 0;
+  EngineChoice choice;
+};
+
+Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg, cudnnHandle_t handle,
+                                              std::vector<Desc> keep) {
+  auto p = std::make_shared<Plan>();
+  p->graph = g;
+  p->keep = std::move(keep);
+  p->keep.push_back(cfg);
+  MIXQ_ASSIGN_OR_RETURN(p->plan, make_desc(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR));
+  void* c = cfg.get();
+  SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
+  CUDNN_CHECK(cudnnBackendFinalize(p->plan.get()));
+  int64_t n = 0;
+  CUDNN_CHECK(cudnnBackendGetAttribute(p->plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                       &n, &p->workspace));
+  if (p->workspace < 0) p->workspace = 0;
+  return p;
+}
+
+Expected<Desc> variant_pack(const OpGraph& g, const std::array<void*, kRoles>& ptr, void* workspace) {
+  std::vector<void*> data;
+  for (int role : g.roles) data.push_back(ptr[size_t(role)]);
+  MIXQ_ASSIGN_OR_RETURN(Desc vp, make_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
+  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, int64_t(g.uids.size()), g.uids.data());
+  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, int64_t(data.size()), data.data());
+  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+  CUDNN_CHECK(cudnnBackendFinalize(vp.get()));
+  return vp;
+}
+
+// --- the layer: values, packed data, specs ----------------------------------------------------------
+
+bool quantized_precision(Precision p) { return p == Precision::kINT8 || p == Precision::kFP8; }
+
+// Storage type of the input (and weights) at a precision.
+DType input_dtype(Precision p) {
+  switch (p) {
+    case Precision::kFP16: return DType::kFloat16;
+    case Precision::kBF16: return DType::kBFloat16;
+    case Precision::kINT8: return DType::kInt8;
+    case Precision::kFP8: return DType::kFloat8E4M3;
+    default: return DType::kFloat32;
+  }
+}
+
+struct Layer {
+  Spec base;               // at batch 1, fused mode
+  double divisor = 1.0;    // the chain's units: s_r (quantised residual) or s_y (quantised y) or 1
+  bool y_quantized = false;
+  bool r_quantized = false;
+  bool residual_fusable = true;
+  float out_scale = 1.0f;  // s_r / s_y
+  float clip_lo = 0, clip_hi = 0;  // real units (activation attribute)
+};
+
+// Everything about the layer that does not need data: shapes, types, epilogue structure.
+// `y_dtype`/`r_dtype` override the values' dtypes (supports() probes before dtypes are final).
+Expected<Layer> describe_layer(const ir::Node& node, Precision p, DType y_dtype, bool y_quantized,
+                               float sy, float sr) {
+  const ir::Value* x = node.input(0);
+  const ir::Value* w = node.input(1);
+  const ir::Value* b = node.input(2);
+  const ir::Value* r = node.input(3);
+  const ir::Value* y = node.output(0);
+  if (!x || !y || !w || !w->is_constant()) return Unsupported("weights must be constant");
+  if (!x->shape_known || x->shape.size() != 4 || !y->shape_known || y->shape.size() != 4)
+    return Unsupported("the GPU runs 2-D convolutions on 4-D tensors with known shapes");
+  const Shape xs = at_batch(x->shape, 1), ys = at_batch(y->shape, 1);
+  const Shape ws = w->constant.shape();
+  Layer L;
+  Spec& s = L.base;
+  MIXQ_RETURN_IF_ERROR(conv_geometry(node, xs, ws, s.geo));
+  s.n = 1;
+  s.c = xs[1];
+  s.h = xs[2];
+  s.w = xs[3];
+  s.k = ws[0];
+  s.cg = ws[1];
+  s.r = ws[2];
+  s.s = ws[3];
+  s.oh = ys[2];
+  s.ow = ys[3];
+  if (ys[1] != s.k) return InvalidArgument("output channels " + std::to_string(ys[1]) + " differ from the weights'");
+  const DType in = input_dtype(p);
+  s.xt = s.wt = cudnn_type(in);
+  s.comp = p == Precision::kINT8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT;
+  s.acc = p == Precision::kINT8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT;
+  s.yt = cudnn_type(y_dtype);
+  s.no_tensor_cores = p == Precision::kFP32;
+  L.y_quantized = y_quantized;
+  const bool quant = quantized_precision(p);
+  s.bias = b != nullptr;
+  if (r) {
+    s.residual = true;
+    L.r_quantized = y_quantized;  // the residual arrives in y's format
+    s.rt = s.yt;
+  }
+  L.divisor = y_quantized ? (r ? sr : sy) : 1.0;
+  s.out_scale = r && y_quantized && sr != sy;
+  L.out_scale = y_quantized && r ? sr / sy : 1.0f;
+  s.scale = quant || y_quantized;
+  const std::string act = node.attr_string("mixq.activation", "none");
+  if (act == "relu") {
+    s.act = kernels::kActRelu;
+  } else if (act == "clip") {
+    s.act = kernels::kActClip;
+    L.clip_lo = node.attr_float("mixq.clip_min", -INFINITY);
+    L.clip_hi = node.attr_float("mixq.clip_max", INFINITY);
+    const double units = y_quantized ? sy : 1.0;  // the clip acts on y's units
+    s.lo = std::isfinite(L.clip_lo) ? L.clip_lo / units : -double(std::numeric_limits<float>::max());
+    s.hi = std::isfinite(L.clip_hi) ? L.clip_hi / units : double(std::numeric_limits<float>::max());
+  } else if (act != "none") {
+    return Unsupported("activation '" + act + "'");
+  }
+  return L;
+}
+
+// The split-mode spec: the convolution (with the per-channel scale for int8/fp8) into scratch.
+Spec split_spec(const Spec& fused, Precision p) {
+  Spec s = fused;
+  s.mode = Mode::kSplit;
+  s.bias = s.residual = s.out_scale = false;
+  s.act = kernels::kActNone;
+  s.lo = s.hi = 0;
+  s.scale = quantized_precision(p);
+  // fp16/bf16 write their own type (the engines that exist for a bare convolution); the rest f32.
+  s.yt = (p == Precision::kFP16 || p == Precision::kBF16) ? s.xt : CUDNN_DATA_FLOAT;
+  return s;
+}
+
+Status static_checks(const ir::Node& node, Precision p) {
+  const ir::Value* x = node.input(0);
+  const ir::Value* w = node.input(1);
+  if (!w || !w->is_constant()) return Unsupported("weights are not constant");
+  if (w->constant.rank() != 4) return Unsupported("the GPU runs 2-D convolutions only");
+  if (!x || !x->shape_known || x->shape.size() != 4)
+    return Unsupported("the GPU runs 2-D convolutions on 4-D inputs with known shapes");
+  for (size_t i = 1; i < 4; ++i)
+    if (x->shape[i] < 0) return Unsupported("only the batch dimension may be symbolic");
+  const ir::Value* r = node.input(3);
+  if (r && (!r->shape_known || r->shape != node.output(0)->shape))
+    return Unsupported("the residual's shape differs from the output's");
+  Geometry g;
+  MIXQ_RETURN_IF_ERROR(conv_geometry(node, at_batch(x->shape, 1), w->constant.shape(), g));
+  const int64_t cg = x->shape[1] / g.groups, kg = w->constant.dim(0) / g.groups;
+  const int64_t multiple = p == Precision::kINT8 ? 4 : p == Precision::kFP8 ? 16 : 1;
+  if (cg % multiple != 0 || kg % multiple != 0)
+    return Unsupported(std::string(precision_name(p)) + " convolutions need input and output channels per group " +
+                       "in multiples of " + std::to_string(multiple) + " (cuDNN's " +
+                       std::string(precision_name(p)) + " engines); this layer has " + std::to_string(cg) +
+                       " and " + std::to_string(kg) + " (groups " + std::to_string(g.groups) + ")");
+  return Status::Ok();
+}
+
+// Whether the heuristics offer at least one configuration for `s` (no plan is built).
+Status probe(const Spec& s, cudnnHandle_t handle) {
+  MIXQ_ASSIGN_OR_RETURN(OpGraph g, build_graph(s, handle));
+  for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    auto h = heuristic_configs(g, mode);
+    if (!h.ok()) continue;
+    for (const Desc& c : h->configs) {
+      if (!s.no_tensor_cores) return Status::Ok();
+      auto info = describe_config(c);
+      if (info.ok() && !info->tensor_core) return Status::Ok();
+    }
+  }
+  return Unsupported("cuDNN's heuristics offer no engine for " + s.signature());
+}
+
+// --- packed data ------------------------------------------------------------------------------------
+
+struct Packed {
+  DeviceBuffer weights, scale, bias, out_scale;
+  std::vector<float> host_bias;  // real units (split mode's epilogue)
+  DeviceBuffer real_bias;
+};
+
+// Weights [K, C/g, R, S] (row-major) -> KRSC in `dtype` (from fp32, or the stored s8/e4m3 codes).
+Expected<DeviceBuffer> pack_weights(const Tensor& w, DType dtype) {
+  const int64_t K = w.dim(0), C = w.dim(1), R = w.dim(2), S = w.dim(3);
+  Tensor src = w;
+  if (w.dtype() != dtype) {
+    if (w.dtype() != DType::kFloat32)
+      return Internal("weights stored as " + std::string(dtype_name(w.dtype())) + ", wanted " +
+                      std::string(dtype_name(dtype)));
+    src = w.to(dtype);
+  }
+  Tensor dst = Tensor::empty(dtype, {K, R, S, C});
+  const size_t es = dtype_size(dtype);
+  const char* in = static_cast<const char*>(src.raw());
+  char* out = static_cast<char*>(dst.raw());
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          std::memcpy(out + size_t(((k * R + r) * S + s) * C + c) * es, in + size_t(((k * C + c) * R + r) * S + s) * es,
+                      es);
+  return upload(dst.raw(), dst.nbytes());
+}
+
+// --- the kernel ---------------------------------------------------------------------------------------
+
+class ConvInstance;
+
+class ConvKernel final : public Kernel {
+ public:
+  ConvKernel(const ir::Node& node, Precision p) : node_(node), precision_(p) {}
+
+  Status prepare(int64_t max_batch) override;
+  Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override;
+  std::string implementation() const override { return impl_; }
+
+ private:
+  friend class ConvInstance;
+  Spec spec_at(int64_t batch, Mode mode) const {
+    Spec s = mode == Mode::kFused ? layer_.base : split_spec(layer_.base, precision_);
+    s.n = batch;
+    return s;
+  }
+  // Builds the plan for `spec` from `choice` (empty: none), else tunes. Holds the build lock.
+  Expected<std::shared_ptr<Plan>> plan_for(const Spec& spec, const std::string& choice, BuildResources& b,
+                                           std::string* chosen, std::string* note) const;
+  Expected<std::shared_ptr<Plan>> tune(const Spec& spec, BuildResources& b, std::string* note) const;
+  Expected<Desc> tuning_pack(const Plan& plan, void* const* bufs) const;
+
+  const ir::Node& node_;
+  Precision precision_;
+  int64_t max_batch_ = 0;
+  Layer layer_;
+  Mode mode_ = Mode::kFused;
+  std::shared_ptr<Packed> packed_;
+  std::shared_ptr<Plan> prepared_;  // at max batch
+  std::string choice_;              // engine choice (without the mode)
+  std::string impl_ = "cudnn graph";
+  kernels::Grid y_grid_, r_grid_;
+};
+
+class ConvInstance final : public KernelInstance {
+ public:
+  ConvInstance(const ConvKernel& k, std::shared_ptr<Plan> plan, Mode mode, int64_t batch)
+      : plan_(std::move(plan)), packed_(k.packed_), mode_(mode) {
+    const Spec& s = k.layer_.base;
+    rows_ = batch * s.oh * s.ow;
+    cols_ = s.k;
+    if (mode_ == Mode::kSplit) {
+      const Spec split = split_spec(s, k.precision_);
+      inter_bytes_ = align256(size_t(rows_ * cols_) * type_bytes(split.yt));
+      ep_.acc_dt = kernel_dtype(dtype_of(split.yt));
+      ep_.scalar_scale = 1.0f;
+      ep_.bias = packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
+      ep_.residual_grid = k.r_grid_;
+      ep_.act = s.act;
+      ep_.lo = k.layer_.clip_lo;
+      ep_.hi = k.layer_.clip_hi;
+      ep_.rows = rows_;
+      ep_.cols = cols_;
+      y_grid_ = k.y_grid_;
+    }
+  }
+
+  size_t scratch_bytes() const override { return inter_bytes_ + size_t(plan_->workspace); }
+
+  Status execute(const ExecContext& ctx) const override {
+    CudaResources& res = resources_of(ctx);
+    char* scratch = static_cast<char*>(ctx.scratch);
+    void* y = ctx.outputs[0].data;
+    void* conv_out = mode_ == Mode::kSplit ? scratch : y;
+    void* workspace = scratch ? scratch + inter_bytes_ : nullptr;
+    const void* residual = ctx.inputs.size() > 3 ? ctx.inputs[3].data : nullptr;
+    std::array<void*, kRoles> ptr{};
+    ptr[kRoleX] = ctx.inputs[0].data;
+    ptr[kRoleW] = packed_->weights.get();
+    ptr[kRoleY] = conv_out;
+    ptr[kRoleScale] = packed_->scale.get();
+    ptr[kRoleBias] = packed_->bias.get();
+    ptr[kRoleResidual] = const_cast<void*>(residual);
+    ptr[kRoleOutScale] = packed_->out_scale.get();
+    MIXQ_ASSIGN_OR_RETURN(Desc vp, pack_for(ptr, workspace));
+    CUDNN_CHECK(cudnnBackendExecute(res.cudnn, plan_->plan.get(), vp.get()));
+    if (mode_ == Mode::kSplit) {
+      kernels::EpilogueParams ep = ep_;
+      ep.residual = residual;
+      const cudaError_t e = kernels::epilogue(conv_out, y, y_grid_, ep, res.stream);
+      if (e != cudaSuccess) return cuda_status(e, "convolution epilogue", __FILE__, __LINE__);
+    }
+    return Status::Ok();
+  }
+
+ private:
+  // Variant packs are small host descriptors; the last few are kept (buffers rarely move).
+  Expected<Desc> pack_for(const std::array<void*, kRoles>& ptr, void* workspace) const {
+    std::array<void*, kRoles + 1> key{};
+    std::copy(ptr.begin(), ptr.end(), key.begin());
+    key[kRoles] = workspace;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [k, d] : packs_)
+      if (k == key) return d;
+    MIXQ_ASSIGN_OR_RETURN(Desc vp, variant_pack(plan_->graph, ptr, workspace));
+    if (packs_.size() >= 8) packs_.erase(packs_.begin());
+    packs_.push_back({key, vp});
+    return vp;
+  }
+
+  std::shared_ptr<Plan> plan_;
+  std::shared_ptr<Packed> packed_;
+  Mode mode_;
+  int64_t rows_ = 0, cols_ = 0;
+  size_t inter_bytes_ = 0;
+  kernels::EpilogueParams ep_;
+  kernels::Grid y_grid_;
+  mutable std::mutex mutex_;
+  mutable std::vector<std::pair<std::array<void*, kRoles + 1>, Desc>> packs_;
+};
+
+Expected<Desc> ConvKernel::tuning_pack(const Plan& plan, void* const* bufs) const {
+  // bufs: x, y, residual, workspace (tuning buffers); constants are the packed ones.
+  std::array<void*, kRoles> ptr{};
+  ptr[kRoleX] = bufs[0];
+  ptr[kRoleW] = packed_->weights.get();
+  ptr[kRoleY] = bufs[1];
+  ptr[kRoleScale] = packed_->scale.get();
+  ptr[kRoleBias] = packed_->bias.get();
+  ptr[kRoleResidual] = bufs[2];
+  ptr[kRoleOutScale] = packed_->out_scale.get();
+  return variant_pack(plan.graph, ptr, bufs[3]);
+}
+
+// Runs the plan once on poisoned output and checks it wrote: an engine that returns success but
+// writes nothing leaves the poison (NaN for 2- and 4-byte floats, -1 for s8, NaN for e4m3).
+Status check_run(const Plan& plan, const Desc& vp, const Spec& spec, BuildResources& b, void* y) {
+  const size_t es = type_bytes(spec.yt);
+  const size_t total = size_t(spec.n * spec.oh * spec.ow * spec.k), bytes = total * es;
+  CUDA_CHECK(cudaMemsetAsync(y, 0xFF, bytes, b.res->stream));
+  CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, plan.plan.get(), vp.get()));
+  CUDA_CHECK(cudaStreamSynchronize(b.res->stream));
+  std::vector<uint8_t> host(bytes);
+  CUDA_CHECK(cudaMemcpy(host.data(), y, bytes, cudaMemcpyDeviceToHost));
+  size_t untouched = 0;
+  for (size_t i = 0; i < total; ++i) {
+    bool poison = true;
+    for (size_t j = 0; j < es && poison; ++j) poison = host[i * es + j] == 0xFF;
+    untouched += poison;
+  }
+  if (es > 1 ? untouched > 0 : untouched == total)
+    return Internal("the engine left " + std::to_string(untouched) + " of " + std::to_string(total) +
+                    " outputs unwritten");
+  return Status::Ok();
+}
+
+Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResources& b, std::string* note) const {
+  MIXQ_ASSIGN_OR_RETURN(OpGraph g, build_graph(spec, b.res->cudnn));
+  // Tuning data at this batch: random input and residual, output and workspace buffers.
+  const int64_t xn = spec.n * spec.c * spec.h * spec.w, yn = spec.n * spec.k * spec.oh * spec.ow;
+  auto amp = [](cudnnDataType_t t) { return t == CUDNN_DATA_INT8 ? 32.0f : t == CUDNN_DATA_FP8_E4M3 ? 4.0f : 1.0f; };
+  MIXQ_ASSIGN_OR_RETURN(DeviceBuffer x, random_device(dtype_of(spec.xt), xn, amp(spec.xt), 11));
+  DeviceBuffer r;
+  if (spec.residual) {
+    MIXQ_ASSIGN_OR_RETURN(r, random_device(dtype_of(spec.rt), yn, amp(spec.rt), 12));
+  }
+  MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(1, size_t(yn) * type_bytes(spec.yt)));
+  const auto start = Clock::now();
+  double best_ms = 0;
+  std::shared_ptr<Plan> best;
+  int tried = 0, working = 0;
+  std::string errors;
+  for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    auto h = heuristic_configs(g, mode);
+    if (!h.ok()) {
+      errors += " heuristics: " + h.status().message().substr(0, 160);
+      continue;
+    }
+    for (const Desc& cfg : h->configs) {
+      if (tried >= tune_max_candidates() && best) break;
+      if (best && std::chrono::duration<double>(Clock::now() - start).count() > tune_seconds()) break;
+      auto info = describe_config(cfg);
+      if (!info.ok()) continue;
+      if (spec.no_tensor_cores && info->tensor_core) continue;
+      ++tried;
+      auto plan = finalize_plan(g, cfg, b.res->cudnn, {h->heur});
+      if (!plan.ok()) {
+        errors += " e" + std::to_string(info->engine) + ":plan";
+        continue;
+      }
+      if ((*plan)->workspace > kMaxWorkspace) continue;
+      (*plan)->choice = *info;
+      MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t((*plan)->workspace)));
+      void* bufs[4] = {x.get(), y, r.get(), ws};
+      auto vp = tuning_pack(**plan, bufs);
+      Status ran = vp.ok() ? check_run(**plan, *vp, spec, b, y) : vp.status();
+      if (!ran.ok()) {
+        cudaGetLastError();
+        errors += " e" + std::to_string(info->engine) + ":" + ran.message().substr(0, 120);
+        continue;
+      }
+      ++working;
+      double ms = 0;
+      if (tuning_enabled()) {
+        const Desc& pack = *vp;
+        auto t = time_launches(
+            [&]() -> Status {
+              CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, (*plan)->plan.get(), pack.get()));
+              return Status::Ok();
+            },
+            b.res->stream);
+        if (!t.ok()) {
+          cudaGetLastError();
+          continue;
+        }
+        ms = *t;
+      }
+      if (!best || ms < best_ms) {
+        best = *plan;
+        best_ms = ms;
+      }
+      if (!tuning_enabled()) break;
+    }
+    if (best) break;  // FALLBACK only when mode A has nothing that runs
+  }
+  if (!best)
+    return Unsupported("no cuDNN engine runs " + spec.signature() + " (tried " + std::to_string(tried) + ":" +
+                       errors + ")" + (cudnn_last_error().empty() ? "" : ": " + cudnn_last_error()));
+  if (note)
+    *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " configs, " +
+            std::to_string(best_ms * 1000.0).substr(0, 6) + " us";
+  return best;
+}
+
+Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std::string& choice,
+                                                     BuildResources& b, std::string* chosen,
+                                                     std::string* note) const {
+  std::string want = choice.empty() ? cached_choice(spec.signature()) : choice;
+  EngineChoice c;
+  if (!want.empty() && EngineChoice::parse(want, c)) {
+    auto g = build_graph(spec, b.res->cudnn);
+    if (g.ok()) {
+      std::vector<Desc> keep;
+      auto cfg = config_from_choice(*g, c, keep);
+      if (cfg.ok()) {
+        auto plan = finalize_plan(*g, *cfg, b.res->cudnn, std::move(keep));
+        if (plan.ok() && (*plan)->workspace <= kMaxWorkspace) {
+          (*plan)->choice = c;
+          if (chosen) *chosen = c.str();
+          if (note) *note = choice.empty() ? "tuned before" : "recorded choice";
+          return *plan;
+        }
+      }
+    }
+  }
+  MIXQ_ASSIGN_OR_RETURN(auto plan, tune(spec, b, note));
+  cache_choice(spec.signature(), plan->choice.str());
+  if (chosen) *chosen = plan->choice.str();
+  return plan;
+}
+
+Status ConvKernel::prepare(int64_t max_batch) {
+  max_batch_ = max_batch;
+  MIXQ_RETURN_IF_ERROR(static_checks(node_, precision_));
+  const ir::Value* x = node_.input(0);
+  const ir::Value* w = node_.input(1);
+  const ir::Value* b = node_.input(2);
+  const ir::Value* r = node_.input(3);
+  const ir::Value* y = node_.output(0);
+  const bool quant = quantized_precision(precision_);
+  const DType in = input_dtype(precision_);
+  if (x->dtype != in)
+    return Internal("the input is " + std::string(dtype_name(x->dtype)) + "; a " +
+                    std::string(precision_name(precision_)) + " convolution reads " + std::string(dtype_name(in)));
+  const bool y_quantized = stored_quantized(*y);
+  if (y_quantized && y->quant->zero_point_at(0) != 0)
+    return Unsupported("quantised outputs must be symmetric (zero point 0) on the GPU");
+  const float sy = y_quantized ? y->quant->scale[0] : 1.0f;
+  float sr = 1.0f;
+  bool r_quantized = false;
+  if (r) {
+    r_quantized = stored_quantized(*r);
+    if (r_quantized && r->quant->zero_point_at(0) != 0)
+      return Unsupported("quantised residuals must be symmetric (zero point 0) on the GPU");
+    sr = r_quantized ? r->quant->scale[0] : 1.0f;
+  }
+  MIXQ_ASSIGN_OR_RETURN(layer_, describe_layer(node_, precision_, y->dtype, y_quantized, sy, sr));
+  if (r) {
+    layer_.base.rt = cudnn_type(r->dtype);
+    layer_.residual_fusable = r_quantized == y_quantized && (!r_quantized || r->dtype == y->dtype);
+  }
+  y_grid_ = value_grid(*y);
+  if (r) r_grid_ = value_grid(*r);
+
+  // Scales: per output channel s_x * s_w[c] (int8/fp8), divided by the chain's units.
+  const int64_t K = layer_.base.k;
+  std::vector<float> scale(size_t(K), 1.0f), bias(size_t(K), 0.0f), real_bias(size_t(K), 0.0f), conv_scale(size_t(K), 1.0f);
+  if (quant) {
+    if (!x->quant || x->quant->zero_point_at(0) != 0)
+      return Unsupported("int8/fp8 inputs must be symmetric (zero point 0) with a scale");
+    if (!w->quant || w->dtype != in) return Internal("weights are not quantised for " + std::string(precision_name(precision_)));
+    const float sx = x->quant->scale[0];
+    for (int64_t c = 0; c < K; ++c)
+      conv_scale[size_t(c)] = sx * w->quant->scale[w->quant->per_tensor() ? 0 : size_t(c)];
+  }
+  if (b) {
+    const std::vector<float> bv = b->constant.to_float_vector();
+    if (int64_t(bv.size()) != K) return InvalidArgument("bias has " + std::to_string(bv.size()) + " values");
+    real_bias = bv;
+  }
+  for (int64_t c = 0; c < K; ++c) {
+    scale[size_t(c)] = float(double(conv_scale[size_t(c)]) / layer_.divisor);
+    bias[size_t(c)] = float(double(real_bias[size_t(c)]) / layer_.divisor);
+  }
+
+  auto packed = std::make_shared<Packed>();
+  {
+    MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
+    MIXQ_ASSIGN_OR_RETURN(packed->weights, pack_weights(w->constant, in));
+    MIXQ_ASSIGN_OR_RETURN(packed->scale, upload(scale.data(), scale.size() * sizeof(float)));
+    MIXQ_ASSIGN_OR_RETURN(packed->bias, upload(bias.data(), bias.size() * sizeof(float)));
+    MIXQ_ASSIGN_OR_RETURN(packed->out_scale, upload(&layer_.out_scale, sizeof(float)));
+    if (b) {
+      MIXQ_ASSIGN_OR_RETURN(packed->real_bias, upload(real_bias.data(), real_bias.size() * sizeof(float)));
+    }
+    packed->host_bias = real_bias;
+    packed_ = packed;
+  }
+  // Split mode scales the convolution by s_x * s_w[c] only (real units), so it needs its own
+  // scale buffer when the fused chain divides.
+  auto split_scale = [&]() -> Status {
+    if (layer_.divisor != 1.0 && quant) {
+      MIXQ_ASSIGN_OR_RETURN(packed_->scale, upload(conv_scale.data(), conv_scale.size() * sizeof(float)));
+    }
+    return Status::Ok();
+  };
+
+  // A recorded choice: "<signature hash>|fused|e4;k..." (see below).
+  const std::string recorded = read_choice(node_, kChoiceAttr);
+  std::string rec_mode, rec_choice;
+  const Spec fused = spec_at(max_batch, Mode::kFused);
+  const std::string tag = std::to_string(std::hash<std::string>{}(fused.signature()));
+  if (!recorded.empty()) {
+    const size_t a = recorded.find('|'), c = recorded.find('|', a == std::string::npos ? 0 : a + 1);
+    if (a != std::string::npos && c != std::string::npos && recorded.substr(0, a) == tag) {
+      rec_mode = recorded.substr(a + 1, c - a - 1);
+      rec_choice = recorded.substr(c + 1);
+    }
+  }
+
+  MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
+  std::string chosen, note;
+  Status fused_status = Status::Ok();
+  std::shared_ptr<Plan> plan;
+  const bool fusable = !layer_.base.residual || layer_.residual_fusable;
+  if (fusable && rec_mode != "split") {
+    auto p = plan_for(fused, rec_mode == "fused" ? rec_choice : "", br, &chosen, &note);
+    if (p.ok()) {
+      plan = *p;
+      mode_ = Mode::kFused;
+    } else {
+      fused_status = p.status();
+    }
+  }
+  if (!plan) {
+    MIXQ_RETURN_IF_ERROR(split_scale());
+    const Spec split = spec_at(max_batch, Mode::kSplit);
+    auto p = plan_for(split, rec_mode == "split" ? rec_choice : "", br, &chosen, &note);
+    if (!p.ok())
+      return Unsupported(node_.describe() + ": no cuDNN engine runs this convolution at " +
+                         std::string(precision_name(precision_)) + " (fused: " +
+                         (fusable ? fused_status.message() : std::string("residual format differs")) +
+                         "; split: " + p.status().message() + ")");
+    plan = *p;
+    mode_ = Mode::kSplit;
+  }
+  prepared_ = plan;
+  choice_ = chosen;
+  record_choice(node_, kChoiceAttr, tag + "|" + (mode_ == Mode::kFused ? "fused" : "split") + "|" + chosen);
+  const Spec& s = layer_.base;
+  std::string epi;
+  if (mode_ == Mode::kFused) {
+    if (s.scale) epi += "+scale";
+    if (s.bias) epi += "+bias";
+    if (s.residual) epi += "+residual";
+    if (s.act == kernels::kActRelu) epi += "+relu";
+    if (s.act == kernels::kActClip) epi += "+clip";
+  } else {
+    epi = " +own epilogue";
+  }
+  impl_ = "cudnn graph " + std::string(mode_ == Mode::kFused ? "fused" : "split") + " conv" + epi + " " +
+          type_name(s.xt) + "->" + type_name(s.yt) + " engine " + chosen + (plan->choice.runtime_compiled ? " (rtc)" : "") +
+          " [" + note + "]";
+  return Status::Ok();
+}
+
+Expected<std::unique_ptr<KernelInstance>> ConvKernel::instantiate(int64_t batch) const {
+  if (!prepared_) return Internal(node_.describe() + ": instantiate before prepare");
+  if (batch == max_batch_)
+    return std::unique_ptr<KernelInstance>(new ConvInstance(*this, prepared_, mode_, batch));
+  MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
+  const Spec s = spec_at(batch, mode_);
+  auto plan = plan_for(s, choice_, br, nullptr, nullptr);
+  if (!plan.ok()) return plan.status().with_context(node_.describe() + " at batch " + std::to_string(batch));
+  return std::unique_ptr<KernelInstance>(new ConvInstance(*this, *plan, mode_, batch));
+}
+
+// supports() answers are memoised per layer signature (the planner asks repeatedly).
+std::mutex g_supports_mutex;
+std::map<std::string, std::string> g_supports;  // signature -> "" (supported) or the reason
+
+}  // namespace
+
+bool conv_supports(const ir::Node& node, Precision p, std::string* why) {
+  auto fail = [&](const std::string& m) {
+    if (why) *why = m;
+    return false;
+  };
+  if (node.op != ir::OpKind::kFusedConv) return fail("not a convolution");
+  Status st = static_checks(node, p);
+  if (!st.ok()) return fail(st.message());
+  // Probe the graphs the kernel may build: y in the precision's own storage and in f32 (the
+  // planner decides later), fused, else split. Nothing runs: heuristics only.
+  const DType natural = input_dtype(p);
+  std::vector<std::pair<DType, bool>> outputs = {{DType::kFloat32, false}};
+  if (natural != DType::kFloat32) outputs.push_back({natural, quantized_precision(p)});
+  std::string reasons;
+  for (auto [dtype, quantized] : outputs) {
+    auto layer = describe_layer(node, p, dtype, quantized, 0.5f, 0.25f);
+    if (!layer.ok()) return fail(layer.status().message());
+    const std::string key = std::string(precision_name(p)) + " " + layer->base.signature();
+    {
+      std::lock_guard<std::mutex> lock(g_supports_mutex);
+      if (auto it = g_supports.find(key); it != g_supports.end()) {
+        if (!it->second.empty()) return fail(it->second);
+        continue;
+      }
+    }
+    auto br = build_resources();
+    if (!br.ok()) return fail(br.status().message());
+    Status fused = probe(layer->base, br->res->cudnn);
+    std::string reason;
+    if (!fused.ok()) {
+      Status split = probe(split_spec(layer->base, p), br->res->cudnn);
+      if (!split.ok())
+        reason = "cuDNN has no engine for this " + std::string(precision_name(p)) + " convolution (" +
+                 std::string(dtype_name(natural)) + " -> " + std::string(dtype_name(dtype)) + "): " + fused.message();
+    }
+    std::lock_guard<std::mutex> lock(g_supports_mutex);
+    g_supports[key] = reason;
+    if (!reason.empty()) return fail(reason);
+  }
+  return true;
+}
+
+Expected<std::unique_ptr<Kernel>> make_conv_kernel(const ir::Node& node, Precision precision) {
+  return std::unique_ptr<Kernel>(new ConvKernel(node, precision));
+}
+
+}  // namespace mixq::backends::cuda

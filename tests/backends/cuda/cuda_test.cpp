@@ -1,0 +1,1009 @@
+// The CUDA backend on a GPU (its own executable, mixq_cuda_tests, CTest label "cuda"). Every test
+// first asks for the backend: on a machine without a device it reports "skipped: no CUDA device".
+//
+// What is checked, against the reference backend (Model::run_reference, fp32):
+//   * single-layer engines built with Builder for every precision: convolutions (3x3, 1x1,
+//     stride 2, groups, depthwise, bias, relu, clip, residual) through cuDNN and linear layers
+//     through cuBLASLt, at batch 1, 3 and the maximum (other batch sizes re-instantiate the plan);
+//     three-layer blocks whose middle values stay int8/fp8/fp16 (quantised outputs, quantised
+//     residuals);
+//     fp32 <= 1e-4 and tf32/fp16/bf16 <= 1e-2 of the largest reference magnitude; int8 >= 30 dB
+//     and fp8 >= 25 dB SQNR for one layer (e4m3 keeps 3 mantissa bits: rounding both operands costs
+//     ~31.7 dB each, ~28.7 dB together, so 30 dB is out of reach by construction), 25 / 15 dB for
+//     the three-layer blocks (six roundings in a row);
+//   * the int8 linear layer exactly: int32 accumulation, checked against integers computed here;
+//   * the own kernels: reformat between every dtype pair and NCHW <-> NHWC (direct kernel calls),
+//     pooling, elementwise ops, concat and softmax (single-op engines);
+//   * whole torchvision models (MIXQ_TORCHVISION_DIR, as tests/models uses) at fp32 and fp16;
+//   * the engine file round trip on the GPU (same outputs, tuning choices recorded and reused).
+// The binary needs nothing from the source tree at run time.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/backend.h"
+#include "engine/engine_impl.h"
+#include "ir/graph.h"
+#include "mixq/io.h"
+#include "support/engine_util.h"
+#include "support/onnx_builder.h"
+#include "support/test_util.h"
+
+namespace mixq {
+namespace {
+
+using testing::build_engine;
+using testing::infer_once;
+using testing::load_model;
+using testing::OnnxBuilder;
+using testing::random_calibration;
+using testing::random_model_inputs;
+using testing::random_tensor;
+using testing::reference_outputs;
+
+// Tuning is exercised by every build; keep it short unless the caller says otherwise.
+const bool kTuningDefaults = [] {
+  setenv("MIXQ_CUDA_TUNE_CONFIGS", "6", 0);
+  setenv("MIXQ_CUDA_TUNE_SECONDS", "1", 0);
+  return true;
+}();
+
+// "" when the backend starts; else why not.
+const std::string& cuda_unavailable() {
+  static const std::string why = [] {
+    auto b = backends::make_backend("cuda");
+    return b.ok() ? std::string() : b.status().message();
+  }();
+  return why;
+}
+
+// Skips the test on a machine without a device; a backend that cannot load for another reason
+// (libraries missing) is a failure.
+#define REQUIRE_CUDA()                                                                  \
+  do {                                                                                  \
+    const std::string& why_ = cuda_unavailable();                                       \
+    if (why_.find("no CUDA device") != std::string::npos)                               \
+      GTEST_SKIP() << "skipped: no CUDA device";                                        \
+    ASSERT_TRUE(why_.empty()) << "the cuda backend does not start: " << why_;           \
+  } while (0)
+
+constexpr int64_t kMaxBatch = 8;
+
+double tolerance(Precision p) {
+  switch (p) {
+    case Precision::kFP32: return 1e-4;
+    case Precision::kTF32:
+    case Precision::kFP16:
+    case Precision::kBF16: return 1e-2;
+    default: return 0;
+  }
+}
+
+double min_sqnr(Precision p, bool block) {
+  if (p == Precision::kINT8) return block ? 25.0 : 30.0;
+  return block ? 15.0 : 25.0;
+}
+
+bool quantized(Precision p) { return p == Precision::kINT8 || p == Precision::kFP8; }
+
+BuildOptions cuda_options(Precision default_precision = Precision::kFP32, int64_t max_batch = kMaxBatch) {
+  BuildOptions o;
+  o.backend = "cuda";
+  o.default_precision = default_precision;
+  o.max_batch = max_batch;
+  o.calibration.algorithm = CalibrationAlgorithm::kMinMax;  // stable on small random sets
+  return o;
+}
+
+// A plan asking `precision` explicitly for the layers named (module names), so an unsupported
+// layer fails the build instead of falling back.
+std::string plan_for(const std::vector<std::string>& layers, Precision p, const std::string& extra = "") {
+  std::string s = R"({"layers": [)";
+  for (size_t i = 0; i < layers.size(); ++i)
+    s += std::string(i ? ", " : "") + R"({"match": ")" + layers[i] + R"(", "precision": ")" +
+         std::string(precision_name(p)) + "\"" + extra + "}";
+  return s + "]}";
+}
+
+struct CheckResult {
+  BuildReport report;
+  bool built = false;
+  std::string error;
+};
+
+// Builds `model` with `plan` (quantised precisions: calibrated on 4 batches of the inputs'
+// distribution), then compares with the reference at batch 1, 3 and the maximum.
+CheckResult check_engine(const std::shared_ptr<const Model>& model, Precision precision, const std::string& plan,
+                         bool block = false, float lo = -1.0f, float hi = 1.0f) {
+  CheckResult result;
+  std::optional<CalibrationData> calibration;
+  if (quantized(precision)) calibration = random_calibration(*model, 4, 8, 4242, lo, hi);
+  auto engine = build_engine(model, cuda_options(), plan, calibration);
+  if (!engine.ok()) {
+    result.error = engine.status().to_string();
+    return result;
+  }
+  result.built = true;
+  result.report = engine->report();
+  SCOPED_TRACE("engine layers:\n" + testing::describe_layers(engine->report()));
+  for (int64_t batch : {int64_t(1), int64_t(3), kMaxBatch}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const TensorMap inputs = random_model_inputs(*model, batch, 100 + uint64_t(batch), lo, hi);
+    const TensorMap ref = reference_outputs(*model, inputs);
+    const TensorMap got = infer_once(*engine, inputs);
+    for (const auto& [name, expected] : ref) {
+      auto it = got.find(name);
+      if (it == got.end()) {
+        ADD_FAILURE() << "the engine did not return output '" << name << "'";
+        continue;
+      }
+      const Tensor& actual = it->second;
+      EXPECT_EQ(actual.shape(), expected.shape()) << name;
+      if (actual.shape() != expected.shape()) continue;
+      if (quantized(precision)) {
+        EXPECT_GE(testing::sqnr_db(actual, expected), min_sqnr(precision, block)) << name;
+      } else {
+        EXPECT_LE(testing::max_relative_error(actual, expected), tolerance(precision)) << name;
+      }
+    }
+  }
+  return result;
+}
+
+const std::vector<Precision> kPrecisions = {Precision::kFP32, Precision::kTF32, Precision::kFP16,
+                                            Precision::kBF16, Precision::kINT8, Precision::kFP8};
+
+std::string param_name(const std::string& name, Precision p) { return name + "_" + std::string(precision_name(p)); }
+
+// --- convolutions (cuDNN) ------------------------------------------------------------------------
+
+struct ConvCase {
+  std::string name;
+  int64_t cin, cout, h, w;
+  int64_t k;
+  int64_t stride = 1, pad = 1, group = 1;
+  bool bias = true;
+  std::string epilogue;  // "", "relu", "clip", "add", "add_relu"
+};
+
+std::shared_ptr<const Model> conv_model(const ConvCase& c, uint64_t seed) {
+  OnnxBuilder b(13, "conv_" + c.name);
+  const int64_t oh = (c.h + 2 * c.pad - c.k) / c.stride + 1, ow = (c.w + 2 * c.pad - c.k) / c.stride + 1;
+  b.input("x", {"N", c.cin, c.h, c.w});
+  const bool residual = c.epilogue.rfind("add", 0) == 0;
+  if (residual) b.input("r", {"N", c.cout, oh, ow});
+  b.output("y", {"N", c.cout, oh, ow});
+  const float bound = 1.0f / std::sqrt(float(c.cin / c.group * c.k * c.k));
+  b.initializer("layer.weight", random_tensor({c.cout, c.cin / c.group, c.k, c.k}, seed, -2 * bound, 2 * bound));
+  std::vector<std::string> ins = {"x", "layer.weight"};
+  if (c.bias) {
+    b.initializer("layer.bias", random_tensor({c.cout}, seed + 1, -0.2f, 0.2f));
+    ins.push_back("layer.bias");
+  }
+  std::string out = c.epilogue.empty() ? "y" : "conv_out";
+  b.node("Conv", ins, {out}, "/layer/Conv")
+      .attr("kernel_shape", {c.k, c.k})
+      .attr("strides", {c.stride, c.stride})
+      .attr("pads", {c.pad, c.pad, c.pad, c.pad})
+      .attr("group", c.group);
+  if (residual) {
+    const std::string sum = c.epilogue == "add" ? "y" : "sum";
+    b.node("Add", {out, "r"}, {sum}, "/add/Add");
+    out = sum;
+  }
+  if (c.epilogue == "relu" || c.epilogue == "add_relu") {
+    b.node("Relu", {out}, {"y"}, "/relu/Relu");
+  } else if (c.epilogue == "clip") {
+    b.initializer("clip.min", Tensor::scalar<float>(-0.5f));
+    b.initializer("clip.max", Tensor::scalar<float>(0.7f));
+    b.node("Clip", {out, "clip.min", "clip.max"}, {"y"}, "/clip/Clip");
+  }
+  return load_model(b, "conv_" + c.name);
+}
+
+std::vector<ConvCase> conv_cases() {
+  return {
+      {"k3_pad1_bias", 16, 32, 12, 12, 3},
+      {"k1", 32, 16, 7, 7, 1, 1, 0},
+      {"k3_stride2", 16, 16, 11, 11, 3, 2, 1},
+      {"k1_stride2_no_bias", 16, 32, 8, 8, 1, 2, 0, 1, false},
+      {"groups2", 32, 32, 9, 9, 3, 1, 1, 2},
+      {"depthwise", 16, 16, 10, 10, 3, 1, 1, 16},
+      {"relu", 16, 32, 12, 12, 3, 1, 1, 1, true, "relu"},
+      {"clip", 16, 32, 12, 12, 3, 1, 1, 1, true, "clip"},
+      {"residual_add", 16, 32, 12, 12, 3, 1, 1, 1, true, "add"},
+      {"residual_add_relu", 32, 32, 8, 8, 3, 1, 1, 1, true, "add_relu"},
+      {"residual_add_relu_stride2", 16, 32, 10, 10, 3, 2, 1, 1, false, "add_relu"},
+  };
+}
+
+struct ConvParam {
+  ConvCase c;
+  Precision precision;
+};
+
+void PrintTo(const ConvParam& p, std::ostream* os) { *os << param_name(p.c.name, p.precision); }
+
+class CudaConv : public ::testing::TestWithParam<ConvParam> {};
+
+TEST_P(CudaConv, MatchesReference) {
+  REQUIRE_CUDA();
+  const ConvParam& p = GetParam();
+  auto model = conv_model(p.c, 11);
+  ASSERT_TRUE(model);
+  const CheckResult r = check_engine(model, p.precision, plan_for({"layer"}, p.precision));
+  if (!r.built) {
+    // Grouped and depthwise int8/fp8 convolutions: cuDNN's tensor-core engines need channel
+    // counts per group in multiples of 4 (int8) / 16 (fp8); the build must say so by layer.
+    const int64_t per_group = p.c.cin / p.c.group;
+    if (quantized(p.precision) && per_group % (p.precision == Precision::kINT8 ? 4 : 16) != 0) {
+      EXPECT_NE(r.error.find("multiples of"), std::string::npos) << r.error;
+      EXPECT_NE(r.error.find("layer"), std::string::npos) << r.error;
+      GTEST_SKIP() << "not supported, as reported: " << r.error;
+    }
+    FAIL() << "build failed: " << r.error;
+  }
+  if (::testing::Test::HasFailure()) return;
+  const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
+  ASSERT_NE(conv, nullptr) << testing::describe_layers(r.report);
+  EXPECT_EQ(conv->actual, p.precision);
+  EXPECT_NE(conv->implementation.find("cudnn"), std::string::npos) << conv->implementation;
+  EXPECT_EQ(r.report.layers.size() - size_t(testing::count_op(r.report, "Reformat")), 1u)
+      << "everything fuses into one convolution:\n"
+      << testing::describe_layers(r.report);
+}
+
+std::vector<ConvParam> conv_params() {
+  std::vector<ConvParam> v;
+  for (const ConvCase& c : conv_cases())
+    for (Precision p : kPrecisions) v.push_back({c, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cudnn, CudaConv, ::testing::ValuesIn(conv_params()),
+                         [](const ::testing::TestParamInfo<ConvParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// A residual block: a = relu(convA(x)); b = relu(convB(a) + a); y = convC(b). With every conv at
+// one precision, a and b stay in that format (int8/fp8: quantised outputs and a quantised
+// residual in the fused chain; fp16/bf16: 16-bit storage).
+std::shared_ptr<const Model> block_model(int64_t c, int64_t k, uint64_t seed) {
+  OnnxBuilder b(13, "block");
+  b.input("x", {"N", c, 8, 8});
+  b.output("y", {"N", k, 8, 8});
+  const float bound3 = 1.0f / std::sqrt(float(c * 9)), bound1 = 1.0f / std::sqrt(float(c));
+  b.initializer("a.weight", random_tensor({c, c, 3, 3}, seed, -2 * bound3, 2 * bound3));
+  b.initializer("a.bias", random_tensor({c}, seed + 1, -0.2f, 0.2f));
+  b.initializer("b.weight", random_tensor({c, c, 3, 3}, seed + 2, -2 * bound3, 2 * bound3));
+  b.initializer("b.bias", random_tensor({c}, seed + 3, -0.2f, 0.2f));
+  b.initializer("c.weight", random_tensor({k, c, 1, 1}, seed + 4, -2 * bound1, 2 * bound1));
+  b.node("Conv", {"x", "a.weight", "a.bias"}, {"a_out"}, "/a/Conv").attr("kernel_shape", {3, 3}).attr("pads", {1, 1, 1, 1});
+  b.node("Relu", {"a_out"}, {"a"}, "/a_relu/Relu");
+  b.node("Conv", {"a", "b.weight", "b.bias"}, {"b_out"}, "/b/Conv").attr("kernel_shape", {3, 3}).attr("pads", {1, 1, 1, 1});
+  b.node("Add", {"b_out", "a"}, {"b_sum"}, "/b_add/Add");
+  b.node("Relu", {"b_sum"}, {"bb"}, "/b_relu/Relu");
+  b.node("Conv", {"bb", "c.weight"}, {"y"}, "/c/Conv").attr("kernel_shape", {1, 1});
+  return load_model(b, "block");
+}
+
+class CudaBlock : public ::testing::TestWithParam<Precision> {};
+
+TEST_P(CudaBlock, MatchesReference) {
+  REQUIRE_CUDA();
+  const Precision p = GetParam();
+  auto model = block_model(32, 16, 31);
+  ASSERT_TRUE(model);
+  const CheckResult r = check_engine(model, p, plan_for({"a", "b", "c"}, p), /*block=*/true);
+  ASSERT_TRUE(r.built) << r.error;
+  EXPECT_EQ(testing::count_op(r.report, "FusedConv"), 3) << testing::describe_layers(r.report);
+  for (const LayerReport& l : r.report.layers)
+    if (l.op == "FusedConv") EXPECT_EQ(l.actual, p) << l.name;
+  // Only the input and the output change format: the block's values stay in the precision.
+  EXPECT_LE(testing::count_op(r.report, "Reformat"), 2) << testing::describe_layers(r.report);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cudnn, CudaBlock, ::testing::ValuesIn(kPrecisions),
+                         [](const ::testing::TestParamInfo<Precision>& i) {
+                           return std::string(precision_name(i.param));
+                         });
+
+// cuDNN's int8 / fp8 engines need channel multiples; supports() says so and the build names the
+// layer instead of running something else.
+TEST(CudaConvSupport, RefusesInt8AndFp8WithOddChannels) {
+  REQUIRE_CUDA();
+  auto model = conv_model({"c3", 3, 8, 8, 8, 3}, 5);
+  ASSERT_TRUE(model);
+  for (Precision p : {Precision::kINT8, Precision::kFP8}) {
+    auto engine = build_engine(model, cuda_options(), plan_for({"layer"}, p), random_calibration(*model, 2, 4, 1));
+    ASSERT_FALSE(engine.ok()) << precision_name(p);
+    EXPECT_NE(engine.status().message().find("multiples of"), std::string::npos) << engine.status().to_string();
+    EXPECT_NE(engine.status().message().find("layer"), std::string::npos) << engine.status().to_string();
+  }
+  // As the default precision it falls back to fp32 (reported), and runs.
+  auto engine = build_engine(model, cuda_options(Precision::kINT8), "", random_calibration(*model, 2, 4, 1));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  const LayerReport* conv = testing::find_layer(engine->report(), "FusedConv");
+  ASSERT_NE(conv, nullptr);
+  EXPECT_EQ(conv->actual, Precision::kFP32);
+  EXPECT_FALSE(conv->fallback_reason.empty());
+}
+
+// --- linear layers (cuBLASLt) --------------------------------------------------------------------
+
+struct GemmCase {
+  std::string name;
+  int64_t k, n;
+  bool bias = true;
+  std::string epilogue;  // "", "relu", "clip"
+  std::string plan_extra;  // e.g. per-tensor weights
+};
+
+std::shared_ptr<const Model> gemm_model(const GemmCase& c, uint64_t seed) {
+  OnnxBuilder b(13, "gemm_" + c.name);
+  b.input("x", {"N", c.k});
+  b.output("y", {"N", c.n});
+  const float bound = 1.0f / std::sqrt(float(c.k));
+  b.initializer("layer.weight", random_tensor({c.n, c.k}, seed, -2 * bound, 2 * bound));
+  std::vector<std::string> ins = {"x", "layer.weight"};
+  if (c.bias) {
+    b.initializer("layer.bias", random_tensor({c.n}, seed + 1, -0.2f, 0.2f));
+    ins.push_back("layer.bias");
+  }
+  const std::string out = c.epilogue.empty() ? "y" : "gemm_out";
+  b.node("Gemm", ins, {out}, "/layer/Gemm").attr("transB", int64_t(1));
+  if (c.epilogue == "relu") {
+    b.node("Relu", {out}, {"y"}, "/relu/Relu");
+  } else if (c.epilogue == "clip") {
+    b.initializer("clip.min", Tensor::scalar<float>(-0.3f));
+    b.initializer("clip.max", Tensor::scalar<float>(0.4f));
+    b.node("Clip", {out, "clip.min", "clip.max"}, {"y"}, "/clip/Clip");
+  }
+  return load_model(b, "gemm_" + c.name);
+}
+
+std::vector<GemmCase> gemm_cases() {
+  return {
+      {"k64_n48_bias", 64, 48},
+      {"k128_n32_no_bias", 128, 32, false},
+      {"relu", 64, 48, true, "relu"},
+      {"clip", 64, 48, true, "clip"},
+      {"per_tensor_relu", 64, 48, true, "relu", R"(, "weights": "per_tensor")"},
+      {"k256_n10", 256, 10},
+  };
+}
+
+struct GemmParam {
+  GemmCase c;
+  Precision precision;
+};
+
+void PrintTo(const GemmParam& p, std::ostream* os) { *os << param_name(p.c.name, p.precision); }
+
+class CudaGemm : public ::testing::TestWithParam<GemmParam> {};
+
+TEST_P(CudaGemm, MatchesReference) {
+  REQUIRE_CUDA();
+  const GemmParam& p = GetParam();
+  auto model = gemm_model(p.c, 17);
+  ASSERT_TRUE(model);
+  const CheckResult r = check_engine(model, p.precision, plan_for({"layer"}, p.precision, p.c.plan_extra));
+  if (!r.built && p.precision == Precision::kFP8 && p.c.n % 16 != 0) {
+    // fp8 GEMMs need N (rows of D) and K in multiples of 16.
+    EXPECT_NE(r.error.find("layer"), std::string::npos) << r.error;
+    GTEST_SKIP() << "not supported, as reported: " << r.error;
+  }
+  ASSERT_TRUE(r.built) << r.error;
+  if (::testing::Test::HasFailure()) return;
+  const LayerReport* gemm = testing::find_layer(r.report, "FusedGemm");
+  ASSERT_NE(gemm, nullptr) << testing::describe_layers(r.report);
+  EXPECT_EQ(gemm->actual, p.precision);
+  EXPECT_NE(gemm->implementation.find("cublaslt"), std::string::npos) << gemm->implementation;
+  EXPECT_EQ(r.report.layers.size() - size_t(testing::count_op(r.report, "Reformat")), 1u)
+      << testing::describe_layers(r.report);
+}
+
+std::vector<GemmParam> gemm_params() {
+  std::vector<GemmParam> v;
+  for (const GemmCase& c : gemm_cases())
+    for (Precision p : kPrecisions) v.push_back({c, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaGemm, ::testing::ValuesIn(gemm_params()),
+                         [](const ::testing::TestParamInfo<GemmParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// Two linear layers: the hidden value stays in the precision (int8: s8 output of the first layer,
+// through cuBLASLt's alpha epilogue with per-tensor weights or the requantize kernel).
+class CudaMlp : public ::testing::TestWithParam<std::tuple<Precision, bool>> {};
+
+TEST_P(CudaMlp, MatchesReference) {
+  REQUIRE_CUDA();
+  const auto [p, per_tensor] = GetParam();
+  OnnxBuilder b(13, "mlp");
+  b.input("x", {"N", 64});
+  b.output("y", {"N", 32});
+  b.initializer("fc1.weight", random_tensor({64, 64}, 3, -0.25f, 0.25f));
+  b.initializer("fc1.bias", random_tensor({64}, 4, -0.2f, 0.2f));
+  b.initializer("fc2.weight", random_tensor({32, 64}, 5, -0.25f, 0.25f));
+  b.node("Gemm", {"x", "fc1.weight", "fc1.bias"}, {"h"}, "/fc1/Gemm").attr("transB", int64_t(1));
+  b.node("Relu", {"h"}, {"hr"}, "/fc1_relu/Relu");
+  b.node("Gemm", {"hr", "fc2.weight"}, {"y"}, "/fc2/Gemm").attr("transB", int64_t(1));
+  auto model = load_model(b, "mlp");
+  ASSERT_TRUE(model);
+  const std::string extra = per_tensor ? R"(, "weights": "per_tensor")" : "";
+  const CheckResult r = check_engine(model, p, plan_for({"fc1", "fc2"}, p, extra), /*block=*/true);
+  ASSERT_TRUE(r.built) << r.error;
+  EXPECT_LE(testing::count_op(r.report, "Reformat"), 2) << testing::describe_layers(r.report);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaMlp,
+                         ::testing::Combine(::testing::ValuesIn(kPrecisions), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<Precision, bool>>& i) {
+                           return std::string(precision_name(std::get<0>(i.param))) +
+                                  (std::get<1>(i.param) ? "_per_tensor" : "_per_channel");
+                         });
+
+// The int8 linear layer is exact up to the final float scaling: inputs on the grid s_x = 0.01
+// (codes -127..127), the engine's own int8 weights and scales read from its graph; the result
+// must equal s_x * s_w[n] * sum(q_x * q_w) + b[n] computed here in integers.
+class CudaInt8GemmExact : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaInt8GemmExact, MatchesIntegerReference) {
+  REQUIRE_CUDA();
+  const bool per_tensor = GetParam();
+  const int64_t K = 256, N = 40, M = 8;
+  OnnxBuilder b(13, "exact");
+  b.input("x", {"N", K});
+  b.output("y", {"N", N});
+  Tensor w = random_tensor({N, K}, 7, -1.0f, 1.0f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) w.data<float>()[n * K + k] *= 0.05f * float(n % 5 + 1);
+  b.initializer("layer.weight", w);
+  b.initializer("layer.bias", random_tensor({N}, 8, -0.5f, 0.5f));
+  b.node("Gemm", {"x", "layer.weight", "layer.bias"}, {"y"}, "/layer/Gemm").attr("transB", int64_t(1));
+  auto model = load_model(b, "exact");
+  ASSERT_TRUE(model);
+  const std::string plan = R"({"layers": [{"match": "layer", "precision": "int8", "input_range": [-1.27, 1.27])" +
+                           std::string(per_tensor ? R"(, "weights": "per_tensor")" : "") + "}]}";
+  auto engine = build_engine(model, cuda_options(), plan);
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  const ir::Node* gemm = nullptr;
+  for (const ir::Node* n : engine->impl().graph->nodes())
+    if (n->op == ir::OpKind::kFusedGemm) gemm = n;
+  ASSERT_NE(gemm, nullptr);
+  const ir::Value* xq = gemm->input(0);
+  const ir::Value* wq = gemm->input(1);
+  ASSERT_TRUE(xq->quant && wq->quant);
+  ASSERT_EQ(wq->dtype, DType::kInt8);
+  const float sx = xq->quant->scale[0];
+  ASSERT_NEAR(sx, 0.01f, 1e-7f);
+  // Inputs: every code from -127 to 127, both ends in every row.
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::vector<int> q(size_t(M * K));
+  Tensor x = Tensor::empty(DType::kFloat32, {M, K});
+  for (int64_t i = 0; i < M * K; ++i) {
+    int v = code(rng);
+    if (i % K == 0) v = 127;
+    if (i % K == 1) v = -127;
+    if (i / K == 1) v = 127;  // one row of all-maximum codes
+    q[size_t(i)] = v;
+    x.data<float>()[i] = float(v) * sx;
+  }
+  const TensorMap got = infer_once(*engine, {{"x", x}});
+  ASSERT_TRUE(got.count("y"));
+  const Tensor& y = got.at("y");
+  const int8_t* qw = wq->constant.data<int8_t>();
+  const std::vector<float> bias = gemm->input(2)->constant.to_float_vector();
+  double max_exact = 0, max_err = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      int64_t acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += int64_t(q[size_t(m * K + k)]) * qw[n * K + k];
+      const double sw = wq->quant->scale[wq->quant->per_tensor() ? 0 : size_t(n)];
+      const double exact = double(sx) * sw * double(acc) + double(bias[size_t(n)]);
+      max_exact = std::max(max_exact, std::fabs(exact));
+      max_err = std::max(max_err, std::fabs(double(y.data<float>()[m * N + n]) - exact));
+    }
+  EXPECT_LE(max_err, 1e-5 * max_exact + 1e-6) << "max |engine - exact| " << max_err << ", max |exact| " << max_exact
+                                               << "\n" << testing::describe_layers(engine->report());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaInt8GemmExact, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? std::string("per_tensor") : std::string("per_channel");
+                         });
+
+// --- own kernels: reformat, called directly -------------------------------------------------------
+
+struct Format {
+  DType dtype;
+  float scale = 1.0f;
+  int zero = 0;
+};
+
+std::string format_name(const Format& f) { return std::string(dtype_name(f.dtype)); }
+
+bool is_quantized(const Format& f) {
+  return f.dtype == DType::kInt8 || f.dtype == DType::kUInt8 || f.dtype == DType::kFloat8E4M3;
+}
+
+// Host encoding of a real value, as the device does it.
+void encode(const Format& f, void* p, int64_t i, float real) {
+  switch (f.dtype) {
+    case DType::kFloat32: static_cast<float*>(p)[i] = real; break;
+    case DType::kFloat16: static_cast<Half*>(p)[i] = float_to_half(real); break;
+    case DType::kBFloat16: static_cast<BFloat16*>(p)[i] = float_to_bf16(real); break;
+    case DType::kInt8:
+      static_cast<int8_t*>(p)[i] = int8_t(std::clamp(std::nearbyint(real / f.scale) + float(f.zero), -128.0f, 127.0f));
+      break;
+    case DType::kUInt8:
+      static_cast<uint8_t*>(p)[i] = uint8_t(std::clamp(std::nearbyint(real / f.scale) + float(f.zero), 0.0f, 255.0f));
+      break;
+    case DType::kFloat8E4M3: static_cast<Float8E4M3*>(p)[i] = float_to_fp8e4m3(real / f.scale); break;
+    default: break;
+  }
+}
+
+double decode(const Format& f, const void* p, int64_t i) {
+  switch (f.dtype) {
+    case DType::kFloat32: return static_cast<const float*>(p)[i];
+    case DType::kFloat16: return half_to_float(static_cast<const Half*>(p)[i]);
+    case DType::kBFloat16: return bf16_to_float(static_cast<const BFloat16*>(p)[i]);
+    case DType::kInt8: return (double(static_cast<const int8_t*>(p)[i]) - f.zero) * f.scale;
+    case DType::kUInt8: return (double(static_cast<const uint8_t*>(p)[i]) - f.zero) * f.scale;
+    case DType::kFloat8E4M3: return double(fp8e4m3_to_float(static_cast<const Float8E4M3*>(p)[i])) * f.scale;
+    default: return 0;
+  }
+}
+
+// One rounding step of the target format at `v` (what a correct conversion may differ by).
+double quantum(const Format& f, double v) {
+  const double a = std::fabs(v);
+  switch (f.dtype) {
+    case DType::kFloat32: return 0;
+    case DType::kFloat16: return std::max(a * 1e-3, 6e-8);
+    case DType::kBFloat16: return std::max(a * 8e-3, 1e-30);
+    case DType::kFloat8E4M3: return std::max(a * 0.125, f.scale * 0.002);
+    default: return f.scale;
+  }
+}
+
+struct ReformatParam {
+  Format from, to;
+  bool from_nhwc, to_nhwc;
+};
+
+class CudaReformat : public ::testing::TestWithParam<ReformatParam> {};
+
+TEST_P(CudaReformat, MatchesHostConversion) {
+  REQUIRE_CUDA();
+  const ReformatParam& p = GetParam();
+  auto backend = backends::make_backend("cuda");
+  ASSERT_TRUE(backend.ok());
+  const backends::DeviceOps* dev = (*backend)->device_ops();
+  ASSERT_NE(dev, nullptr);
+  const Shape shape = {2, 5, 3, 4};  // N, C, H, W (logical)
+  const int64_t N = 2, C = 5, H = 3, W = 4, total = N * C * H * W;
+  ir::Graph g;
+  auto make_value = [&](const std::string& name, const Format& f, bool nhwc) {
+    ir::Value* v = g.add_value(name, f.dtype, shape);
+    if (is_quantized(f)) {
+      ir::QuantParams q;
+      q.dtype = f.dtype;
+      q.scale = {f.scale};
+      if (f.dtype != DType::kFloat8E4M3) q.zero_point = {f.zero};
+      v->quant = q;
+    }
+    v->layout = nhwc ? ir::Layout::kNHWC : ir::Layout::kPlain;
+    return v;
+  };
+  ir::Value* x = make_value("x", p.from, p.from_nhwc);
+  ir::Value* y = make_value("y", p.to, p.to_nhwc);
+  ir::Node* node = g.add_node(ir::OpKind::kReformat, "reformat", {x}, {y});
+  node->precision = Precision::kFP32;
+  std::string why;
+  ASSERT_TRUE((*backend)->supports(*node, Precision::kFP32, &why)) << why;
+  auto kernel = (*backend)->create(*node, Precision::kFP32);
+  ASSERT_TRUE(kernel.ok()) << kernel.status().to_string();
+  ASSERT_TRUE((*kernel)->prepare(N).ok());
+  auto inst = (*kernel)->instantiate(N);
+  ASSERT_TRUE(inst.ok()) << inst.status().to_string();
+  // Input: real values in the source format's range, stored in its physical layout.
+  const Tensor real = random_tensor({total}, 9, -1.0f, 1.0f);
+  const size_t in_es = dtype_size(p.from.dtype), out_es = dtype_size(p.to.dtype);
+  std::vector<uint8_t> host_in(size_t(total) * in_es), host_out(size_t(total) * out_es);
+  auto phys = [&](bool nhwc, int64_t n, int64_t c, int64_t h, int64_t w) {
+    return nhwc ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
+  };
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          encode(p.from, host_in.data(), phys(p.from_nhwc, n, c, h, w),
+                 real.data<float>()[phys(false, n, c, h, w)]);
+  auto din = dev->alloc_device(host_in.size());
+  auto dout = dev->alloc_device(host_out.size());
+  ASSERT_TRUE(din.ok() && dout.ok());
+  auto resources = (*backend)->create_resources();
+  ASSERT_NE(resources, nullptr);
+  ASSERT_TRUE(dev->copy_to_device(din->get(), host_in.data(), host_in.size(), resources.get()).ok());
+  std::vector<backends::Buffer> ins = {{x, din->get(), shape}}, outs = {{y, dout->get(), shape}};
+  backends::ExecContext ctx{ins, outs, resources.get(), nullptr};
+  Status s = (*inst)->execute(ctx);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  ASSERT_TRUE(dev->copy_to_host(host_out.data(), dout->get(), host_out.size(), resources.get()).ok());
+  ASSERT_TRUE(dev->synchronize(resources.get()).ok());
+  int bad = 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) {
+          const double source = decode(p.from, host_in.data(), phys(p.from_nhwc, n, c, h, w));
+          const double got = decode(p.to, host_out.data(), phys(p.to_nhwc, n, c, h, w));
+          // The conversion of the source value, within one rounding step of the target format
+          // (saturating at the target's range).
+          std::vector<uint8_t> one(out_es);
+          encode(p.to, one.data(), 0, float(source));
+          const double want = decode(p.to, one.data(), 0);
+          if (std::fabs(got - want) > quantum(p.to, want) * 1.0001 && bad++ < 5)
+            ADD_FAILURE() << "(" << n << "," << c << "," << h << "," << w << "): source " << source << " -> " << got
+                          << ", expected " << want;
+        }
+  EXPECT_EQ(bad, 0);
+}
+
+std::vector<ReformatParam> reformat_params() {
+  const std::vector<Format> formats = {{DType::kFloat32},          {DType::kFloat16},
+                                       {DType::kBFloat16},         {DType::kInt8, 0.01f, 0},
+                                       {DType::kUInt8, 0.008f, 128}, {DType::kFloat8E4M3, 0.0025f}};
+  std::vector<ReformatParam> v;
+  for (const Format& a : formats)
+    for (const Format& b : formats)
+      for (int layouts = 0; layouts < 4; ++layouts) v.push_back({a, b, (layouts & 1) != 0, (layouts & 2) != 0});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(OwnKernels, CudaReformat, ::testing::ValuesIn(reformat_params()),
+                         [](const ::testing::TestParamInfo<ReformatParam>& i) {
+                           const ReformatParam& p = i.param;
+                           return format_name(p.from) + (p.from_nhwc ? "_nhwc" : "_nchw") + "_to_" +
+                                  format_name(p.to) + (p.to_nhwc ? "_nhwc" : "_nchw");
+                         });
+
+// --- own kernels through single-op engines --------------------------------------------------------
+
+struct OpCase {
+  std::string name;
+  std::function<std::shared_ptr<const Model>()> make;
+  bool int8 = false;  // also run it as an int8 layer (pooling, concat, relu)
+};
+
+std::shared_ptr<const Model> unary_model(const std::string& op, Shape shape, const std::vector<std::pair<std::string, float>>& fattrs = {}) {
+  OnnxBuilder b(13, op);
+  testing::Dims dims = {"N"};
+  for (size_t i = 1; i < shape.size(); ++i) dims.push_back(shape[i]);
+  b.input("x", dims);
+  b.output("y", dims);
+  auto n = b.node(op, {"x"}, {"y"}, "/op/" + op);
+  for (auto& [k, v] : fattrs) n.attr(k, v);
+  return load_model(b, op);
+}
+
+std::shared_ptr<const Model> pool_model(const std::string& op, int64_t k, int64_t s, int64_t pad, bool count_pad = false) {
+  OnnxBuilder b(13, op);
+  const int64_t oh = (9 + 2 * pad - k) / s + 1;
+  b.input("x", {"N", 8, 9, 9});
+  b.output("y", {"N", 8, oh, oh});
+  auto n = b.node(op, {"x"}, {"y"}, "/op/" + op);
+  n.attr("kernel_shape", {k, k}).attr("strides", {s, s}).attr("pads", {pad, pad, pad, pad});
+  if (op == "AveragePool") n.attr("count_include_pad", int64_t(count_pad ? 1 : 0));
+  return load_model(b, op);
+}
+
+std::vector<OpCase> op_cases() {
+  std::vector<OpCase> v;
+  v.push_back({"maxpool_k3s2p1", [] { return pool_model("MaxPool", 3, 2, 1); }, true});
+  v.push_back({"avgpool_k2s2", [] { return pool_model("AveragePool", 2, 2, 0); }, true});
+  v.push_back({"avgpool_k3s1p1_count_pad", [] { return pool_model("AveragePool", 3, 1, 1, true); }});
+  v.push_back({"global_avgpool", [] {
+                 OnnxBuilder b(13, "gap");
+                 b.input("x", {"N", 16, 7, 7});
+                 b.output("y", {"N", 16, 1, 1});
+                 b.node("GlobalAveragePool", {"x"}, {"y"}, "/op/GlobalAveragePool");
+                 return load_model(b, "gap");
+               }, true});
+  v.push_back({"relu", [] { return unary_model("Relu", {1, 8, 6, 6}); }, true});
+  v.push_back({"sigmoid", [] { return unary_model("Sigmoid", {1, 8, 6, 6}); }});
+  v.push_back({"tanh", [] { return unary_model("Tanh", {1, 37}); }});
+  v.push_back({"leaky_relu", [] { return unary_model("LeakyRelu", {1, 8, 6, 6}, {{"alpha", 0.1f}}); }});
+  v.push_back({"hard_swish", [] {
+                 OnnxBuilder b(14, "hs");
+                 b.input("x", {"N", 8, 5, 5});
+                 b.output("y", {"N", 8, 5, 5});
+                 b.node("HardSwish", {"x"}, {"y"}, "/op/HardSwish");
+                 return load_model(b, "hs");
+               }});
+  v.push_back({"hard_sigmoid", [] { return unary_model("HardSigmoid", {1, 8, 5, 5}); }});
+  v.push_back({"clip", [] {
+                 OnnxBuilder b(13, "clip");
+                 b.input("x", {"N", 8, 5, 5});
+                 b.output("y", {"N", 8, 5, 5});
+                 b.initializer("lo", Tensor::scalar<float>(-0.4f));
+                 b.initializer("hi", Tensor::scalar<float>(0.3f));
+                 b.node("Clip", {"x", "lo", "hi"}, {"y"}, "/op/Clip");
+                 return load_model(b, "clip");
+               }});
+  v.push_back({"add_same_shape", [] {
+                 OnnxBuilder b(13, "add");
+                 b.input("x", {"N", 8, 5, 5});
+                 b.input("z", {"N", 8, 5, 5});
+                 b.output("y", {"N", 8, 5, 5});
+                 b.node("Add", {"x", "z"}, {"y"}, "/op/Add");
+                 return load_model(b, "add");
+               }});
+  v.push_back({"mul_broadcast_constant", [] {
+                 OnnxBuilder b(13, "mul");
+                 b.input("x", {"N", 8, 5, 5});
+                 b.output("y", {"N", 8, 5, 5});
+                 b.initializer("c", random_tensor({8, 1, 1}, 3, 0.5f, 2.0f));
+                 b.node("Mul", {"x", "c"}, {"y"}, "/op/Mul");
+                 return load_model(b, "mul");
+               }});
+  v.push_back({"sub_div_2d", [] {
+                 OnnxBuilder b(13, "subdiv");
+                 b.input("x", {"N", 12});
+                 b.input("z", {"N", 12});
+                 b.output("y", {"N", 12});
+                 b.initializer("d", random_tensor({12}, 4, 0.5f, 2.0f));
+                 b.node("Sub", {"x", "z"}, {"t"}, "/op/Sub");
+                 b.node("Div", {"t", "d"}, {"y"}, "/op/Div");
+                 return load_model(b, "subdiv");
+               }});
+  v.push_back({"concat_channels", [] {
+                 OnnxBuilder b(13, "concat");
+                 b.input("x", {"N", 8, 5, 5});
+                 b.input("z", {"N", 4, 5, 5});
+                 b.output("y", {"N", 12, 5, 5});
+                 b.node("Concat", {"x", "z"}, {"y"}, "/op/Concat").attr("axis", int64_t(1));
+                 return load_model(b, "concat");
+               }, true});
+  v.push_back({"concat_2d", [] {
+                 OnnxBuilder b(13, "concat2");
+                 b.input("x", {"N", 7});
+                 b.input("z", {"N", 5});
+                 b.output("y", {"N", 12});
+                 b.node("Concat", {"x", "z"}, {"y"}, "/op/Concat").attr("axis", int64_t(1));
+                 return load_model(b, "concat2");
+               }});
+  v.push_back({"softmax", [] { return unary_model("Softmax", {1, 10}, {}); }});
+  v.push_back({"log_softmax", [] { return unary_model("LogSoftmax", {1, 10}, {}); }});
+  v.push_back({"flatten", [] {
+                 OnnxBuilder b(13, "flatten");
+                 b.input("x", {"N", 4, 3, 3});
+                 b.output("y", {"N", 36});
+                 b.node("Flatten", {"x"}, {"y"}, "/op/Flatten");
+                 return load_model(b, "flatten");
+               }});
+  return v;
+}
+
+struct OpParam {
+  OpCase c;
+  Precision precision;
+};
+
+void PrintTo(const OpParam& p, std::ostream* os) { *os << param_name(p.c.name, p.precision); }
+
+class CudaOwnOps : public ::testing::TestWithParam<OpParam> {};
+
+TEST_P(CudaOwnOps, MatchesReference) {
+  REQUIRE_CUDA();
+  const OpParam& p = GetParam();
+  auto model = p.c.make();
+  ASSERT_TRUE(model);
+  // The precision asked explicitly for the op(s) (module "op"), so nothing falls back silently.
+  std::optional<CalibrationData> calibration;
+  if (p.precision == Precision::kINT8) calibration = random_calibration(*model, 4, 8, 99);
+  auto engine = build_engine(model, cuda_options(), plan_for({"op"}, p.precision), calibration);
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  SCOPED_TRACE(testing::describe_layers(engine->report()));
+  for (const LayerReport& l : engine->report().layers)
+    if (l.op != "Reformat") {
+      EXPECT_EQ(l.actual, p.precision) << l.name << ": " << l.fallback_reason;
+      EXPECT_NE(l.implementation.find("cuda"), std::string::npos) << l.implementation;
+    }
+  for (int64_t batch : {int64_t(1), int64_t(5)}) {
+    const TensorMap inputs = random_model_inputs(*model, batch, 7 + uint64_t(batch));
+    const TensorMap ref = reference_outputs(*model, inputs);
+    const TensorMap got = infer_once(*engine, inputs);
+    for (const auto& [name, expected] : ref) {
+      ASSERT_TRUE(got.count(name)) << name;
+      const Tensor& actual = got.at(name);
+      ASSERT_EQ(actual.shape(), expected.shape()) << name;
+      if (p.precision == Precision::kINT8)
+        EXPECT_GE(testing::sqnr_db(actual, expected), 30.0) << name;
+      else
+        EXPECT_LE(testing::max_relative_error(actual, expected), p.precision == Precision::kFP32 ? 1e-5 : 1e-2)
+            << name << " at batch " << batch;
+    }
+  }
+}
+
+std::vector<OpParam> op_params() {
+  std::vector<OpParam> v;
+  for (const OpCase& c : op_cases()) {
+    v.push_back({c, Precision::kFP32});
+    v.push_back({c, Precision::kFP16});
+    if (c.int8) v.push_back({c, Precision::kINT8});
+  }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(OwnKernels, CudaOwnOps, ::testing::ValuesIn(op_params()),
+                         [](const ::testing::TestParamInfo<OpParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// --- whole models ---------------------------------------------------------------------------------
+
+namespace fs = std::filesystem;
+
+struct ModelParam {
+  std::string name;
+  Precision precision;
+};
+
+void PrintTo(const ModelParam& p, std::ostream* os) { *os << param_name(p.name, p.precision); }
+
+class CudaTorchvision : public ::testing::TestWithParam<ModelParam> {};
+
+// fp32 through ~20 layers of cuDNN's FMA engines (Winograd/FFT allowed): 1e-3 of the largest
+// logit; fp16 storage between layers: 5e-2.
+TEST_P(CudaTorchvision, MatchesReference) {
+  REQUIRE_CUDA();
+  const ModelParam& p = GetParam();
+  const char* env = std::getenv("MIXQ_TORCHVISION_DIR");
+  const fs::path dir = env ? fs::path(env) / p.name : fs::path();
+  if (!env || !fs::exists(dir / "done"))
+    GTEST_SKIP() << "skipped: set MIXQ_TORCHVISION_DIR to the folder tests/models/export_torchvision.py writes ("
+                 << (env ? dir.string() + " has no finished export" : std::string("unset")) << ")";
+  auto loaded = Model::load((dir / "model.onnx").string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  auto model = std::make_shared<const Model>(std::move(loaded).value());
+  auto engine = build_engine(model, cuda_options(p.precision, 4));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  SCOPED_TRACE(testing::describe_layers(engine->report()));
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string file = entry.path().filename().string();
+    if (file.rfind("input_", 0) != 0) continue;
+    auto input = load_npy(entry.path().string());
+    ASSERT_TRUE(input.ok()) << input.status().to_string();
+    if (input->shape()[0] > 4) continue;
+    const TensorMap inputs = {{model->inputs()[0].name, *input}};
+    const TensorMap ref = reference_outputs(*model, inputs);
+    const TensorMap got = infer_once(*engine, inputs);
+    for (const auto& [name, expected] : ref) {
+      ASSERT_TRUE(got.count(name));
+      const double err = testing::max_relative_error(got.at(name), expected);
+      EXPECT_LE(err, p.precision == Precision::kFP32 ? 1e-3 : 5e-2) << file;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 1);
+}
+
+std::vector<ModelParam> model_params() {
+  std::vector<ModelParam> v;
+  for (const char* name : {"resnet18", "mobilenet_v2", "vgg11", "squeezenet1_1", "shufflenet_v2_x1_0", "googlenet"})
+    for (Precision p : {Precision::kFP32, Precision::kFP16}) v.push_back({name, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaTorchvision, ::testing::ValuesIn(model_params()),
+                         [](const ::testing::TestParamInfo<ModelParam>& i) {
+                           return param_name(i.param.name, i.param.precision);
+                         });
+
+// --- the engine file on the GPU -------------------------------------------------------------------
+
+TEST(CudaEngineFile, RoundTripKeepsOutputsAndTuningChoices) {
+  REQUIRE_CUDA();
+  // conv (int8) -> conv (fp16) -> pool -> flatten -> gemm (fp32): every library family.
+  OnnxBuilder b(13, "roundtrip");
+  b.input("x", {"N", 16, 8, 8});
+  b.output("y", {"N", 10});
+  b.initializer("c1.weight", random_tensor({32, 16, 3, 3}, 1, -0.1f, 0.1f));
+  b.initializer("c1.bias", random_tensor({32}, 2, -0.1f, 0.1f));
+  b.initializer("c2.weight", random_tensor({32, 32, 3, 3}, 3, -0.08f, 0.08f));
+  b.initializer("fc.weight", random_tensor({10, 32}, 4, -0.2f, 0.2f));
+  b.node("Conv", {"x", "c1.weight", "c1.bias"}, {"a"}, "/c1/Conv").attr("kernel_shape", {3, 3}).attr("pads", {1, 1, 1, 1});
+  b.node("Relu", {"a"}, {"ar"}, "/c1_relu/Relu");
+  b.node("Conv", {"ar", "c2.weight"}, {"c"}, "/c2/Conv").attr("kernel_shape", {3, 3}).attr("pads", {1, 1, 1, 1});
+  b.node("GlobalAveragePool", {"c"}, {"p"}, "/pool/GlobalAveragePool");
+  b.node("Flatten", {"p"}, {"f"}, "/flatten/Flatten");
+  b.node("Gemm", {"f", "fc.weight"}, {"y"}, "/fc/Gemm").attr("transB", int64_t(1));
+  auto model = load_model(b, "roundtrip");
+  ASSERT_TRUE(model);
+  const std::string plan = R"({"layers": [{"match": "c1", "precision": "int8"}, {"match": "c2", "precision": "fp16"},
+                                          {"match": "fc", "precision": "fp32"}]})";
+  const auto t0 = std::chrono::steady_clock::now();
+  auto built = build_engine(model, cuda_options(), plan, random_calibration(*model, 4, 8, 5));
+  const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(built.ok()) << built.status().to_string();
+  auto bytes = built->serialize();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+  const auto t1 = std::chrono::steady_clock::now();
+  auto loaded = Engine::from_bytes(*bytes, "'roundtrip.mixq'");
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  // The tuning choices travel in the file and the loaded kernels use them (no search).
+  const auto& impl = loaded->impl();
+  int libraries = 0;
+  for (size_t i = 0; i < impl.steps.size(); ++i) {
+    const ir::Node* n = impl.steps[i];
+    if (n->op != ir::OpKind::kFusedConv && n->op != ir::OpKind::kFusedGemm) continue;
+    ++libraries;
+    const std::string key = n->op == ir::OpKind::kFusedConv ? "mixq.cudnn_choice" : "mixq.cublaslt_choice";
+    EXPECT_FALSE(n->attr_string(key, "").empty()) << n->name;
+    EXPECT_NE(impl.kernels[i]->implementation().find("recorded choice"), std::string::npos)
+        << impl.kernels[i]->implementation();
+  }
+  EXPECT_EQ(libraries, 3);
+  EXPECT_LT(load_s, 1.0) << "loading took " << load_s << " s (build " << build_s << " s)";
+  for (int64_t batch : {int64_t(1), kMaxBatch}) {
+    const TensorMap inputs = random_model_inputs(*model, batch, 77);
+    const TensorMap a = infer_once(*built, inputs);
+    const TensorMap c = infer_once(*loaded, inputs);
+    ASSERT_TRUE(a.count("y") && c.count("y"));
+    EXPECT_EQ(testing::max_abs_error(c.at("y"), a.at("y")), 0.0) << "batch " << batch;
+    const TensorMap ref = reference_outputs(*model, inputs);
+    EXPECT_GE(testing::sqnr_db(c.at("y"), ref.at("y")), 25.0);
+  }
+  // And through a file on disk.
+  testing::TempDir tmp;
+  ASSERT_TRUE(built->save(tmp.file("e.mixq")).ok());
+  auto from_file = Engine::load(tmp.file("e.mixq"));
+  ASSERT_TRUE(from_file.ok()) << from_file.status().to_string();
+  const TensorMap inputs = random_model_inputs(*model, 3, 78);
+  EXPECT_EQ(testing::max_abs_error(infer_once(*from_file, inputs).at("y"), infer_once(*built, inputs).at("y")), 0.0);
+}
+
+// Many inferences on one context replay a captured graph; results stay identical and a second
+// context (another stream) agrees.
+TEST(CudaEngine, RepeatedInferenceAndContextsAgree) {
+  REQUIRE_CUDA();
+  auto model = conv_model({"rep", 16, 32, 12, 12, 3, 1, 1, 1, true, "relu"}, 3);
+  ASSERT_TRUE(model);
+  auto engine = build_engine(model, cuda_options(Precision::kFP16));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  const TensorMap inputs = random_model_inputs(*model, kMaxBatch, 5);
+  auto ctx = engine->create_context();
+  ASSERT_TRUE(ctx.ok());
+  auto first = ctx->infer(inputs);
+  ASSERT_TRUE(first.ok()) << first.status().to_string();
+  for (int i = 0; i < 5; ++i) {
+    auto again = ctx->infer(inputs);
+    ASSERT_TRUE(again.ok()) << again.status().to_string();
+    EXPECT_EQ(testing::max_abs_error(again->outputs.at("y"), first->outputs.at("y")), 0.0);
+    EXPECT_GT(again->timing.compute_ms, 0.0);
+  }
+  const TensorMap other = infer_once(*engine, inputs);
+  EXPECT_EQ(testing::max_abs_error(other.at("y"), first->outputs.at("y")), 0.0);
+}
+
+}  // namespace
+}  // namespace mixq
