@@ -177,7 +177,8 @@ def table(rows, threads):
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         fp32 = next(r for r in mine if r["strategy"] == "fp32")
-        lines.append(f"\n{name}: Fashion-MNIST, {mine[0]['test_images']} test images")
+        lines.append(f"\n{name}: Fashion-MNIST, {mine[0]['test_images']} test images, latency "
+                     f"over {mine[0]['repeats']} runs")
         lines.append(f"| {'strategy':<22} | avg bits (params / MACs) | latency ms | speedup "
                      f"| accuracy | vs fp32 |")
         lines.append(f"|{'-' * 24}|{'-' * 26}|{'-' * 12}|{'-' * 9}|{'-' * 10}|{'-' * 9}|")
@@ -194,19 +195,27 @@ def table(rows, threads):
                     verdict = "met" if loss <= limit else "MISSED"
                     lines.append(f"  target {strategy}: within {limit} points of fp32 -- "
                                  f"{r['strategy']}: {loss:+.2f} points lost, {verdict}")
+        by = {r["strategy"]: r for r in mine}
+        for mixed, int8 in (("mixed (PTQ entropy)", "int8 PTQ entropy"), ("mixed QAT", "int8 QAT")):
+            m, i = by[mixed], by[int8]
+            lines.append(f"  {mixed} vs uniform plans: latency {m['latency_ms']:.2f} ms vs fp32 "
+                         f"{fp32['latency_ms']:.2f} / {int8} {i['latency_ms']:.2f}; accuracy "
+                         f"{m['accuracy']:.2f}% vs {int8} {i['accuracy']:.2f}%")
         for r in mine:
             if r["fallbacks"]:
                 lines.append(f"  {r['strategy']}: fallbacks {r['fallbacks']}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     lines.append(
-        f"\nMachine: {machine()}; {threads} thread(s), OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')}; PyTorch {torch.__version__}, mixq "
-        f"{mixq.__version__}, backend cpu.\n"
-        f"Latency: the median over the timed runs of the engine's compute time (Context.infer's "
-        f"timing['compute_ms']: the layers' execution, without input checks and conversions) for "
-        f"one batch of {BATCH} test images, after 5 warm-up runs. Speedup: fp32 latency / "
-        f"latency. The engines are timed in 5 interleaved rounds. Accuracy: top-1 on the test images, run through the engine in batches of "
-        f"{BATCH}. Average bits: the bits of each layer's precision weighted by its parameters "
-        f"/ by its multiply-accumulates (BuildReport).")
+        f"\nMachine: {machine()}, {os.cpu_count()} CPUs, load average {load} at the end; "
+        f"{threads} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; PyTorch "
+        f"{torch.__version__}; mixq {mixq.__version__}, backend cpu.\n"
+        f"Latency: the median of the engine's compute time (Context.infer(...).timing"
+        f"['compute_ms']: the layers' execution, without input checks and conversions) over "
+        f"the runs given above of one batch of {BATCH} test images per engine, after 5 "
+        f"warm-up runs; the engines are timed in 5 interleaved rounds so that load changes hit "
+        f"them alike. Speedup: fp32 latency / latency. Accuracy: top-1 on the test images, run "
+        f"through the engine in batches of {BATCH}. Average bits: each layer's precision in "
+        f"bits, weighted by its parameters / by its multiply-accumulates (the build report).")
     return "\n".join(lines)
 
 

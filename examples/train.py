@@ -3,7 +3,7 @@ checkpoints into examples/checkpoints/.
 
     python3 examples/train.py                    # LeNet: 1 epoch on the 60 000 images (~1 min)
     python3 examples/train.py --model resnet18   # ResNet18: 1 epoch on 5 000 images (~5-10 min)
-    python3 examples/train.py --model resnet18 --full   # 60 000 images, 5 epochs (long)
+    python3 examples/train.py --model resnet18 --full --device cuda   # 60 000 images, 5 epochs
 
 The LeNet checkpoint (1.7 MB) is shipped; ResNet18's (45 MB) is not: this script makes it.
 """
@@ -30,9 +30,10 @@ def checkpoint_path(model, full=False):
     return os.path.join(CHECKPOINTS, f"{model}{'-full' if full else ''}.pth")
 
 
-def train(model, x, y, epochs=1, lr=1e-3, batch_size=64, seed=0, log=print):
+def train(model, x, y, epochs=1, lr=1e-3, batch_size=64, seed=0, log=print, device="cpu"):
     """Adam with a cosine-decayed learning rate; returns the model (in train mode)."""
     torch.manual_seed(seed)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -40,6 +41,7 @@ def train(model, x, y, epochs=1, lr=1e-3, batch_size=64, seed=0, log=print):
     step, start = 0, time.time()
     for epoch in range(epochs):
         for xb, yb in fashion_mnist.batches(x, y, batch_size, shuffle=True, seed=seed + epoch):
+            xb, yb = xb.to(device), yb.to(device)
             loss = torch.nn.functional.cross_entropy(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
@@ -66,7 +68,7 @@ def evaluate(model, x, y):
     return accuracy(model, x, y)
 
 
-def train_model(name, full=False, seed=0, log=print):
+def train_model(name, full=False, seed=0, log=print, device="cpu"):
     """Trains `name` from scratch and saves its checkpoint; returns (model, its path)."""
     limit, epochs, batch_size, lr = (FULL if full else DEFAULTS)[name]
     x, y = fashion_mnist.dataset("train", name, limit)
@@ -74,8 +76,8 @@ def train_model(name, full=False, seed=0, log=print):
     model = MODELS[name]()
     log(f"training {name} on {len(x)} images, {epochs} epoch(s), batch {batch_size}")
     start = time.time()
-    train(model, x, y, epochs, lr, batch_size, seed, log)
-    model.eval()
+    train(model, x, y, epochs, lr, batch_size, seed, log, device)
+    model.cpu().eval()
     os.makedirs(CHECKPOINTS, exist_ok=True)
     path = checkpoint_path(name, full)
     torch.save(model.state_dict(), path)
@@ -102,10 +104,11 @@ def main():
                         help="all 60 000 training images and 5 epochs (checkpoints *-full.pth)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="e.g. cuda, for the --full runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in (["lenet", "resnet18"] if args.model == "all" else [args.model]):
-        model, _ = train_model(name, args.full, args.seed)
+        model, _ = train_model(name, args.full, args.seed, device=args.device)
         x, y = fashion_mnist.dataset("test", name)
         print(f"  {name}: test accuracy {evaluate(model, x, y):.2f}% on {len(x)} images")
 

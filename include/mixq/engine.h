@@ -21,7 +21,9 @@ std::string_view calibration_algorithm_name(CalibrationAlgorithm algorithm);
 std::optional<CalibrationAlgorithm> calibration_algorithm_from_name(std::string_view name);
 
 struct CalibrationOptions {
-  CalibrationAlgorithm algorithm = CalibrationAlgorithm::kEntropy;
+  // Percentile by default: on the CIFAR ResNet18 and LeNet with Fashion-MNIST data, entropy (KL)
+  // clipped post-ReLU tails (output SQNR 32.7 / 20.6 dB) where percentile kept 43.6 / 43.0 dB.
+  CalibrationAlgorithm algorithm = CalibrationAlgorithm::kPercentile;
   double percentile = 99.99;  // for kPercentile
   int64_t batch_size = 32;    // samples per reference run
   int64_t max_samples = 0;    // 0: use every sample

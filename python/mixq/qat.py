@@ -349,12 +349,19 @@ class QATQuantizer:
                 "the model has BatchNorm layers and config_list quantizes the output of "
                 f"{convs[:4]}: pass dummy_input, so that QATQuantizer finds the Conv->BatchNorm "
                 "pairs the engine folds (their quantized output is the BatchNorm's output)")
-        produced, pairs = {}, {}
+        produced, pairs = {}, {}  # id(conv output) -> (conv name, output); conv name -> BN
+
+        def conv_hook(module, args, out, name):
+            produced[id(out)] = (name, out)  # holding `out` keeps its id unique
+
+        def bn_hook(module, args):
+            if id(args[0]) in produced:
+                pairs.setdefault(produced[id(args[0])][0], module)
+
         handles = [modules[n].register_forward_hook(
-            lambda m, i, o, n=n: produced.__setitem__(id(o), (n, o))) for n in convs]
-        handles += [m.register_forward_pre_hook(
-            lambda m, i: pairs.setdefault(produced.get(id(i[0]), (None,))[0], m))
-            for m in modules.values() if isinstance(m, _BATCHNORM)]
+            lambda m, i, o, n=n: conv_hook(m, i, o, n)) for n in convs]
+        handles += [m.register_forward_pre_hook(bn_hook)
+                    for m in modules.values() if isinstance(m, _BATCHNORM)]
         was_training = self.bound_model.training
         try:
             self.bound_model.eval()
@@ -365,7 +372,6 @@ class QATQuantizer:
             self.bound_model.train(was_training)
             for h in handles:
                 h.remove()
-        pairs.pop(None, None)
         return pairs
 
     # export

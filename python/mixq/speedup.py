@@ -204,7 +204,7 @@ class ModelSpeedup:
         A file where the calibrated ranges are stored and reused when model, data and options
         match.
     calib_algo, calibrate_type : str, optional
-        The calibration algorithm: "entropy" (default), "minmax", "percentile", "mse", or NNI's /
+        The calibration algorithm: "percentile" (default, 99.99), "entropy", "minmax", "mse", or NNI's /
         TensorRT's names ("entropy2", CalibrateType.MINMAX, trt.CalibrationAlgoType values).
     batchsize : int
         The largest batch the engine runs (inference takes any batch from 1 to it); also the

@@ -215,16 +215,34 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
     // An activation: the consumers read the real value, with its quantisation recorded.
     if (q.dtype == DType::kInt32)
       return Unsupported(dq->describe() + ": int32 activations are not supported");
-    auto existing = plan.value_quant.find(real->name);
-    if (existing == plan.value_quant.end()) plan.value_quant[real->name] = q;
-    if (!ir::forward_value(g, y, real)) continue;
-    mark_int8_consumers(real);
+    // A grid that starts at real zero (u8 with zero point 0) also clamps negatives away:
+    // quantizers fold a Relu into it this way. Keep that clamp as an explicit Relu (which fuses
+    // into the producing layer) so it survives where the value ends up in fp32.
+    const bool clamps_at_zero =
+        q.dtype != DType::kFloat8E4M3 &&
+        q.zero_point_at(0) == (q.dtype == DType::kUInt8 ? 0 : -128);
+    Node* producer = real->producer;
+    const bool already_clamped =
+        producer && (producer->op == OpKind::kRelu ||
+                     (producer->op == OpKind::kClip && producer->input(1) &&
+                      producer->input(1)->is_constant() && producer->input(1)->constant.get_as_double(0) >= 0));
+    Value* target = real;
+    if (clamps_at_zero && !already_clamped) {
+      target = g.add_value(g.unique_value_name(real->name + "/clamped"), real->dtype, real->shape,
+                           real->shape_known);
+      Node* relu = g.add_node(OpKind::kRelu, g.unique_node_name(dq->name + "/clamp"), {real}, {target});
+      relu->module_name = producer ? producer->module_name : "";
+    }
+    if (!plan.value_quant.count(target->name)) plan.value_quant[target->name] = q;
+    if (!ir::forward_value(g, y, target)) continue;
+    mark_int8_consumers(target);
     doomed.push_back(dq);
     handled.insert(dq);
   }
   if (!doomed.empty()) g.remove_nodes(doomed);
   // Quantize nodes now feeding nothing disappear with dead-node removal.
-  return ir::remove_dead_nodes(g);
+  MIXQ_RETURN_IF_ERROR(ir::remove_dead_nodes(g));
+  return g.toposort();
 }
 
 // --- fusion ---------------------------------------------------------------------------------------
@@ -495,7 +513,9 @@ RangeNeeds values_needing_ranges(const ir::Graph& g, const quant::PrecisionPlan&
       if (follower && v->producer && v->producer->precision == n->precision) continue;
       if (plan.value_quant.count(v->name) || plan.value_ranges.count(v->name)) continue;
       needs.values.insert(v->name);
-      if (wants_asymmetric(plan, n)) needs.asymmetric.insert(v->name);
+      // Network inputs (images, normalised data) are bounded and often lopsided: an asymmetric
+      // min/max range keeps their whole span; entropy would clip the bright side away.
+      if (wants_asymmetric(plan, n) || g.is_graph_input(v)) needs.asymmetric.insert(v->name);
     }
     if (follower) continue;
     for (const Value* out : n->outputs) {
@@ -647,6 +667,11 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
   for (const Node* n : g.nodes())
     if (quantized_precision(n->precision) && wants_asymmetric(plan, n))
       for (size_t slot : activation_slots(n)) group_asymmetric[ties.find(n->input(slot))] = true;
+  // Calibrated network inputs get asymmetric ranges (see values_needing_ranges); ranges the
+  // plan gives follow the plan's symmetric/asymmetric setting.
+  for (const Value* in : g.inputs())
+    if (!plan.value_ranges.count(in->name) && !plan.value_quant.count(in->name))
+      group_asymmetric[ties.find(in)] = true;
 
   auto params_for = [&](const Value* v, Precision family) -> std::optional<ir::QuantParams> {
     const Value* root = ties.find(v);

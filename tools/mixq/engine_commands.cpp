@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "cli.h"
 #include "mixq/compare.h"
@@ -69,7 +70,7 @@ void print_report(const BuildReport& r, bool layers) {
 }
 
 struct BuildArgs {
-  std::string model, config, calib, calib_algo = "entropy", default_precision = "fp32", output,
+  std::string model, config, calib, calib_algo = "percentile", default_precision = "fp32", output,
                                     backend = "cpu", calib_cache;
   double percentile = 99.99;
   int64_t max_batch = 128, calib_batch = 32, calib_samples = 0;
@@ -220,6 +221,8 @@ namespace {
 
 struct BenchArgs {
   std::string engine;
+  std::vector<std::string> inputs;
+  int threads = 0;
   int64_t batch = 128;
   int warmup = 5, iterations = 30;
   bool profile = false, json = false;
@@ -237,8 +240,11 @@ int run_bench(const BenchArgs& a) {
   if (a.iterations < 1 || a.warmup < 0) return report(InvalidArgument("--iterations must be >= 1, --warmup >= 0"));
   auto engine = Engine::load(a.engine);
   if (!engine.ok()) return report(engine.status());
-  auto inputs = gather_inputs(engine->inputs(), {}, a.batch, 0);
+  if (a.threads < 0) return report(InvalidArgument("--threads must be positive"));
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  auto inputs = gather_inputs(engine->inputs(), a.inputs, a.batch, 0);
   if (!inputs.ok()) return report(inputs.status());
+  const int64_t batch = inputs->begin()->second.rank() ? inputs->begin()->second.dim(0) : 1;
   auto ctx = engine->create_context();
   if (!ctx.ok()) return report(ctx.status());
   for (int i = 0; i < a.warmup; ++i) {
@@ -263,20 +269,23 @@ int run_bench(const BenchArgs& a) {
   const double med_e2e = percentile_of(e2e, 50);
   int64_t macs = 0;
   for (const auto& l : engine->report().layers) macs += l.macs;
-  const double gmacs = double(macs) * double(a.batch) / (med * 1e-3) / 1e9;
+  const double gmacs = double(macs) * double(batch) / (med * 1e-3) / 1e9;
   if (a.json) {
-    nlohmann::json j = {{"engine", a.engine}, {"batch", a.batch}, {"iterations", a.iterations},
+    nlohmann::json j = {{"engine", a.engine}, {"batch", batch}, {"iterations", a.iterations},
                         {"compute_ms_median", med}, {"compute_ms_p10", p10}, {"compute_ms_p90", p90},
-                        {"end_to_end_ms_median", med_e2e}, {"gmac_per_s", gmacs},
+                        {"end_to_end_ms_median", med_e2e},
+                        {"end_to_end_ms_p10", percentile_of(e2e, 10)},
+                        {"end_to_end_ms_p90", percentile_of(e2e, 90)},
+                        {"threads", omp_get_max_threads()}, {"gmac_per_s", gmacs},
                         {"average_bits_by_macs", engine->report().average_bits_by_macs}};
     std::cout << j.dump(2) << "\n";
     return kExitOk;
   }
-  std::printf("%s: batch %lld, %d iterations after %d warm-up\n", a.engine.c_str(), (long long)a.batch,
-              a.iterations, a.warmup);
+  std::printf("%s: batch %lld, %d threads, %d iterations after %d warm-up\n", a.engine.c_str(),
+              (long long)batch, omp_get_max_threads(), a.iterations, a.warmup);
   std::printf("compute     median %.3f ms  (p10 %.3f, p90 %.3f)\n", med, p10, p90);
   std::printf("end to end  median %.3f ms\n", med_e2e);
-  std::printf("throughput  %.1f samples/s, %.1f GMAC/s\n", double(a.batch) / (med * 1e-3), gmacs);
+  std::printf("throughput  %.1f samples/s, %.1f GMAC/s\n", double(batch) / (med * 1e-3), gmacs);
   if (a.profile) {
     std::printf("\n%-44s %-14s %-6s %10s %7s\n", "layer", "op", "prec", "median ms", "share");
     double total = 0;
@@ -339,7 +348,7 @@ void add_engine_commands(CLI::App& app, int& exit_code) {
   build->add_option("model", b->model, "ONNX model (.onnx)")->required();
   build->add_option("--config,-c", b->config, "Precision plan: mixq JSON plan or NNI calibration_config JSON");
   build->add_option("--calib", b->calib, "Calibration data: .npy, .npz or a folder of them");
-  build->add_option("--calib-algo", b->calib_algo, "entropy (default), minmax, percentile or mse");
+  build->add_option("--calib-algo", b->calib_algo, "percentile (default, 99.99), entropy (KL, as TensorRT), minmax or mse");
   build->add_option("--percentile", b->percentile, "Percentile for --calib-algo percentile (default 99.99)");
   build->add_option("--calib-batch", b->calib_batch, "Samples per calibration step (default 32)");
   build->add_option("--calib-samples", b->calib_samples, "Use at most this many samples (default: all)");
@@ -357,7 +366,9 @@ void add_engine_commands(CLI::App& app, int& exit_code) {
   auto* bench = app.add_subcommand("bench", "Time an engine: warm-up, repetitions, median and spread");
   auto c = std::make_shared<BenchArgs>();
   bench->add_option("engine", c->engine, "Engine file (.mixq)")->required();
-  bench->add_option("--batch,-b", c->batch, "Batch size (default 128)");
+  bench->add_option("--batch,-b", c->batch, "Batch size for random inputs (default 128)");
+  bench->add_option("--input,-i", c->inputs, "Input as name=file.npy (repeatable); random if none");
+  bench->add_option("--threads,-t", c->threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
   bench->add_option("--warmup", c->warmup, "Warm-up runs (default 5)");
   bench->add_option("--iterations,-n", c->iterations, "Timed runs (default 30)");
   bench->add_flag("--profile", c->profile, "Per-layer times");

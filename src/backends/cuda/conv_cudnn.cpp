@@ -23,10 +23,11 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
-#include <functional>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -65,7 +66,8 @@ std::string cudnn_last_error() {
   return buf;
 }
 
-// --- geometry -------------------------------------------------------------------------------------
+// --- geometry
+// -------------------------------------------------------------------------------------
 
 struct Geometry {
   int64_t stride[2] = {1, 1}, dilation[2] = {1, 1}, pre[2] = {0, 0}, post[2] = {0, 0};
@@ -74,7 +76,8 @@ struct Geometry {
 
 Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry& g) {
   if (x.size() != 4 || w.size() != 4)
-    return Unsupported("the GPU runs 2-D convolutions only (input rank " + std::to_string(x.size()) + ")");
+    return Unsupported("the GPU runs 2-D convolutions only (input rank " +
+                       std::to_string(x.size()) + ")");
   auto strides = n.attr_ints("strides", {1, 1});
   auto dil = n.attr_ints("dilations", {1, 1});
   auto pads = n.attr_ints("pads", {0, 0, 0, 0});
@@ -83,15 +86,16 @@ Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry
   if (strides.size() != 2 || dil.size() != 2 || pads.size() != 4)
     return InvalidArgument("strides/dilations/pads do not match a 2-D convolution");
   if (g.groups < 1 || x[1] % g.groups != 0 || w[0] % g.groups != 0 || x[1] / g.groups != w[1])
-    return InvalidArgument("channels " + std::to_string(x[1]) + " and weights " + shape_to_string(w) +
-                           " do not match group " + std::to_string(g.groups));
+    return InvalidArgument("channels " + std::to_string(x[1]) + " and weights " +
+                           shape_to_string(w) + " do not match group " + std::to_string(g.groups));
   for (int i = 0; i < 2; ++i) {
     g.stride[i] = strides[size_t(i)];
     g.dilation[i] = dil[size_t(i)];
     const int64_t in = x[size_t(2 + i)], k = w[size_t(2 + i)];
     if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
       const int64_t out = (in + g.stride[i] - 1) / g.stride[i];
-      const int64_t total = std::max<int64_t>((out - 1) * g.stride[i] + (k - 1) * g.dilation[i] + 1 - in, 0);
+      const int64_t total =
+          std::max<int64_t>((out - 1) * g.stride[i] + (k - 1) * g.dilation[i] + 1 - in, 0);
       const int64_t small = total / 2, big = total - small;
       g.pre[i] = auto_pad == "SAME_UPPER" ? small : big;
       g.post[i] = auto_pad == "SAME_UPPER" ? big : small;
@@ -105,7 +109,8 @@ Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry
   return Status::Ok();
 }
 
-// --- the graph --------------------------------------------------------------------------------------
+// --- the graph
+// --------------------------------------------------------------------------------------
 
 enum class Mode { kFused, kSplit };
 enum Role : int { kRoleX, kRoleW, kRoleY, kRoleScale, kRoleBias, kRoleResidual, kRoleOutScale };
@@ -113,47 +118,71 @@ constexpr int kRoles = 7;
 
 cudnnDataType_t cudnn_type(DType d) {
   switch (d) {
-    case DType::kFloat32: return CUDNN_DATA_FLOAT;
-    case DType::kFloat16: return CUDNN_DATA_HALF;
-    case DType::kBFloat16: return CUDNN_DATA_BFLOAT16;
-    case DType::kFloat8E4M3: return CUDNN_DATA_FP8_E4M3;
-    case DType::kInt8: return CUDNN_DATA_INT8;
-    case DType::kUInt8: return CUDNN_DATA_UINT8;
-    case DType::kInt32: return CUDNN_DATA_INT32;
-    default: return CUDNN_DATA_FLOAT;
+    case DType::kFloat32:
+      return CUDNN_DATA_FLOAT;
+    case DType::kFloat16:
+      return CUDNN_DATA_HALF;
+    case DType::kBFloat16:
+      return CUDNN_DATA_BFLOAT16;
+    case DType::kFloat8E4M3:
+      return CUDNN_DATA_FP8_E4M3;
+    case DType::kInt8:
+      return CUDNN_DATA_INT8;
+    case DType::kUInt8:
+      return CUDNN_DATA_UINT8;
+    case DType::kInt32:
+      return CUDNN_DATA_INT32;
+    default:
+      return CUDNN_DATA_FLOAT;
   }
 }
 
 const char* type_name(cudnnDataType_t t) {
   switch (t) {
-    case CUDNN_DATA_FLOAT: return "f32";
-    case CUDNN_DATA_HALF: return "f16";
-    case CUDNN_DATA_BFLOAT16: return "bf16";
-    case CUDNN_DATA_FP8_E4M3: return "e4m3";
-    case CUDNN_DATA_INT8: return "s8";
-    case CUDNN_DATA_INT32: return "s32";
-    default: return "?";
+    case CUDNN_DATA_FLOAT:
+      return "f32";
+    case CUDNN_DATA_HALF:
+      return "f16";
+    case CUDNN_DATA_BFLOAT16:
+      return "bf16";
+    case CUDNN_DATA_FP8_E4M3:
+      return "e4m3";
+    case CUDNN_DATA_INT8:
+      return "s8";
+    case CUDNN_DATA_INT32:
+      return "s32";
+    default:
+      return "?";
   }
 }
 
 size_t type_bytes(cudnnDataType_t t) {
   switch (t) {
     case CUDNN_DATA_FLOAT:
-    case CUDNN_DATA_INT32: return 4;
+    case CUDNN_DATA_INT32:
+      return 4;
     case CUDNN_DATA_HALF:
-    case CUDNN_DATA_BFLOAT16: return 2;
-    default: return 1;
+    case CUDNN_DATA_BFLOAT16:
+      return 2;
+    default:
+      return 1;
   }
 }
 
 DType dtype_of(cudnnDataType_t t) {
   switch (t) {
-    case CUDNN_DATA_HALF: return DType::kFloat16;
-    case CUDNN_DATA_BFLOAT16: return DType::kBFloat16;
-    case CUDNN_DATA_FP8_E4M3: return DType::kFloat8E4M3;
-    case CUDNN_DATA_INT8: return DType::kInt8;
-    case CUDNN_DATA_INT32: return DType::kInt32;
-    default: return DType::kFloat32;
+    case CUDNN_DATA_HALF:
+      return DType::kFloat16;
+    case CUDNN_DATA_BFLOAT16:
+      return DType::kBFloat16;
+    case CUDNN_DATA_FP8_E4M3:
+      return DType::kFloat8E4M3;
+    case CUDNN_DATA_INT8:
+      return DType::kInt8;
+    case CUDNN_DATA_INT32:
+      return DType::kInt32;
+    default:
+      return DType::kFloat32;
   }
 }
 
@@ -166,28 +195,34 @@ struct Spec {
   cudnnDataType_t yt = CUDNN_DATA_FLOAT, rt = CUDNN_DATA_FLOAT;
   bool scale = false, bias = false, residual = false, out_scale = false;
   int act = kernels::kActNone;
-  double lo = 0, hi = 0;  // clip bounds in the units of the clipped value
+  double lo = 0, hi = 0;         // clip bounds in the units of the clipped value
   bool no_tensor_cores = false;  // fp32: exclude TF32 engines
   Mode mode = Mode::kFused;
 
-  bool has_pointwise() const { return scale || bias || residual || out_scale || act != kernels::kActNone; }
+  bool has_pointwise() const {
+    return scale || bias || residual || out_scale || act != kernels::kActNone;
+  }
   // Whether the convolution writes y itself (no pointwise node at all).
-  bool direct() const { return !has_pointwise() && (yt == xt || mode == Mode::kSplit) && acc != CUDNN_DATA_INT32; }
+  bool direct() const {
+    return !has_pointwise() && (yt == xt || mode == Mode::kSplit) && acc != CUDNN_DATA_INT32;
+  }
 
   std::string signature() const {
     std::ostringstream o;
     o << (mode == Mode::kFused ? "fused" : "split") << " x" << n << "," << c << "," << h << "," << w
-      << " w" << k << "," << cg << "," << r << "," << s << " y" << oh << "," << ow << " s" << geo.stride[0]
-      << "," << geo.stride[1] << " d" << geo.dilation[0] << "," << geo.dilation[1] << " p" << geo.pre[0]
-      << "," << geo.pre[1] << "," << geo.post[0] << "," << geo.post[1] << " g" << geo.groups << " t"
-      << int(xt) << "," << int(wt) << "," << int(comp) << "," << int(acc) << "," << int(yt) << ","
-      << int(rt) << " e" << scale << bias << residual << out_scale << act << "," << lo << "," << hi
-      << " tc" << !no_tensor_cores;
+      << " w" << k << "," << cg << "," << r << "," << s << " y" << oh << "," << ow << " s"
+      << geo.stride[0] << "," << geo.stride[1] << " d" << geo.dilation[0] << "," << geo.dilation[1]
+      << " p" << geo.pre[0] << "," << geo.pre[1] << "," << geo.post[0] << "," << geo.post[1] << " g"
+      << geo.groups << " t" << int(xt) << "," << int(wt) << "," << int(comp) << "," << int(acc)
+      << "," << int(yt) << "," << int(rt) << " e" << scale << bias << residual << out_scale << act
+      << "," << lo << "," << hi << " tc" << !no_tensor_cores;
     return o.str();
   }
 };
 
-std::vector<int64_t> nhwc_strides(int64_t c, int64_t h, int64_t w) { return {c * h * w, 1, w * c, c}; }
+std::vector<int64_t> nhwc_strides(int64_t c, int64_t h, int64_t w) {
+  return {c * h * w, 1, w * c, c};
+}
 
 Expected<Desc> make_tensor(int64_t uid, cudnnDataType_t dt, const std::vector<int64_t>& dims,
                            const std::vector<int64_t>& strides, bool is_virtual) {
@@ -231,7 +266,8 @@ Status add_pointwise(OpGraph& g, std::vector<Desc>& ops, cudnnPointwiseMode_t mo
   void* pwd = pw.get();
   void* xd = x.get();
   void* yd = y.get();
-  SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pwd);
+  SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+           &pwd);
   SET_ATTR(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &xd);
   if (b) {
     void* bd = b->get();
@@ -257,7 +293,8 @@ Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
   const std::vector<int64_t> ydims = {s.n, s.k, s.oh, s.ow}, ystr = nhwc_strides(s.k, s.oh, s.ow);
   const std::vector<int64_t> cdims = {1, s.k, 1, 1}, cstr = {s.k, 1, s.k, s.k};
   const std::vector<int64_t> one = {1, 1, 1, 1};
-  MIXQ_ASSIGN_OR_RETURN(Desc tx, make_tensor(1, s.xt, {s.n, s.c, s.h, s.w}, nhwc_strides(s.c, s.h, s.w), false));
+  MIXQ_ASSIGN_OR_RETURN(
+      Desc tx, make_tensor(1, s.xt, {s.n, s.c, s.h, s.w}, nhwc_strides(s.c, s.h, s.w), false));
   keep(tx);
   io(kRoleX, 1);
   MIXQ_ASSIGN_OR_RETURN(Desc tw, make_tensor(2, s.wt, {s.k, s.cg, s.r, s.s},
@@ -266,7 +303,8 @@ Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
   io(kRoleW, 2);
   const bool direct = s.direct();
   int64_t next_virtual = 100;
-  MIXQ_ASSIGN_OR_RETURN(Desc tconv, make_tensor(direct ? 3 : next_virtual++, direct ? s.yt : s.acc, ydims, ystr, !direct));
+  MIXQ_ASSIGN_OR_RETURN(Desc tconv, make_tensor(direct ? 3 : next_virtual++, direct ? s.yt : s.acc,
+                                                ydims, ystr, !direct));
   keep(tconv);
   if (direct) io(kRoleY, 3);
 
@@ -285,17 +323,22 @@ Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
     CUDNN_CHECK(cudnnBackendFinalize(cd.get()));
   }
   keep(cd);
-  MIXQ_ASSIGN_OR_RETURN(Desc conv, make_desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR));
+  MIXQ_ASSIGN_OR_RETURN(Desc conv,
+                        make_desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR));
   {
     float alpha = 1.0f, beta = 0.0f;
     void* xd = tx.get();
     void* wd = tw.get();
     void* yd = tconv.get();
     void* cdd = cd.get();
-    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &xd);
-    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &wd);
-    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &yd);
-    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cdd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+             &xd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+             &wd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+             &yd);
+    SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+             CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cdd);
     SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha);
     SET_ATTR(conv, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
     CUDNN_CHECK(cudnnBackendFinalize(conv.get()));
@@ -316,8 +359,10 @@ Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
     if (s.residual) steps.push_back({CUDNN_POINTWISE_ADD, kRoleResidual});
     if (s.out_scale) steps.push_back({CUDNN_POINTWISE_MUL, kRoleOutScale});
     if (s.act == kernels::kActRelu)
-      steps.push_back({CUDNN_POINTWISE_RELU_FWD, -1, 0.0, double(std::numeric_limits<float>::max())});
-    else if (s.act == kernels::kActClip) steps.push_back({CUDNN_POINTWISE_RELU_FWD, -1, s.lo, s.hi});
+      steps.push_back(
+          {CUDNN_POINTWISE_RELU_FWD, -1, 0.0, double(std::numeric_limits<float>::max())});
+    else if (s.act == kernels::kActClip)
+      steps.push_back({CUDNN_POINTWISE_RELU_FWD, -1, s.lo, s.hi});
     if (steps.empty()) steps.push_back({CUDNN_POINTWISE_IDENTITY, -1});
     Desc cur = tconv;
     for (size_t i = 0; i < steps.size(); ++i) {
@@ -343,11 +388,12 @@ Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
         MIXQ_ASSIGN_OR_RETURN(out, make_tensor(3, s.yt, ydims, ystr, false));
         io(kRoleY, 3);
       } else {
-        MIXQ_ASSIGN_OR_RETURN(out, make_tensor(next_virtual++, CUDNN_DATA_FLOAT, ydims, ystr, true));
+        MIXQ_ASSIGN_OR_RETURN(out,
+                              make_tensor(next_virtual++, CUDNN_DATA_FLOAT, ydims, ystr, true));
       }
       keep(out);
-      MIXQ_RETURN_IF_ERROR(add_pointwise(g, ops, steps[i].mode, cur, operand ? &*operand : nullptr, out,
-                                         steps[i].lo, steps[i].hi));
+      MIXQ_RETURN_IF_ERROR(add_pointwise(g, ops, steps[i].mode, cur, operand ? &*operand : nullptr,
+                                         out, steps[i].lo, steps[i].hi));
       cur = out;
     }
   }
@@ -355,13 +401,15 @@ Expected<OpGraph> build_graph(const Spec& s, cudnnHandle_t handle) {
   MIXQ_ASSIGN_OR_RETURN(g.graph, make_desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
   std::vector<void*> raw;
   for (const Desc& d : ops) raw.push_back(d.get());
-  SET_ATTR(g.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(raw.size()), raw.data());
+  SET_ATTR(g.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+           int64_t(raw.size()), raw.data());
   SET_ATTR(g.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
   CUDNN_CHECK(cudnnBackendFinalize(g.graph.get()));
   return g;
 }
 
-// --- engine configurations ---------------------------------------------------------------------------
+// --- engine configurations
+// ---------------------------------------------------------------------------
 
 struct EngineChoice {
   int64_t engine = -1;
@@ -402,14 +450,15 @@ Expected<EngineChoice> describe_config(const Desc& cfg) {
   MIXQ_ASSIGN_OR_RETURN(Desc eng, make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
   void* e = eng.get();
   int64_t count = 0;
-  CUDNN_CHECK(cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
-                                       &count, &e));
-  CUDNN_CHECK(cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &count,
-                                       &c.engine));
+  CUDNN_CHECK(cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_ENGINE,
+                                       CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &e));
+  CUDNN_CHECK(cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64,
+                                       1, &count, &c.engine));
   cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
   int64_t nn = 0;
-  if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, notes) == CUDNN_STATUS_SUCCESS)
+  if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                               CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn,
+                               notes) == CUDNN_STATUS_SUCCESS)
     for (int64_t i = 0; i < nn; ++i)
       c.tensor_core |= notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE ||
                        notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
@@ -417,8 +466,10 @@ Expected<EngineChoice> describe_config(const Desc& cfg) {
   cudnnBackendBehaviorNote_t behavior[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
   int64_t nb = 0;
   if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
-                               CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nb, behavior) == CUDNN_STATUS_SUCCESS)
-    for (int64_t i = 0; i < nb; ++i) c.runtime_compiled |= behavior[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+                               CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nb,
+                               behavior) == CUDNN_STATUS_SUCCESS)
+    for (int64_t i = 0; i < nb; ++i)
+      c.runtime_compiled |= behavior[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
   // Knob choices: descriptors created here, filled by the query.
   std::vector<Desc> knobs;
   std::vector<void*> raw;
@@ -428,15 +479,16 @@ Expected<EngineChoice> describe_config(const Desc& cfg) {
     knobs.push_back(k);
   }
   int64_t nk = 0;
-  CUDNN_CHECK(cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                       int64_t(raw.size()), &nk, raw.data()));
+  CUDNN_CHECK(cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_KNOB_CHOICES,
+                                       CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(raw.size()), &nk,
+                                       raw.data()));
   for (int64_t i = 0; i < nk && i < int64_t(raw.size()); ++i) {
     cudnnBackendKnobType_t type;
     int64_t value = 0, n = 0;
-    CUDNN_CHECK(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1,
-                                         &n, &type));
-    CUDNN_CHECK(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n,
-                                         &value));
+    CUDNN_CHECK(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE,
+                                         CUDNN_TYPE_KNOB_TYPE, 1, &n, &type));
+    CUDNN_CHECK(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE,
+                                         CUDNN_TYPE_INT64, 1, &n, &value));
     c.knobs.push_back({int64_t(type), value});
   }
   return c;
@@ -457,8 +509,8 @@ Expected<Heuristics> heuristic_configs(const OpGraph& g, cudnnBackendHeurMode_t 
   SET_ATTR(h.heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
   CUDNN_CHECK(cudnnBackendFinalize(h.heur.get()));
   int64_t count = 0;
-  CUDNN_CHECK(cudnnBackendGetAttribute(h.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                       0, &count, nullptr));
+  CUDNN_CHECK(cudnnBackendGetAttribute(h.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                       CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr));
   std::vector<void*> raw;
   for (int64_t i = 0; i < count; ++i) {
     MIXQ_ASSIGN_OR_RETURN(Desc c, make_desc(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
@@ -467,14 +519,15 @@ Expected<Heuristics> heuristic_configs(const OpGraph& g, cudnnBackendHeurMode_t 
   }
   int64_t got = 0;
   if (count > 0)
-    CUDNN_CHECK(cudnnBackendGetAttribute(h.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                         count, &got, raw.data()));
+    CUDNN_CHECK(cudnnBackendGetAttribute(h.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                         CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, raw.data()));
   h.configs.resize(size_t(std::clamp<int64_t>(got, 0, count)));
   return h;
 }
 
 // The configuration `choice` names, for graph `g`.
-Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice, std::vector<Desc>& keep) {
+Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice,
+                                  std::vector<Desc>& keep) {
   MIXQ_ASSIGN_OR_RETURN(Desc eng, make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
   void* og = g.graph.get();
   int64_t index = choice.engine;
@@ -497,8 +550,8 @@ Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice, 
   void* e = eng.get();
   SET_ATTR(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &e);
   if (!knobs.empty())
-    SET_ATTR(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(knobs.size()),
-             knobs.data());
+    SET_ATTR(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+             int64_t(knobs.size()), knobs.data());
   CUDNN_CHECK(cudnnBackendFinalize(cfg.get()));
   keep.push_back(cfg);
   return cfg;
@@ -511,10 +564,12 @@ struct Plan {
   Desc plan;
   int64_t workspace = 0;
   EngineChoice choice;
+  Mode mode = Mode::kFused;
+  double ms = 0;  // measured when tuned (0: not timed)
 };
 
-Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg, cudnnHandle_t handle,
-                                              std::vector<Desc> keep) {
+Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg,
+                                              cudnnHandle_t handle, std::vector<Desc> keep) {
   auto p = std::make_shared<Plan>();
   p->graph = g;
   p->keep = std::move(keep);
@@ -525,45 +580,56 @@ Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg,
   SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
   CUDNN_CHECK(cudnnBackendFinalize(p->plan.get()));
   int64_t n = 0;
-  CUDNN_CHECK(cudnnBackendGetAttribute(p->plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                       &n, &p->workspace));
+  CUDNN_CHECK(cudnnBackendGetAttribute(p->plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                       CUDNN_TYPE_INT64, 1, &n, &p->workspace));
   if (p->workspace < 0) p->workspace = 0;
   return p;
 }
 
-Expected<Desc> variant_pack(const OpGraph& g, const std::array<void*, kRoles>& ptr, void* workspace) {
+Expected<Desc> variant_pack(const OpGraph& g, const std::array<void*, kRoles>& ptr,
+                            void* workspace) {
   std::vector<void*> data;
   for (int role : g.roles) data.push_back(ptr[size_t(role)]);
   MIXQ_ASSIGN_OR_RETURN(Desc vp, make_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
-  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, int64_t(g.uids.size()), g.uids.data());
-  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, int64_t(data.size()), data.data());
+  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, int64_t(g.uids.size()),
+           g.uids.data());
+  SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, int64_t(data.size()),
+           data.data());
   SET_ATTR(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
   CUDNN_CHECK(cudnnBackendFinalize(vp.get()));
   return vp;
 }
 
-// --- the layer: values, packed data, specs ----------------------------------------------------------
+// --- the layer: values, packed data, specs
+// ----------------------------------------------------------
 
-bool quantized_precision(Precision p) { return p == Precision::kINT8 || p == Precision::kFP8; }
+bool quantized_precision(Precision p) {
+  return p == Precision::kINT8 || p == Precision::kFP8;
+}
 
 // Storage type of the input (and weights) at a precision.
 DType input_dtype(Precision p) {
   switch (p) {
-    case Precision::kFP16: return DType::kFloat16;
-    case Precision::kBF16: return DType::kBFloat16;
-    case Precision::kINT8: return DType::kInt8;
-    case Precision::kFP8: return DType::kFloat8E4M3;
-    default: return DType::kFloat32;
+    case Precision::kFP16:
+      return DType::kFloat16;
+    case Precision::kBF16:
+      return DType::kBFloat16;
+    case Precision::kINT8:
+      return DType::kInt8;
+    case Precision::kFP8:
+      return DType::kFloat8E4M3;
+    default:
+      return DType::kFloat32;
   }
 }
 
 struct Layer {
-  Spec base;               // at batch 1, fused mode
-  double divisor = 1.0;    // the chain's units: s_r (quantised residual) or s_y (quantised y) or 1
+  Spec base;             // at batch 1, fused mode
+  double divisor = 1.0;  // the chain's units: s_r (quantised residual) or s_y (quantised y) or 1
   bool y_quantized = false;
   bool r_quantized = false;
   bool residual_fusable = true;
-  float out_scale = 1.0f;  // s_r / s_y
+  float out_scale = 1.0f;          // s_r / s_y
   float clip_lo = 0, clip_hi = 0;  // real units (activation attribute)
 };
 
@@ -594,7 +660,9 @@ Expected<Layer> describe_layer(const ir::Node& node, Precision p, DType y_dtype,
   s.s = ws[3];
   s.oh = ys[2];
   s.ow = ys[3];
-  if (ys[1] != s.k) return InvalidArgument("output channels " + std::to_string(ys[1]) + " differ from the weights'");
+  if (ys[1] != s.k)
+    return InvalidArgument("output channels " + std::to_string(ys[1]) +
+                           " differ from the weights'");
   const DType in = input_dtype(p);
   s.xt = s.wt = cudnn_type(in);
   s.comp = p == Precision::kINT8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT;
@@ -621,7 +689,8 @@ Expected<Layer> describe_layer(const ir::Node& node, Precision p, DType y_dtype,
     L.clip_lo = node.attr_float("mixq.clip_min", -INFINITY);
     L.clip_hi = node.attr_float("mixq.clip_max", INFINITY);
     const double units = y_quantized ? sy : 1.0;  // the clip acts on y's units
-    s.lo = std::isfinite(L.clip_lo) ? L.clip_lo / units : -double(std::numeric_limits<float>::max());
+    s.lo =
+        std::isfinite(L.clip_lo) ? L.clip_lo / units : -double(std::numeric_limits<float>::max());
     s.hi = std::isfinite(L.clip_hi) ? L.clip_hi / units : double(std::numeric_limits<float>::max());
   } else if (act != "none") {
     return Unsupported("activation '" + act + "'");
@@ -659,10 +728,11 @@ Status static_checks(const ir::Node& node, Precision p) {
   const int64_t cg = x->shape[1] / g.groups, kg = w->constant.dim(0) / g.groups;
   const int64_t multiple = p == Precision::kINT8 ? 4 : p == Precision::kFP8 ? 16 : 1;
   if (cg % multiple != 0 || kg % multiple != 0)
-    return Unsupported(std::string(precision_name(p)) + " convolutions need input and output channels per group " +
-                       "in multiples of " + std::to_string(multiple) + " (cuDNN's " +
-                       std::string(precision_name(p)) + " engines); this layer has " + std::to_string(cg) +
-                       " and " + std::to_string(kg) + " (groups " + std::to_string(g.groups) + ")");
+    return Unsupported(
+        std::string(precision_name(p)) + " convolutions need input and output channels per group " +
+        "in multiples of " + std::to_string(multiple) + " (cuDNN's " +
+        std::string(precision_name(p)) + " engines); this layer has " + std::to_string(cg) +
+        " and " + std::to_string(kg) + " (groups " + std::to_string(g.groups) + ")");
   return Status::Ok();
 }
 
@@ -681,10 +751,12 @@ Status probe(const Spec& s, cudnnHandle_t handle) {
   return Unsupported("cuDNN's heuristics offer no engine for " + s.signature());
 }
 
-// --- packed data ------------------------------------------------------------------------------------
+// --- packed data
+// ------------------------------------------------------------------------------------
 
 struct Packed {
-  DeviceBuffer weights, scale, bias, out_scale;
+  // scale: the fused chain's (divided into its units); split_scale: s_x * s_w[c] (real units).
+  DeviceBuffer weights, scale, split_scale, bias, out_scale;
   std::vector<float> host_bias;  // real units (split mode's epilogue)
   DeviceBuffer real_bias;
 };
@@ -707,12 +779,13 @@ Expected<DeviceBuffer> pack_weights(const Tensor& w, DType dtype) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
-          std::memcpy(out + size_t(((k * R + r) * S + s) * C + c) * es, in + size_t(((k * C + c) * R + r) * S + s) * es,
-                      es);
+          std::memcpy(out + size_t(((k * R + r) * S + s) * C + c) * es,
+                      in + size_t(((k * C + c) * R + r) * S + s) * es, es);
   return upload(dst.raw(), dst.nbytes());
 }
 
-// --- the kernel ---------------------------------------------------------------------------------------
+// --- the kernel
+// ---------------------------------------------------------------------------------------
 
 class ConvInstance;
 
@@ -732,10 +805,17 @@ class ConvKernel final : public Kernel {
     return s;
   }
   // Builds the plan for `spec` from `choice` (empty: none), else tunes. Holds the build lock.
-  Expected<std::shared_ptr<Plan>> plan_for(const Spec& spec, const std::string& choice, BuildResources& b,
-                                           std::string* chosen, std::string* note) const;
-  Expected<std::shared_ptr<Plan>> tune(const Spec& spec, BuildResources& b, std::string* note) const;
+  Expected<std::shared_ptr<Plan>> plan_for(const Spec& spec, const std::string& choice,
+                                           BuildResources& b, std::string* chosen,
+                                           std::string* note) const;
+  Expected<std::shared_ptr<Plan>> tune(const Spec& spec, BuildResources& b,
+                                       std::string* note) const;
   Expected<Desc> tuning_pack(const Plan& plan, void* const* bufs) const;
+  // Runs a plan once on zeros, outside any capture: engines finish their lazy set-up on the first
+  // run, which a CUDA graph capture (the engine's replay) does not allow.
+  Status warm_up(const Plan& plan, const Spec& spec, BuildResources& b) const;
+  // Device time of the split form's own epilogue at `split`'s size.
+  Expected<double> time_epilogue(const Spec& split, BuildResources& b) const;
 
   const ir::Node& node_;
   Precision precision_;
@@ -761,7 +841,8 @@ class ConvInstance final : public KernelInstance {
       inter_bytes_ = align256(size_t(rows_ * cols_) * type_bytes(split.yt));
       ep_.acc_dt = kernel_dtype(dtype_of(split.yt));
       ep_.scalar_scale = 1.0f;
-      ep_.bias = packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
+      ep_.bias =
+          packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
       ep_.residual_grid = k.r_grid_;
       ep_.act = s.act;
       ep_.lo = k.layer_.clip_lo;
@@ -785,7 +866,7 @@ class ConvInstance final : public KernelInstance {
     ptr[kRoleX] = ctx.inputs[0].data;
     ptr[kRoleW] = packed_->weights.get();
     ptr[kRoleY] = conv_out;
-    ptr[kRoleScale] = packed_->scale.get();
+    ptr[kRoleScale] = (mode_ == Mode::kSplit ? packed_->split_scale : packed_->scale).get();
     ptr[kRoleBias] = packed_->bias.get();
     ptr[kRoleResidual] = const_cast<void*>(residual);
     ptr[kRoleOutScale] = packed_->out_scale.get();
@@ -832,11 +913,60 @@ Expected<Desc> ConvKernel::tuning_pack(const Plan& plan, void* const* bufs) cons
   ptr[kRoleX] = bufs[0];
   ptr[kRoleW] = packed_->weights.get();
   ptr[kRoleY] = bufs[1];
-  ptr[kRoleScale] = packed_->scale.get();
+  ptr[kRoleScale] = (plan.mode == Mode::kSplit ? packed_->split_scale : packed_->scale).get();
   ptr[kRoleBias] = packed_->bias.get();
   ptr[kRoleResidual] = bufs[2];
   ptr[kRoleOutScale] = packed_->out_scale.get();
   return variant_pack(plan.graph, ptr, bufs[3]);
+}
+
+Status ConvKernel::warm_up(const Plan& plan, const Spec& spec, BuildResources& b) const {
+  const size_t xbytes = size_t(spec.n * spec.c * spec.h * spec.w) * type_bytes(spec.xt);
+  const size_t yn = size_t(spec.n * spec.k * spec.oh * spec.ow);
+  MIXQ_ASSIGN_OR_RETURN(void* x, b.scratch(0, xbytes));
+  MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(1, yn * type_bytes(spec.yt)));
+  MIXQ_ASSIGN_OR_RETURN(void* r, b.scratch(2, spec.residual ? yn * type_bytes(spec.rt) : 256));
+  MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t(plan.workspace)));
+  CUDA_CHECK(cudaMemsetAsync(x, 0, xbytes, b.res->stream));
+  if (spec.residual) CUDA_CHECK(cudaMemsetAsync(r, 0, yn * type_bytes(spec.rt), b.res->stream));
+  void* bufs[4] = {x, y, r, ws};
+  MIXQ_ASSIGN_OR_RETURN(Desc vp, tuning_pack(plan, bufs));
+  CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, plan.plan.get(), vp.get()));
+  CUDA_CHECK(cudaStreamSynchronize(b.res->stream));
+  b.release_scratch();
+  return Status::Ok();
+}
+
+Expected<double> ConvKernel::time_epilogue(const Spec& split, BuildResources& b) const {
+  const int64_t rows = split.n * split.oh * split.ow, cols = split.k;
+  const size_t inter = size_t(rows * cols) * type_bytes(split.yt);
+  const size_t ybytes = size_t(rows * cols) * dtype_size(node_.output(0)->dtype);
+  const ir::Value* r = node_.input(3);
+  const size_t rbytes = r ? size_t(rows * cols) * dtype_size(r->dtype) : 256;
+  MIXQ_ASSIGN_OR_RETURN(void* acc, b.scratch(0, inter));
+  MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(1, ybytes));
+  MIXQ_ASSIGN_OR_RETURN(void* res, b.scratch(2, rbytes));
+  CUDA_CHECK(cudaMemsetAsync(acc, 0, inter, b.res->stream));
+  CUDA_CHECK(cudaMemsetAsync(res, 0, rbytes, b.res->stream));
+  kernels::EpilogueParams ep;
+  ep.acc_dt = kernel_dtype(dtype_of(split.yt));
+  ep.bias = packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
+  ep.residual = r ? res : nullptr;
+  ep.residual_grid = r_grid_;
+  ep.act = layer_.base.act;
+  ep.lo = layer_.clip_lo;
+  ep.hi = layer_.clip_hi;
+  ep.rows = rows;
+  ep.cols = cols;
+  auto t = time_launches(
+      [&]() -> Status {
+        const cudaError_t e = kernels::epilogue(acc, y, y_grid_, ep, b.res->stream);
+        if (e != cudaSuccess) return cuda_status(e, "epilogue", __FILE__, __LINE__);
+        return Status::Ok();
+      },
+      b.res->stream);
+  b.release_scratch();
+  return t;
 }
 
 // Runs the plan once on poisoned output and checks it wrote: an engine that returns success but
@@ -856,16 +986,19 @@ Status check_run(const Plan& plan, const Desc& vp, const Spec& spec, BuildResour
     untouched += poison;
   }
   if (es > 1 ? untouched > 0 : untouched == total)
-    return Internal("the engine left " + std::to_string(untouched) + " of " + std::to_string(total) +
-                    " outputs unwritten");
+    return Internal("the engine left " + std::to_string(untouched) + " of " +
+                    std::to_string(total) + " outputs unwritten");
   return Status::Ok();
 }
 
-Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResources& b, std::string* note) const {
+Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResources& b,
+                                                 std::string* note) const {
   MIXQ_ASSIGN_OR_RETURN(OpGraph g, build_graph(spec, b.res->cudnn));
   // Tuning data at this batch: random input and residual, output and workspace buffers.
   const int64_t xn = spec.n * spec.c * spec.h * spec.w, yn = spec.n * spec.k * spec.oh * spec.ow;
-  auto amp = [](cudnnDataType_t t) { return t == CUDNN_DATA_INT8 ? 32.0f : t == CUDNN_DATA_FP8_E4M3 ? 4.0f : 1.0f; };
+  auto amp = [](cudnnDataType_t t) {
+    return t == CUDNN_DATA_INT8 ? 32.0f : t == CUDNN_DATA_FP8_E4M3 ? 4.0f : 1.0f;
+  };
   MIXQ_ASSIGN_OR_RETURN(DeviceBuffer x, random_device(dtype_of(spec.xt), xn, amp(spec.xt), 11));
   DeviceBuffer r;
   if (spec.residual) {
@@ -874,6 +1007,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(1, size_t(yn) * type_bytes(spec.yt)));
   const auto start = Clock::now();
   double best_ms = 0;
+  bool best_captured = false;
   std::shared_ptr<Plan> best;
   int tried = 0, working = 0;
   std::string errors;
@@ -885,7 +1019,8 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
     }
     for (const Desc& cfg : h->configs) {
       if (tried >= tune_max_candidates() && best) break;
-      if (best && std::chrono::duration<double>(Clock::now() - start).count() > tune_seconds()) break;
+      if (best && std::chrono::duration<double>(Clock::now() - start).count() > tune_seconds())
+        break;
       auto info = describe_config(cfg);
       if (!info.ok()) continue;
       if (spec.no_tensor_cores && info->tensor_core) continue;
@@ -897,6 +1032,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
       }
       if ((*plan)->workspace > kMaxWorkspace) continue;
       (*plan)->choice = *info;
+      (*plan)->mode = spec.mode;
       MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t((*plan)->workspace)));
       void* bufs[4] = {x.get(), y, r.get(), ws};
       auto vp = tuning_pack(**plan, bufs);
@@ -908,6 +1044,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
       }
       ++working;
       double ms = 0;
+      bool captured = true;
       if (tuning_enabled()) {
         const Desc& pack = *vp;
         auto t = time_launches(
@@ -915,53 +1052,65 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
               CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, (*plan)->plan.get(), pack.get()));
               return Status::Ok();
             },
-            b.res->stream);
+            b.res->stream, &captured);
         if (!t.ok()) {
           cudaGetLastError();
           continue;
         }
         ms = *t;
       }
-      if (!best || ms < best_ms) {
+      // Configurations that a CUDA graph can capture first (the engine replays graphs), then time.
+      if (!best || (captured && !best_captured) || (captured == best_captured && ms < best_ms)) {
         best = *plan;
         best_ms = ms;
+        best_captured = captured;
       }
       if (!tuning_enabled()) break;
     }
     if (best) break;  // FALLBACK only when mode A has nothing that runs
   }
+  b.release_scratch();
+  if (best) best->ms = best_ms;
   if (!best)
-    return Unsupported("no cuDNN engine runs " + spec.signature() + " (tried " + std::to_string(tried) + ":" +
-                       errors + ")" + (cudnn_last_error().empty() ? "" : ": " + cudnn_last_error()));
+    return Unsupported("no cuDNN engine runs " + spec.signature() + " (tried " +
+                       std::to_string(tried) + ":" + errors + ")" +
+                       (cudnn_last_error().empty() ? "" : ": " + cudnn_last_error()));
   if (note)
     *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " configs, " +
-            std::to_string(best_ms * 1000.0).substr(0, 6) + " us";
+            std::to_string(best_ms * 1000.0).substr(0, 6) + " us" +
+            (best_captured ? "" : ", not capturable");
   return best;
 }
 
 Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std::string& choice,
                                                      BuildResources& b, std::string* chosen,
                                                      std::string* note) const {
-  std::string want = choice.empty() ? cached_choice(spec.signature()) : choice;
-  EngineChoice c;
-  if (!want.empty() && EngineChoice::parse(want, c)) {
+  // The given choice (recorded in the engine, or the maximum batch's), else what this process
+  // tuned for the same graph before, else tune now.
+  const std::string cached = cached_choice(spec.signature());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const std::string& want = attempt == 0 ? choice : cached;
+    EngineChoice c;
+    if (want.empty() || !EngineChoice::parse(want, c)) continue;
     auto g = build_graph(spec, b.res->cudnn);
-    if (g.ok()) {
-      std::vector<Desc> keep;
-      auto cfg = config_from_choice(*g, c, keep);
-      if (cfg.ok()) {
-        auto plan = finalize_plan(*g, *cfg, b.res->cudnn, std::move(keep));
-        if (plan.ok() && (*plan)->workspace <= kMaxWorkspace) {
-          (*plan)->choice = c;
-          if (chosen) *chosen = c.str();
-          if (note) *note = choice.empty() ? "tuned before" : "recorded choice";
-          return *plan;
-        }
-      }
+    if (!g.ok()) break;
+    std::vector<Desc> keep;
+    auto cfg = config_from_choice(*g, c, keep);
+    if (!cfg.ok()) continue;
+    auto plan = finalize_plan(*g, *cfg, b.res->cudnn, std::move(keep));
+    if (plan.ok()) (*plan)->mode = spec.mode;
+    if (plan.ok() && (*plan)->workspace <= kMaxWorkspace && warm_up(**plan, spec, b).ok()) {
+      (*plan)->choice = c;
+      if (attempt == 1) (*plan)->ms = std::atof(cached_choice("ms " + spec.signature()).c_str());
+      if (chosen) *chosen = c.str();
+      if (note) *note = attempt == 0 ? "recorded choice" : "tuned before";
+      return *plan;
     }
+    cudaGetLastError();
   }
   MIXQ_ASSIGN_OR_RETURN(auto plan, tune(spec, b, note));
   cache_choice(spec.signature(), plan->choice.str());
+  cache_choice("ms " + spec.signature(), std::to_string(plan->ms));
   if (chosen) *chosen = plan->choice.str();
   return plan;
 }
@@ -978,7 +1127,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
   const DType in = input_dtype(precision_);
   if (x->dtype != in)
     return Internal("the input is " + std::string(dtype_name(x->dtype)) + "; a " +
-                    std::string(precision_name(precision_)) + " convolution reads " + std::string(dtype_name(in)));
+                    std::string(precision_name(precision_)) + " convolution reads " +
+                    std::string(dtype_name(in)));
   const bool y_quantized = stored_quantized(*y);
   if (y_quantized && y->quant->zero_point_at(0) != 0)
     return Unsupported("quantised outputs must be symmetric (zero point 0) on the GPU");
@@ -1001,18 +1151,21 @@ Status ConvKernel::prepare(int64_t max_batch) {
 
   // Scales: per output channel s_x * s_w[c] (int8/fp8), divided by the chain's units.
   const int64_t K = layer_.base.k;
-  std::vector<float> scale(size_t(K), 1.0f), bias(size_t(K), 0.0f), real_bias(size_t(K), 0.0f), conv_scale(size_t(K), 1.0f);
+  std::vector<float> scale(size_t(K), 1.0f), bias(size_t(K), 0.0f), real_bias(size_t(K), 0.0f),
+      conv_scale(size_t(K), 1.0f);
   if (quant) {
     if (!x->quant || x->quant->zero_point_at(0) != 0)
       return Unsupported("int8/fp8 inputs must be symmetric (zero point 0) with a scale");
-    if (!w->quant || w->dtype != in) return Internal("weights are not quantised for " + std::string(precision_name(precision_)));
+    if (!w->quant || w->dtype != in)
+      return Internal("weights are not quantised for " + std::string(precision_name(precision_)));
     const float sx = x->quant->scale[0];
     for (int64_t c = 0; c < K; ++c)
       conv_scale[size_t(c)] = sx * w->quant->scale[w->quant->per_tensor() ? 0 : size_t(c)];
   }
   if (b) {
     const std::vector<float> bv = b->constant.to_float_vector();
-    if (int64_t(bv.size()) != K) return InvalidArgument("bias has " + std::to_string(bv.size()) + " values");
+    if (int64_t(bv.size()) != K)
+      return InvalidArgument("bias has " + std::to_string(bv.size()) + " values");
     real_bias = bv;
   }
   for (int64_t c = 0; c < K; ++c) {
@@ -1025,23 +1178,17 @@ Status ConvKernel::prepare(int64_t max_batch) {
     MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
     MIXQ_ASSIGN_OR_RETURN(packed->weights, pack_weights(w->constant, in));
     MIXQ_ASSIGN_OR_RETURN(packed->scale, upload(scale.data(), scale.size() * sizeof(float)));
+    MIXQ_ASSIGN_OR_RETURN(packed->split_scale,
+                          upload(conv_scale.data(), conv_scale.size() * sizeof(float)));
     MIXQ_ASSIGN_OR_RETURN(packed->bias, upload(bias.data(), bias.size() * sizeof(float)));
     MIXQ_ASSIGN_OR_RETURN(packed->out_scale, upload(&layer_.out_scale, sizeof(float)));
     if (b) {
-      MIXQ_ASSIGN_OR_RETURN(packed->real_bias, upload(real_bias.data(), real_bias.size() * sizeof(float)));
+      MIXQ_ASSIGN_OR_RETURN(packed->real_bias,
+                            upload(real_bias.data(), real_bias.size() * sizeof(float)));
     }
     packed->host_bias = real_bias;
     packed_ = packed;
   }
-  // Split mode scales the convolution by s_x * s_w[c] only (real units), so it needs its own
-  // scale buffer when the fused chain divides.
-  auto split_scale = [&]() -> Status {
-    if (layer_.divisor != 1.0 && quant) {
-      MIXQ_ASSIGN_OR_RETURN(packed_->scale, upload(conv_scale.data(), conv_scale.size() * sizeof(float)));
-    }
-    return Status::Ok();
-  };
-
   // A recorded choice: "<signature hash>|fused|e4;k..." (see below).
   const std::string recorded = read_choice(node_, kChoiceAttr);
   std::string rec_mode, rec_choice;
@@ -1056,34 +1203,60 @@ Status ConvKernel::prepare(int64_t max_batch) {
   }
 
   MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
-  std::string chosen, note;
-  Status fused_status = Status::Ok();
-  std::shared_ptr<Plan> plan;
+  // Fused where cuDNN has an engine for the whole chain; split where it has none, and where the
+  // split form (convolution + own epilogue) measures faster: some fused chains only have slow
+  // engines (fp32 with a residual: one runtime-compiled engine, ~40x slower than the bare
+  // convolution on an H200). The decision is recorded with the choice and memoised per process.
+  const std::string mode_key =
+      "mode " + std::string(precision_name(precision_)) + " " + fused.signature();
+  const std::string decided = !rec_mode.empty() ? rec_mode : cached_choice(mode_key);
   const bool fusable = !layer_.base.residual || layer_.residual_fusable;
-  if (fusable && rec_mode != "split") {
-    auto p = plan_for(fused, rec_mode == "fused" ? rec_choice : "", br, &chosen, &note);
-    if (p.ok()) {
-      plan = *p;
-      mode_ = Mode::kFused;
-    } else {
+  std::shared_ptr<Plan> fused_plan, split_plan;
+  std::string fused_choice, fused_note, split_choice, split_note;
+  Status fused_status = Status::Ok(), split_status = Status::Ok();
+  if (fusable && decided != "split") {
+    auto p = plan_for(fused, rec_mode == "fused" ? rec_choice : "", br, &fused_choice, &fused_note);
+    if (p.ok())
+      fused_plan = *p;
+    else
       fused_status = p.status();
-    }
   }
-  if (!plan) {
-    MIXQ_RETURN_IF_ERROR(split_scale());
-    const Spec split = spec_at(max_batch, Mode::kSplit);
-    auto p = plan_for(split, rec_mode == "split" ? rec_choice : "", br, &chosen, &note);
-    if (!p.ok())
-      return Unsupported(node_.describe() + ": no cuDNN engine runs this convolution at " +
-                         std::string(precision_name(precision_)) + " (fused: " +
-                         (fusable ? fused_status.message() : std::string("residual format differs")) +
-                         "; split: " + p.status().message() + ")");
-    plan = *p;
-    mode_ = Mode::kSplit;
+  const Spec split = spec_at(max_batch, Mode::kSplit);
+  if (!fused_plan || (decided.empty() && fused_plan->ms > 0)) {
+    auto p = plan_for(split, rec_mode == "split" ? rec_choice : "", br, &split_choice, &split_note);
+    if (p.ok())
+      split_plan = *p;
+    else
+      split_status = p.status();
   }
+  double epilogue_ms = 0;
+  if (fused_plan && split_plan && split_plan->ms > 0) {
+    auto t = time_epilogue(split, br);
+    epilogue_ms = t.ok() ? *t : 1e30;
+  }
+  const bool use_split =
+      split_plan &&
+      (!fused_plan || (split_plan->ms > 0 && split_plan->ms + epilogue_ms < fused_plan->ms));
+  if (!fused_plan && !split_plan)
+    return Unsupported(node_.describe() + ": no cuDNN engine runs this convolution at " +
+                       std::string(precision_name(precision_)) + " (fused: " +
+                       (fusable ? fused_status.message() : std::string("residual format differs")) +
+                       "; split: " + split_status.message() + ")");
+  std::shared_ptr<Plan> plan = use_split ? split_plan : fused_plan;
+  mode_ = use_split ? Mode::kSplit : Mode::kFused;
+  const std::string chosen = use_split ? split_choice : fused_choice;
+  std::string note = use_split ? split_note : fused_note;
+  if (fused_plan && split_plan && fused_plan->ms > 0 && split_plan->ms > 0) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "; fused %.1f us, split %.1f + %.1f us", fused_plan->ms * 1e3,
+                  split_plan->ms * 1e3, epilogue_ms * 1e3);
+    note += buf;
+  }
+  if (rec_mode.empty()) cache_choice(mode_key, use_split ? "split" : "fused");
   prepared_ = plan;
   choice_ = chosen;
-  record_choice(node_, kChoiceAttr, tag + "|" + (mode_ == Mode::kFused ? "fused" : "split") + "|" + chosen);
+  record_choice(node_, kChoiceAttr,
+                tag + "|" + (mode_ == Mode::kFused ? "fused" : "split") + "|" + chosen);
   const Spec& s = layer_.base;
   std::string epi;
   if (mode_ == Mode::kFused) {
@@ -1095,9 +1268,9 @@ Status ConvKernel::prepare(int64_t max_batch) {
   } else {
     epi = " +own epilogue";
   }
-  impl_ = "cudnn graph " + std::string(mode_ == Mode::kFused ? "fused" : "split") + " conv" + epi + " " +
-          type_name(s.xt) + "->" + type_name(s.yt) + " engine " + chosen + (plan->choice.runtime_compiled ? " (rtc)" : "") +
-          " [" + note + "]";
+  impl_ = "cudnn graph " + std::string(mode_ == Mode::kFused ? "fused" : "split") + " conv" + epi +
+          " " + type_name(s.xt) + "->" + type_name(s.yt) + " engine " + chosen +
+          (plan->choice.runtime_compiled ? " (rtc)" : "") + " [" + note + "]";
   return Status::Ok();
 }
 
@@ -1108,7 +1281,8 @@ Expected<std::unique_ptr<KernelInstance>> ConvKernel::instantiate(int64_t batch)
   MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
   const Spec s = spec_at(batch, mode_);
   auto plan = plan_for(s, choice_, br, nullptr, nullptr);
-  if (!plan.ok()) return plan.status().with_context(node_.describe() + " at batch " + std::to_string(batch));
+  if (!plan.ok())
+    return plan.status().with_context(node_.describe() + " at batch " + std::to_string(batch));
   return std::unique_ptr<KernelInstance>(new ConvInstance(*this, *plan, mode_, batch));
 }
 
@@ -1150,8 +1324,9 @@ bool conv_supports(const ir::Node& node, Precision p, std::string* why) {
     if (!fused.ok()) {
       Status split = probe(split_spec(layer->base, p), br->res->cudnn);
       if (!split.ok())
-        reason = "cuDNN has no engine for this " + std::string(precision_name(p)) + " convolution (" +
-                 std::string(dtype_name(natural)) + " -> " + std::string(dtype_name(dtype)) + "): " + fused.message();
+        reason = "cuDNN has no engine for this " + std::string(precision_name(p)) +
+                 " convolution (" + std::string(dtype_name(natural)) + " -> " +
+                 std::string(dtype_name(dtype)) + "): " + fused.message();
     }
     std::lock_guard<std::mutex> lock(g_supports_mutex);
     g_supports[key] = reason;

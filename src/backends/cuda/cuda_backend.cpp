@@ -66,6 +66,20 @@ namespace {
 
 CudaResources* res(ExecResources* r) { return static_cast<CudaResources*>(r); }
 
+// Ends a capture left open on `stream` (by a step that failed while capturing), dropping its graph.
+void abandon_capture(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (status == cudaStreamCaptureStatusNone) return;
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(stream, &graph);
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+}
+
 class CudaDeviceOps final : public DeviceOps {
  public:
   Expected<std::shared_ptr<void>> alloc_device(size_t bytes) const override {
@@ -91,10 +105,14 @@ class CudaDeviceOps final : public DeviceOps {
     return Status::Ok();
   }
   Status synchronize(ExecResources* r) const override {
+    // A capture that a failing step left open ends here (its graph is dropped): the caller
+    // synchronises before it runs the steps directly.
+    abandon_capture(res(r)->stream);
     CUDA_CHECK(cudaStreamSynchronize(res(r)->stream));
     return Status::Ok();
   }
   Status begin_capture(ExecResources* r) const override {
+    abandon_capture(res(r)->stream);
     CUDA_CHECK(cudaStreamBeginCapture(res(r)->stream, cudaStreamCaptureModeThreadLocal));
     return Status::Ok();
   }
@@ -112,7 +130,14 @@ class CudaDeviceOps final : public DeviceOps {
     return Status::Ok();
   }
   Status record(ExecResources* r, int slot) const override {
-    CUDA_CHECK(cudaEventRecord(res(r)->events[slot], res(r)->stream));
+    // In a capture, a plain record only orders streams; an external record node records the
+    // event each time the graph replays (what the timing marks need).
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(res(r)->stream, &capturing));
+    if (capturing == cudaStreamCaptureStatusActive)
+      CUDA_CHECK(cudaEventRecordWithFlags(res(r)->events[slot], res(r)->stream, cudaEventRecordExternal));
+    else
+      CUDA_CHECK(cudaEventRecord(res(r)->events[slot], res(r)->stream));
     return Status::Ok();
   }
   Expected<double> elapsed_ms(ExecResources* r, int from, int to) const override {

@@ -12,21 +12,31 @@ namespace mixq::backends::cuda {
 
 int kernel_dtype(DType d) {
   switch (d) {
-    case DType::kFloat32: return kernels::kF32;
-    case DType::kFloat16: return kernels::kF16;
-    case DType::kBFloat16: return kernels::kBF16;
-    case DType::kInt8: return kernels::kS8;
-    case DType::kUInt8: return kernels::kU8;
-    case DType::kFloat8E4M3: return kernels::kE4M3;
-    case DType::kInt32: return kernels::kI32;
-    case DType::kInt64: return kernels::kI64;
-    case DType::kBool: return kernels::kBool;
+    case DType::kFloat32:
+      return kernels::kF32;
+    case DType::kFloat16:
+      return kernels::kF16;
+    case DType::kBFloat16:
+      return kernels::kBF16;
+    case DType::kInt8:
+      return kernels::kS8;
+    case DType::kUInt8:
+      return kernels::kU8;
+    case DType::kFloat8E4M3:
+      return kernels::kE4M3;
+    case DType::kInt32:
+      return kernels::kI32;
+    case DType::kInt64:
+      return kernels::kI64;
+    case DType::kBool:
+      return kernels::kBool;
   }
   return kernels::kF32;
 }
 
 bool stored_quantized(const ir::Value& v) {
-  return v.quant && (v.dtype == DType::kInt8 || v.dtype == DType::kUInt8 || v.dtype == DType::kFloat8E4M3);
+  return v.quant &&
+         (v.dtype == DType::kInt8 || v.dtype == DType::kUInt8 || v.dtype == DType::kFloat8E4M3);
 }
 
 kernels::Grid value_grid(const ir::Value& v) {
@@ -68,6 +78,11 @@ Expected<void*> BuildResources::scratch(int slot, size_t bytes) {
   return b.get();
 }
 
+void BuildResources::release_scratch() {
+  if (res) cudaStreamSynchronize(res->stream);
+  for (DeviceBuffer& b : shared().scratch) b = {};
+}
+
 Expected<BuildResources> build_resources() {
   Shared& s = shared();
   BuildResources r;
@@ -93,25 +108,36 @@ Expected<DeviceBuffer> random_device(DType dtype, int64_t count, float amp, uint
   Tensor t = Tensor::empty(dtype, {count});
   for (int64_t i = 0; i < count; ++i) {
     switch (dtype) {
-      case DType::kFloat32: t.data<float>()[i] = draw(); break;
-      case DType::kFloat16: t.data<Half>()[i] = float_to_half(draw()); break;
-      case DType::kBFloat16: t.data<BFloat16>()[i] = float_to_bf16(draw()); break;
-      case DType::kFloat8E4M3: t.data<Float8E4M3>()[i] = float_to_fp8e4m3(draw()); break;
+      case DType::kFloat32:
+        t.data<float>()[i] = draw();
+        break;
+      case DType::kFloat16:
+        t.data<Half>()[i] = float_to_half(draw());
+        break;
+      case DType::kBFloat16:
+        t.data<BFloat16>()[i] = float_to_bf16(draw());
+        break;
+      case DType::kFloat8E4M3:
+        t.data<Float8E4M3>()[i] = float_to_fp8e4m3(draw());
+        break;
       case DType::kInt8:
         t.data<int8_t>()[i] = int8_t(std::clamp(std::nearbyint(draw()), -128.0f, 127.0f));
         break;
       case DType::kUInt8:
         t.data<uint8_t>()[i] = uint8_t(std::clamp(std::nearbyint(std::fabs(draw())), 0.0f, 255.0f));
         break;
-      case DType::kInt32: t.data<int32_t>()[i] = int32_t(std::nearbyint(draw())); break;
-      default: return Internal("random_device: unsupported dtype " + std::string(dtype_name(dtype)));
+      case DType::kInt32:
+        t.data<int32_t>()[i] = int32_t(std::nearbyint(draw()));
+        break;
+      default:
+        return Internal("random_device: unsupported dtype " + std::string(dtype_name(dtype)));
     }
   }
   return upload(t.raw(), t.nbytes());
 }
 
-Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream, int warmup,
-                               int reps, int inner) {
+Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream,
+                               bool* captured, int warmup, int reps, int inner) {
   for (int i = 0; i < warmup; ++i) MIXQ_RETURN_IF_ERROR(launch());
   CUDA_CHECK(cudaStreamSynchronize(stream));
   // Time a captured graph of `inner` launches where the calls capture (as the engine runs them):
@@ -122,11 +148,13 @@ Expected<double> time_launches(const std::function<Status()>& launch, cudaStream
     for (int i = 0; i < inner && captured.ok(); ++i) captured = launch();
     cudaGraph_t graph = nullptr;
     const cudaError_t e = cudaStreamEndCapture(stream, &graph);
-    if (captured.ok() && e == cudaSuccess && graph && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess)
+    if (captured.ok() && e == cudaSuccess && graph &&
+        cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess)
       exec = nullptr;
     if (graph) cudaGraphDestroy(graph);
     cudaGetLastError();  // a failed capture is not an error here: time direct launches instead
   }
+  if (captured) *captured = exec != nullptr;
   std::shared_ptr<void> free_exec(exec, [](void* g) {
     if (g) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
   });
@@ -170,16 +198,20 @@ long env_long(const char* name, long fallback) {
 
 }  // namespace
 
-int tune_max_candidates() { return int(std::max(1L, env_long("MIXQ_CUDA_TUNE_CONFIGS", 24))); }
+int tune_max_candidates() {
+  return int(std::max(1L, env_long("MIXQ_CUDA_TUNE_CONFIGS", 16)));
+}
 
 double tune_seconds() {
   const char* v = std::getenv("MIXQ_CUDA_TUNE_SECONDS");
-  if (!v || !*v) return 4.0;
+  if (!v || !*v) return 2.0;
   const double x = std::atof(v);
-  return x > 0 ? x : 4.0;
+  return x > 0 ? x : 2.0;
 }
 
-bool tuning_enabled() { return env_long("MIXQ_CUDA_TUNE", 1) != 0; }
+bool tuning_enabled() {
+  return env_long("MIXQ_CUDA_TUNE", 1) != 0;
+}
 
 std::string hex_encode(const void* data, size_t bytes) {
   static const char* digits = "0123456789abcdef";

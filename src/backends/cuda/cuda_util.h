@@ -27,6 +27,8 @@ struct BuildResources {
   std::unique_lock<std::mutex> lock;
   // Device memory for tuning, grown on demand, reused between builds (slot 0..3).
   Expected<void*> scratch(int slot, size_t bytes);
+  // Frees the tuning memory (after a layer's tuning: it can be large).
+  void release_scratch();
 };
 Expected<BuildResources> build_resources();
 
@@ -36,13 +38,16 @@ Expected<DeviceBuffer> random_device(DType dtype, int64_t count, float amp, uint
 
 // Median device time in ms of one `launch` on `stream`: `warmup` launches, then `reps` batches of
 // `inner` launches between two events (captured as one CUDA graph where the launches capture, so
-// host overhead stays out, as in the engine's replay). Fails with the launch's status.
-Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream, int warmup = 2,
-                               int reps = 5, int inner = 5);
+// host overhead stays out, as in the engine's replay; `captured` says whether they did: the engine
+// replays its steps as a graph, so a launch that cannot be captured costs more). Fails with the
+// launch's status.
+Expected<double> time_launches(const std::function<Status()>& launch, cudaStream_t stream,
+                               bool* captured = nullptr, int warmup = 2, int reps = 5,
+                               int inner = 5);
 
 // Tuning bounds (environment overrides): MIXQ_CUDA_TUNE_CONFIGS (most candidates timed per layer,
-// default 24), MIXQ_CUDA_TUNE_SECONDS (wall-clock budget per layer once one candidate works,
-// default 4), MIXQ_CUDA_TUNE=0 (no timing: the first candidate that runs wins).
+// default 16), MIXQ_CUDA_TUNE_SECONDS (wall-clock budget per layer once one candidate works,
+// default 2), MIXQ_CUDA_TUNE=0 (no timing: the first candidate that runs wins).
 int tune_max_candidates();
 double tune_seconds();
 bool tuning_enabled();
@@ -62,6 +67,8 @@ std::string cached_choice(const std::string& signature);
 void cache_choice(const std::string& signature, const std::string& choice);
 
 // Rounds up to a multiple of 256 bytes (scratch sub-buffers).
-inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+inline size_t align256(size_t bytes) {
+  return (bytes + 255) / 256 * 256;
+}
 
 }  // namespace mixq::backends::cuda

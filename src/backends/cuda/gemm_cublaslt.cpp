@@ -44,74 +44,104 @@ struct Variant {
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   cudaDataType_t scale_type = CUDA_R_32F;
   int scales = kNoScales;
-  bool d_scale = false;                  // e4m3 output: D scale 1/s_y
-  bool bias = false;                     // cuBLASLt adds the bias...
+  bool d_scale = false;  // e4m3 output: D scale 1/s_y
+  bool bias = false;     // cuBLASLt adds the bias...
   cudaDataType_t bias_type = CUDA_R_32F;
-  bool relu = false;                     // ...and applies relu
-  bool to_scratch = false;               // D goes to scratch; the own epilogue writes y
-  float alpha = 1.0f;                    // float alpha (scale type 32F)
+  bool relu = false;        // ...and applies relu
+  bool to_scratch = false;  // D goes to scratch; the own epilogue writes y
+  float alpha = 1.0f;       // float alpha (scale type 32F)
   // Device data of the variant.
   DeviceBuffer bias_data, a_scale, b_scale, d_scale_data, epi_scale, epi_bias;
-  bool per_channel_epilogue = false;     // int8 -> int32: s_x * s_w[n] in the epilogue
+  bool per_channel_epilogue = false;  // int8 -> int32: s_x * s_w[n] in the epilogue
 };
 
 size_t type_bytes(cudaDataType_t t) {
   switch (t) {
     case CUDA_R_32F:
-    case CUDA_R_32I: return 4;
+    case CUDA_R_32I:
+      return 4;
     case CUDA_R_16F:
-    case CUDA_R_16BF: return 2;
-    default: return 1;
+    case CUDA_R_16BF:
+      return 2;
+    default:
+      return 1;
   }
 }
 
 const char* type_name(cudaDataType_t t) {
   switch (t) {
-    case CUDA_R_32F: return "f32";
-    case CUDA_R_32I: return "s32";
-    case CUDA_R_16F: return "f16";
-    case CUDA_R_16BF: return "bf16";
-    case CUDA_R_8I: return "s8";
-    case CUDA_R_8F_E4M3: return "e4m3";
-    default: return "?";
+    case CUDA_R_32F:
+      return "f32";
+    case CUDA_R_32I:
+      return "s32";
+    case CUDA_R_16F:
+      return "f16";
+    case CUDA_R_16BF:
+      return "bf16";
+    case CUDA_R_8I:
+      return "s8";
+    case CUDA_R_8F_E4M3:
+      return "e4m3";
+    default:
+      return "?";
   }
 }
 
 cudaDataType_t cuda_type(DType d) {
   switch (d) {
-    case DType::kFloat16: return CUDA_R_16F;
-    case DType::kBFloat16: return CUDA_R_16BF;
-    case DType::kInt8: return CUDA_R_8I;
-    case DType::kFloat8E4M3: return CUDA_R_8F_E4M3;
-    case DType::kInt32: return CUDA_R_32I;
-    default: return CUDA_R_32F;
+    case DType::kFloat16:
+      return CUDA_R_16F;
+    case DType::kBFloat16:
+      return CUDA_R_16BF;
+    case DType::kInt8:
+      return CUDA_R_8I;
+    case DType::kFloat8E4M3:
+      return CUDA_R_8F_E4M3;
+    case DType::kInt32:
+      return CUDA_R_32I;
+    default:
+      return CUDA_R_32F;
   }
 }
 
 DType dtype_of(cudaDataType_t t) {
   switch (t) {
-    case CUDA_R_16F: return DType::kFloat16;
-    case CUDA_R_16BF: return DType::kBFloat16;
-    case CUDA_R_8I: return DType::kInt8;
-    case CUDA_R_8F_E4M3: return DType::kFloat8E4M3;
-    case CUDA_R_32I: return DType::kInt32;
-    default: return DType::kFloat32;
+    case CUDA_R_16F:
+      return DType::kFloat16;
+    case CUDA_R_16BF:
+      return DType::kBFloat16;
+    case CUDA_R_8I:
+      return DType::kInt8;
+    case CUDA_R_8F_E4M3:
+      return DType::kFloat8E4M3;
+    case CUDA_R_32I:
+      return DType::kInt32;
+    default:
+      return DType::kFloat32;
   }
 }
 
 DType input_dtype(Precision p) {
   switch (p) {
-    case Precision::kFP16: return DType::kFloat16;
-    case Precision::kBF16: return DType::kBFloat16;
-    case Precision::kINT8: return DType::kInt8;
-    case Precision::kFP8: return DType::kFloat8E4M3;
-    default: return DType::kFloat32;
+    case Precision::kFP16:
+      return DType::kFloat16;
+    case Precision::kBF16:
+      return DType::kBFloat16;
+    case Precision::kINT8:
+      return DType::kInt8;
+    case Precision::kFP8:
+      return DType::kFloat8E4M3;
+    default:
+      return DType::kFloat32;
   }
 }
 
-bool quantized_precision(Precision p) { return p == Precision::kINT8 || p == Precision::kFP8; }
+bool quantized_precision(Precision p) {
+  return p == Precision::kINT8 || p == Precision::kFP8;
+}
 
-// --- descriptors -------------------------------------------------------------------------------------
+// --- descriptors
+// -------------------------------------------------------------------------------------
 
 struct Descs {
   cublasLtMatmulDesc_t op = nullptr;
@@ -147,7 +177,9 @@ Expected<std::shared_ptr<Descs>> make_descs(const Variant& v, int64_t M, int64_t
     MIXQ_RETURN_IF_ERROR(set_desc(d->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, v.a_scale.get()));
     MIXQ_RETURN_IF_ERROR(set_desc(d->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, v.b_scale.get()));
   }
-  if (v.d_scale) MIXQ_RETURN_IF_ERROR(set_desc(d->op, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, v.d_scale_data.get()));
+  if (v.d_scale)
+    MIXQ_RETURN_IF_ERROR(
+        set_desc(d->op, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, v.d_scale_data.get()));
   if (v.bias || v.relu) {
     const cublasLtEpilogue_t ep = v.bias && v.relu ? CUBLASLT_EPILOGUE_RELU_BIAS
                                   : v.bias         ? CUBLASLT_EPILOGUE_BIAS
@@ -166,37 +198,41 @@ Expected<std::shared_ptr<Descs>> make_descs(const Variant& v, int64_t M, int64_t
   return d;
 }
 
-Expected<std::vector<cublasLtMatmulHeuristicResult_t>> heuristics(cublasLtHandle_t lt, const Descs& d,
-                                                                   int requested) {
+Expected<std::vector<cublasLtMatmulHeuristicResult_t>> heuristics(cublasLtHandle_t lt,
+                                                                  const Descs& d, int requested) {
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   std::shared_ptr<void> free_pref(pref, [](void* p) {
     cublasLtMatmulPreferenceDestroy(static_cast<cublasLtMatmulPreference_t>(p));
   });
   const uint64_t ws = kMaxWorkspace;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ws, sizeof ws));
   std::vector<cublasLtMatmulHeuristicResult_t> r(static_cast<size_t>(requested));
   int n = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, d.op, d.a, d.b, d.c, d.d, pref, requested, r.data(), &n));
+  CUBLAS_CHECK(
+      cublasLtMatmulAlgoGetHeuristic(lt, d.op, d.a, d.b, d.c, d.d, pref, requested, r.data(), &n));
   r.resize(size_t(std::max(n, 0)));
   r.erase(std::remove_if(r.begin(), r.end(),
                          [](const cublasLtMatmulHeuristicResult_t& h) {
-                           return h.state != CUBLAS_STATUS_SUCCESS || h.workspaceSize > kMaxWorkspace;
+                           return h.state != CUBLAS_STATUS_SUCCESS ||
+                                  h.workspaceSize > kMaxWorkspace;
                          }),
           r.end());
   if (r.empty()) return Unsupported("cuBLASLt's heuristics return no algorithm");
   return r;
 }
 
-// --- the layer --------------------------------------------------------------------------------------
+// --- the layer
+// --------------------------------------------------------------------------------------
 
 struct Dims {
   int64_t m = 0, n = 0, k = 0;
 };
 
 // Variants for a layer, most fused first. `y_dtype`, `y_quantized` describe the output.
-std::vector<Variant> variants_for(Precision p, DType y_dtype, bool y_quantized, bool has_bias, bool has_residual,
-                                  int act, bool per_tensor_weights) {
+std::vector<Variant> variants_for(Precision p, DType y_dtype, bool y_quantized, bool has_bias,
+                                  bool has_residual, int act, bool per_tensor_weights) {
   std::vector<Variant> out;
   const bool epilogue_fusable = !has_residual && act != kernels::kActClip;
   const bool relu = act == kernels::kActRelu;
@@ -213,7 +249,8 @@ std::vector<Variant> variants_for(Precision p, DType y_dtype, bool y_quantized, 
     case Precision::kTF32:
     case Precision::kFP16:
     case Precision::kBF16: {
-      if (epilogue_fusable && !y_quantized && (yt == CUDA_R_32F || yt == cuda_type(input_dtype(p)))) {
+      if (epilogue_fusable && !y_quantized &&
+          (yt == CUDA_R_32F || yt == cuda_type(input_dtype(p)))) {
         Variant v = base("fused");
         v.c = v.d = yt;
         v.bias = has_bias;
@@ -228,7 +265,8 @@ std::vector<Variant> variants_for(Precision p, DType y_dtype, bool y_quantized, 
       break;
     }
     case Precision::kINT8: {
-      if (epilogue_fusable && per_tensor_weights && (y_dtype == DType::kInt8 || y_dtype == DType::kFloat32)) {
+      if (epilogue_fusable && per_tensor_weights &&
+          (y_dtype == DType::kInt8 || y_dtype == DType::kFloat32)) {
         Variant v = base(y_quantized ? "s8 alpha" : "f32 alpha");
         v.compute = CUBLAS_COMPUTE_32I;
         v.c = v.d = yt;
@@ -256,7 +294,8 @@ std::vector<Variant> variants_for(Precision p, DType y_dtype, bool y_quantized, 
         v.relu = relu;
         out.push_back(v);
       }
-      if (y_dtype == DType::kFloat8E4M3 && y_quantized && !has_bias && !has_residual && act != kernels::kActClip) {
+      if (y_dtype == DType::kFloat8E4M3 && y_quantized && !has_bias && !has_residual &&
+          act != kernels::kActClip) {
         Variant v = base("outer scales -> e4m3");
         v.scales = kOuterScales;
         v.c = CUDA_R_16BF;
@@ -290,18 +329,23 @@ Status static_checks(const ir::Node& node) {
   const ir::Value* x = node.input(0);
   const ir::Value* w = node.input(1);
   const ir::Value* y = node.output(0);
-  if (!w || !w->is_constant() || w->constant.rank() != 2) return Unsupported("weights are not a constant matrix");
-  if (!x || !x->shape_known || x->shape.size() != 2) return Unsupported("the input is not a matrix of known shape");
+  if (!w || !w->is_constant() || w->constant.rank() != 2)
+    return Unsupported("weights are not a constant matrix");
+  if (!x || !x->shape_known || x->shape.size() != 2)
+    return Unsupported("the input is not a matrix of known shape");
   if (x->shape[1] != w->constant.dim(1))
     return InvalidArgument("input " + shape_to_string(x->shape) + " does not match weights " +
                            shape_to_string(w->constant.shape()));
-  if (!y || !y->shape_known || y->shape.size() != 2) return Unsupported("the output is not a matrix");
+  if (!y || !y->shape_known || y->shape.size() != 2)
+    return Unsupported("the output is not a matrix");
   const ir::Value* r = node.input(3);
-  if (r && (!r->shape_known || r->shape != y->shape)) return Unsupported("the residual's shape differs from the output's");
+  if (r && (!r->shape_known || r->shape != y->shape))
+    return Unsupported("the residual's shape differs from the output's");
   if (node.input(2) && node.input(2)->constant.numel() != w->constant.dim(0))
     return InvalidArgument("the bias does not have one value per output");
   const std::string act = node.attr_string("mixq.activation", "none");
-  if (act != "none" && act != "relu" && act != "clip") return Unsupported("activation '" + act + "'");
+  if (act != "none" && act != "relu" && act != "clip")
+    return Unsupported("activation '" + act + "'");
   return Status::Ok();
 }
 
@@ -310,7 +354,8 @@ int act_of(const ir::Node& node) {
   return act == "relu" ? kernels::kActRelu : act == "clip" ? kernels::kActClip : kernels::kActNone;
 }
 
-// --- the kernel -------------------------------------------------------------------------------------
+// --- the kernel
+// -------------------------------------------------------------------------------------
 
 struct Chosen {
   int variant = -1;
@@ -337,10 +382,21 @@ class GemmKernel final : public Kernel {
   int64_t rows_at(int64_t batch) const { return at_batch(node_.input(0)->shape, batch)[0]; }
 
   // Issues the layer: matmul (and the own epilogue for scratch variants).
-  Status launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt, cudaStream_t stream, const void* x,
-                const void* residual, void* y, char* scratch) const;
+  Status launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt,
+                cudaStream_t stream, const void* x, const void* residual, void* y,
+                char* scratch) const;
 
   Expected<Chosen> tune(int64_t m, BuildResources& b, int only_variant, std::string* note) const;
+  // A choice ("v<variant>|<algorithm hex>") rebuilt for m rows, checked and warmed up.
+  Expected<Chosen> from_choice(const std::string& choice, int64_t m, BuildResources& b) const;
+  static std::string choice_string(const Chosen& c) {
+    return "v" + std::to_string(c.variant) + "|" + hex_encode(&c.algo, sizeof c.algo);
+  }
+  std::string signature(int64_t m) const { return signature_ + " m" + std::to_string(m); }
+
+  // Runs a choice once on zeros outside any capture (lazy set-up of the library and kernels
+  // happens on the first run; a CUDA graph capture does not allow it).
+  Status warm_up(const Chosen& c, int64_t m, BuildResources& b) const;
 
   const ir::Node& node_;
   Precision precision_;
@@ -352,11 +408,13 @@ class GemmKernel final : public Kernel {
   int act_ = kernels::kActNone;
   float clip_lo_ = 0, clip_hi_ = 0;
   Chosen prepared_;
+  std::string signature_;  // the layer without its row count
   std::string impl_ = "cublaslt";
 };
 
-Status GemmKernel::launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt, cudaStream_t stream,
-                          const void* x, const void* residual, void* y, char* scratch) const {
+Status GemmKernel::launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt,
+                          cudaStream_t stream, const void* x, const void* residual, void* y,
+                          char* scratch) const {
   const size_t db = d_bytes(v, m), cb = c_bytes(v, m);
   void* d = v.to_scratch ? static_cast<void*>(scratch) : y;
   void* cptr = v.c != v.d ? static_cast<void*>(scratch + db) : d;
@@ -364,10 +422,10 @@ Status GemmKernel::launch(const Variant& v, const Chosen& c, int64_t m, cublasLt
   const float alpha_f = v.alpha, beta_f = 0.0f;
   const int32_t alpha_i = 1, beta_i = 0;
   const bool int_scale = v.scale_type == CUDA_R_32I;
-  CUBLAS_CHECK(cublasLtMatmul(lt, c.descs->op, int_scale ? static_cast<const void*>(&alpha_i) : &alpha_f,
-                              weights_.get(), c.descs->a, x, c.descs->b,
-                              int_scale ? static_cast<const void*>(&beta_i) : &beta_f, cptr, c.descs->c, d,
-                              c.descs->d, &c.algo, ws, c.workspace, stream));
+  CUBLAS_CHECK(cublasLtMatmul(
+      lt, c.descs->op, int_scale ? static_cast<const void*>(&alpha_i) : &alpha_f, weights_.get(),
+      c.descs->a, x, c.descs->b, int_scale ? static_cast<const void*>(&beta_i) : &beta_f, cptr,
+      c.descs->c, d, c.descs->d, &c.algo, ws, c.workspace, stream));
   if (!v.to_scratch) return Status::Ok();
   kernels::EpilogueParams ep;
   ep.acc_dt = kernel_dtype(dtype_of(v.d));
@@ -396,8 +454,9 @@ class GemmInstance final : public KernelInstance {
   Status execute(const ExecContext& ctx) const override {
     CudaResources& res = resources_of(ctx);
     const void* residual = ctx.inputs.size() > 3 ? ctx.inputs[3].data : nullptr;
-    return k_.launch(k_.variants_[size_t(c_.variant)], c_, m_, res.cublas, res.stream, ctx.inputs[0].data, residual,
-                     ctx.outputs[0].data, static_cast<char*>(ctx.scratch));
+    return k_.launch(k_.variants_[size_t(c_.variant)], c_, m_, res.cublas, res.stream,
+                     ctx.inputs[0].data, residual, ctx.outputs[0].data,
+                     static_cast<char*>(ctx.scratch));
   }
 
  private:
@@ -406,7 +465,27 @@ class GemmInstance final : public KernelInstance {
   int64_t m_;
 };
 
-Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant, std::string* note) const {
+Status GemmKernel::warm_up(const Chosen& c, int64_t m, BuildResources& b) const {
+  const Variant& v = variants_[size_t(c.variant)];
+  const size_t xbytes = size_t(m * dims_.k) * dtype_size(node_.input(0)->dtype);
+  const size_t ybytes = size_t(m * dims_.n) * dtype_size(node_.output(0)->dtype);
+  const ir::Value* r = node_.input(3);
+  const size_t rbytes = r ? size_t(m * dims_.n) * dtype_size(r->dtype) : 256;
+  MIXQ_ASSIGN_OR_RETURN(void* x, b.scratch(0, xbytes));
+  MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(1, ybytes));
+  MIXQ_ASSIGN_OR_RETURN(void* res, b.scratch(2, rbytes));
+  MIXQ_ASSIGN_OR_RETURN(void* scratch, b.scratch(3, d_bytes(v, m) + c_bytes(v, m) + c.workspace));
+  CUDA_CHECK(cudaMemsetAsync(x, 0, xbytes, b.res->stream));
+  CUDA_CHECK(cudaMemsetAsync(res, 0, rbytes, b.res->stream));
+  MIXQ_RETURN_IF_ERROR(launch(v, c, m, b.res->cublas, b.res->stream, x, r ? res : nullptr, y,
+                              static_cast<char*>(scratch)));
+  CUDA_CHECK(cudaStreamSynchronize(b.res->stream));
+  b.release_scratch();
+  return Status::Ok();
+}
+
+Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant,
+                                  std::string* note) const {
   // Tuning data: random x (and residual), y, scratch.
   const DType in = input_dtype(precision_);
   const float amp = in == DType::kInt8 ? 64.0f : in == DType::kFloat8E4M3 ? 4.0f : 1.0f;
@@ -421,6 +500,7 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
   const size_t ybytes = size_t(m * dims_.n) * dtype_size(yv->dtype);
   MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(0, ybytes));
   Chosen best;
+  bool best_captured = false;
   int tried = 0, working = 0;
   std::string errors;
   const auto start = std::chrono::steady_clock::now();
@@ -438,9 +518,10 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
       continue;
     }
     for (const auto& h : *algos) {
-      if (best.variant >= 0 && (tried >= tune_max_candidates() ||
-                                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
-                                    tune_seconds()))
+      if (best.variant >= 0 &&
+          (tried >= tune_max_candidates() ||
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
+               tune_seconds()))
         break;
       ++tried;
       Chosen c;
@@ -448,10 +529,12 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
       c.algo = h.algo;
       c.workspace = h.workspaceSize;
       c.descs = *descs;
-      MIXQ_ASSIGN_OR_RETURN(void* scratch, b.scratch(1, d_bytes(v, m) + c_bytes(v, m) + c.workspace));
+      MIXQ_ASSIGN_OR_RETURN(void* scratch,
+                            b.scratch(1, d_bytes(v, m) + c_bytes(v, m) + c.workspace));
       // Poisoned y: the run must overwrite every element (NaN for floats, -1 for s8).
       CUDA_CHECK(cudaMemsetAsync(y, 0xFF, ybytes, b.res->stream));
-      Status ran = launch(v, c, m, b.res->cublas, b.res->stream, x.get(), residual.get(), y, static_cast<char*>(scratch));
+      Status ran = launch(v, c, m, b.res->cublas, b.res->stream, x.get(), residual.get(), y,
+                          static_cast<char*>(scratch));
       if (ran.ok()) {
         const cudaError_t e = cudaStreamSynchronize(b.res->stream);
         if (e != cudaSuccess) ran = cuda_status(e, "tuning run", __FILE__, __LINE__);
@@ -474,26 +557,34 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
         continue;
       }
       ++working;
+      bool captured = true;
       if (tuning_enabled()) {
         auto t = time_launches(
             [&] {
               return launch(v, c, m, b.res->cublas, b.res->stream, x.get(), residual.get(), y,
                             static_cast<char*>(scratch));
             },
-            b.res->stream);
+            b.res->stream, &captured);
         if (!t.ok()) {
           cudaGetLastError();
           continue;
         }
         c.ms = *t;
       }
-      if (best.variant < 0 || c.ms < best.ms) best = c;
+      // Algorithms a CUDA graph can capture first (the engine replays graphs), then time.
+      if (best.variant < 0 || (captured && !best_captured) ||
+          (captured == best_captured && c.ms < best.ms)) {
+        best = c;
+        best_captured = captured;
+      }
       if (!tuning_enabled()) break;
     }
     if (!tuning_enabled() && best.variant >= 0) break;
   }
+  b.release_scratch();
   if (best.variant < 0)
-    return Unsupported("no cuBLASLt algorithm runs this " + std::string(precision_name(precision_)) +
+    return Unsupported("no cuBLASLt algorithm runs this " +
+                       std::string(precision_name(precision_)) +
                        " linear layer (M=" + std::to_string(m) + " N=" + std::to_string(dims_.n) +
                        " K=" + std::to_string(dims_.k) + "):" + errors);
   if (note)
@@ -513,7 +604,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
   const DType in = input_dtype(precision_);
   if (x->dtype != in)
     return Internal("the input is " + std::string(dtype_name(x->dtype)) + "; a " +
-                    std::string(precision_name(precision_)) + " linear layer reads " + std::string(dtype_name(in)));
+                    std::string(precision_name(precision_)) + " linear layer reads " +
+                    std::string(dtype_name(in)));
   dims_.n = w->constant.dim(0);
   dims_.k = w->constant.dim(1);
   dims_.m = rows_at(max_batch);
@@ -553,9 +645,12 @@ Status GemmKernel::prepare(int64_t max_batch) {
       return Internal("weights stored as " + std::string(dtype_name(w->constant.dtype())));
     MIXQ_ASSIGN_OR_RETURN(weights_, upload(wt.raw(), wt.nbytes()));
   }
-  variants_ = variants_for(precision_, y->dtype, y_quantized, bv != nullptr, r != nullptr, act_, per_tensor);
+  variants_ = variants_for(precision_, y->dtype, y_quantized, bv != nullptr, r != nullptr, act_,
+                           per_tensor);
   // Device data per variant.
-  auto upload_floats = [](const std::vector<float>& v) { return upload(v.data(), v.size() * sizeof(float)); };
+  auto upload_floats = [](const std::vector<float>& v) {
+    return upload(v.data(), v.size() * sizeof(float));
+  };
   auto upload_as = [](const std::vector<float>& v, cudaDataType_t t) -> Expected<DeviceBuffer> {
     Tensor f = Tensor::from_vector<float>({int64_t(v.size())}, v);
     Tensor c = f.to(dtype_of(t));
@@ -582,7 +677,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
     }
     if (v.scales == kOuterScales) {
       MIXQ_ASSIGN_OR_RETURN(v.a_scale, upload_floats(sw));
-      MIXQ_ASSIGN_OR_RETURN(v.b_scale, upload_floats(std::vector<float>(size_t(std::max<int64_t>(dims_.m, 1)), sx)));
+      MIXQ_ASSIGN_OR_RETURN(
+          v.b_scale, upload_floats(std::vector<float>(size_t(std::max<int64_t>(dims_.m, 1)), sx)));
     } else if (v.scales == kScalarScales) {
       MIXQ_ASSIGN_OR_RETURN(v.a_scale, upload_floats({sw[0]}));
       MIXQ_ASSIGN_OR_RETURN(v.b_scale, upload_floats({sx}));
@@ -594,45 +690,34 @@ Status GemmKernel::prepare(int64_t max_batch) {
 
   // A recorded choice: "<tag>|v<variant>|<algorithm hex>".
   std::ostringstream sig;
-  sig << precision_name(precision_) << " m" << dims_.m << " n" << dims_.n << " k" << dims_.k << " y"
-      << dtype_name(y->dtype) << (y_quantized ? "q" : "") << " b" << (bv != nullptr) << " r" << (r != nullptr)
-      << " a" << act_ << " pt" << per_tensor << " v" << variants_.size();
-  const std::string tag = std::to_string(std::hash<std::string>{}(sig.str()));
+  sig << precision_name(precision_) << " n" << dims_.n << " k" << dims_.k << " y"
+      << dtype_name(y->dtype) << (y_quantized ? "q" : "") << " b" << (bv != nullptr) << " r"
+      << (r != nullptr) << " a" << act_ << " pt" << per_tensor << " v" << variants_.size();
+  signature_ = sig.str();
+  const std::string tag = std::to_string(std::hash<std::string>{}(signature(dims_.m)));
+  // The recorded choice ("<tag>|v<variant>|<algorithm hex>"), else what this process tuned for
+  // the same layer shape before, else tune now.
   std::string note;
-  bool have = false;
-  const std::string recorded = read_choice(node_, kChoiceAttr);
-  if (!recorded.empty()) {
-    const size_t a = recorded.find('|'), c = recorded.find('|', a == std::string::npos ? 0 : a + 1);
-    if (a != std::string::npos && c != std::string::npos && recorded.substr(0, a) == tag &&
-        recorded[a + 1] == 'v') {
-      const int vi = std::atoi(recorded.substr(a + 2, c - a - 2).c_str());
-      Chosen ch;
-      if (vi >= 0 && vi < int(variants_.size()) && hex_decode(recorded.substr(c + 1), &ch.algo, sizeof ch.algo)) {
-        auto descs = make_descs(variants_[size_t(vi)], dims_.m, dims_.n, dims_.k);
-        cublasLtMatmulHeuristicResult_t check{};
-        if (descs.ok() &&
-            cublasLtMatmulAlgoCheck(b.res->cublas, (*descs)->op, (*descs)->a, (*descs)->b, (*descs)->c, (*descs)->d,
-                                    &ch.algo, &check) == CUBLAS_STATUS_SUCCESS &&
-            check.workspaceSize <= kMaxWorkspace) {
-          ch.variant = vi;
-          ch.workspace = check.workspaceSize;
-          ch.descs = *descs;
-          prepared_ = ch;
-          have = true;
-          note = "recorded choice";
-        }
-      }
-    }
-  }
-  if (!have) {
+  std::string recorded = read_choice(node_, kChoiceAttr);
+  const size_t bar = recorded.find('|');
+  if (bar == std::string::npos || recorded.substr(0, bar) != tag) recorded.clear();
+  if (auto c = from_choice(recorded.empty() ? "" : recorded.substr(bar + 1), dims_.m, b); c.ok()) {
+    prepared_ = *c;
+    note = "recorded choice";
+  } else if (auto cc = from_choice(cached_choice(signature(dims_.m)), dims_.m, b); cc.ok()) {
+    prepared_ = *cc;
+    note = "tuned before";
+  } else {
     MIXQ_ASSIGN_OR_RETURN(prepared_, tune(dims_.m, b, -1, &note));
-    record_choice(node_, kChoiceAttr,
-                  tag + "|v" + std::to_string(prepared_.variant) + "|" + hex_encode(&prepared_.algo, sizeof prepared_.algo));
+    cache_choice(signature(dims_.m), choice_string(prepared_));
   }
+  record_choice(node_, kChoiceAttr, tag + "|" + choice_string(prepared_));
   const Variant& v = variants_[size_t(prepared_.variant)];
-  impl_ = "cublaslt " + std::string(precision_name(precision_)) + " " + v.name + " " + type_name(v.ab) + "->" +
-          type_name(v.d) + (v.bias ? " +bias" : "") + (v.relu ? " +relu" : "") +
-          (v.to_scratch ? " +own epilogue -> " + std::string(dtype_name(y->dtype)) : "") + " [" + note + "]";
+  impl_ = "cublaslt " + std::string(precision_name(precision_)) + " " + v.name + " " +
+          type_name(v.ab) + "->" + type_name(v.d) + (v.bias ? " +bias" : "") +
+          (v.relu ? " +relu" : "") +
+          (v.to_scratch ? " +own epilogue -> " + std::string(dtype_name(y->dtype)) : "") + " [" +
+          note + "]";
   return Status::Ok();
 }
 
@@ -641,24 +726,39 @@ Expected<std::unique_ptr<KernelInstance>> GemmKernel::instantiate(int64_t batch)
   const int64_t m = rows_at(batch);
   if (m == dims_.m) return std::unique_ptr<KernelInstance>(new GemmInstance(*this, prepared_, m));
   MIXQ_ASSIGN_OR_RETURN(BuildResources b, build_resources());
-  // The same variant and algorithm where cuBLASLt accepts them at this size, else tune again.
-  const Variant& v = variants_[size_t(prepared_.variant)];
-  auto descs = make_descs(v, m, dims_.n, dims_.k);
-  if (descs.ok()) {
-    cublasLtMatmulHeuristicResult_t check{};
-    if (cublasLtMatmulAlgoCheck(b.res->cublas, (*descs)->op, (*descs)->a, (*descs)->b, (*descs)->c, (*descs)->d,
-                                &prepared_.algo, &check) == CUBLAS_STATUS_SUCCESS &&
-        check.workspaceSize <= kMaxWorkspace) {
-      Chosen c = prepared_;
-      c.descs = *descs;
-      c.workspace = check.workspaceSize;
-      return std::unique_ptr<KernelInstance>(new GemmInstance(*this, c, m));
-    }
-  }
+  // The maximum batch's variant and algorithm where cuBLASLt accepts them at this size, else what
+  // this process tuned for this size before, else tune again.
+  if (auto c = from_choice(choice_string(prepared_), m, b); c.ok())
+    return std::unique_ptr<KernelInstance>(new GemmInstance(*this, *c, m));
+  if (auto c = from_choice(cached_choice(signature(m)), m, b); c.ok())
+    return std::unique_ptr<KernelInstance>(new GemmInstance(*this, *c, m));
   auto c = tune(m, b, prepared_.variant, nullptr);
   if (!c.ok()) c = tune(m, b, -1, nullptr);
-  if (!c.ok()) return c.status().with_context(node_.describe() + " at batch " + std::to_string(batch));
+  if (!c.ok())
+    return c.status().with_context(node_.describe() + " at batch " + std::to_string(batch));
+  cache_choice(signature(m), choice_string(*c));
   return std::unique_ptr<KernelInstance>(new GemmInstance(*this, *c, m));
+}
+
+Expected<Chosen> GemmKernel::from_choice(const std::string& choice, int64_t m,
+                                         BuildResources& b) const {
+  // "v<variant>|<algorithm hex>"
+  const size_t bar = choice.find('|');
+  if (choice.empty() || choice[0] != 'v' || bar == std::string::npos) return NotFound("no choice");
+  const int vi = std::atoi(choice.substr(1, bar - 1).c_str());
+  Chosen c;
+  if (vi < 0 || vi >= int(variants_.size()) ||
+      !hex_decode(choice.substr(bar + 1), &c.algo, sizeof c.algo))
+    return InvalidArgument("malformed choice '" + choice + "'");
+  MIXQ_ASSIGN_OR_RETURN(c.descs, make_descs(variants_[size_t(vi)], m, dims_.n, dims_.k));
+  cublasLtMatmulHeuristicResult_t check{};
+  CUBLAS_CHECK(cublasLtMatmulAlgoCheck(b.res->cublas, c.descs->op, c.descs->a, c.descs->b,
+                                       c.descs->c, c.descs->d, &c.algo, &check));
+  if (check.workspaceSize > kMaxWorkspace) return Unsupported("workspace too large");
+  c.variant = vi;
+  c.workspace = check.workspaceSize;
+  MIXQ_RETURN_IF_ERROR(warm_up(c, m, b));
+  return c;
 }
 
 std::mutex g_supports_mutex;
@@ -680,7 +780,8 @@ bool gemm_supports(const ir::Node& node, Precision p, std::string* why) {
   const int64_t m = x->shape[0] > 0 ? x->shape[0] : 64;
   // The variants that always apply (library output to scratch + own epilogue): one must have an
   // algorithm. Scale pointers are not dereferenced by the heuristics; alignment-typical values.
-  const std::vector<Variant> all = variants_for(p, DType::kFloat32, false, false, false, kernels::kActNone, false);
+  const std::vector<Variant> all =
+      variants_for(p, DType::kFloat32, false, false, false, kernels::kActNone, false);
   std::ostringstream key;
   key << precision_name(p) << " " << m << "x" << n << "x" << k;
   {
@@ -692,9 +793,10 @@ bool gemm_supports(const ir::Node& node, Precision p, std::string* why) {
   if (!b.ok()) return fail(b.status().message());
   auto scales = device_alloc(size_t(std::max<int64_t>(m, n)) * sizeof(float));
   if (!scales.ok()) return fail(scales.status().message());
-  std::string reason = "cuBLASLt has no " + std::string(precision_name(p)) + " algorithm for M=" + std::to_string(m) +
-                       " N=" + std::to_string(n) + " K=" + std::to_string(k) +
-                       (p == Precision::kFP8 ? " (fp8 needs K and N in multiples of 16)"
+  std::string reason = "cuBLASLt has no " + std::string(precision_name(p)) +
+                       " algorithm for M=" + std::to_string(m) + " N=" + std::to_string(n) +
+                       " K=" + std::to_string(k) +
+                       (p == Precision::kFP8    ? " (fp8 needs K and N in multiples of 16)"
                         : p == Precision::kINT8 ? " (int8 needs K in multiples of 4)"
                                                 : "");
   for (Variant v : all) {
