@@ -54,6 +54,24 @@ def train(model, x, y, epochs=1, lr=1e-3, batch_size=64, seed=0, log=print, devi
     return model
 
 
+def finetune(model, x, y, lr=1e-4, batch_size=64, seed=1, device="cpu"):
+    """A short fine-tune (QAT): SGD with momentum 0.9 at a constant, small learning rate, with
+    the BatchNorm statistics frozen (BatchNorm layers in eval mode). Adam's normalised steps
+    move every weight by about lr at once, which costs a briefly trained model accuracy."""
+    torch.manual_seed(seed)
+    model.to(device).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for xb, yb in fashion_mnist.batches(x, y, batch_size, shuffle=True, seed=seed):
+        loss = torch.nn.functional.cross_entropy(model(xb.to(device)), yb.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
 @torch.no_grad()
 def accuracy(predict, x, y, batch_size=500):
     """Top-1 accuracy in percent of predict(batch) -> logits over (x, y)."""

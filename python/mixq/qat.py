@@ -311,7 +311,7 @@ class QATQuantizer:
                 target = self._bn_after.get(name, module)
 
                 def hook(m, args, out, name=name, module=module, obs=obs):
-                    return obs(out, m.training and not export,
+                    return obs(out, module.training and not export,
                                export or self._active(name, module))
 
                 self._handles.append(target.register_forward_hook(hook))

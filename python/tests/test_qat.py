@@ -317,7 +317,7 @@ needs_data = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def trained():
     """LeNet trained 1 epoch on 10 000 images; 2 000 test images; its fp32 engine accuracy."""
-    from train import accuracy, train
+    from train import accuracy, finetune, train
 
     x, y = fashion_mnist.dataset("train", "lenet", 12000)
     x_test, y_test = fashion_mnist.dataset("test", "lenet", 2000)
@@ -333,7 +333,7 @@ def trained():
 
     fp32 = engine_accuracy(model)
     return dict(model=model, x=x[:5000], y=y[:5000], calib=calib, fp32=fp32,
-                engine_accuracy=engine_accuracy, train=train)
+                engine_accuracy=engine_accuracy, finetune=finetune)
 
 
 @needs_data
@@ -354,10 +354,9 @@ def test_qat_accuracy_target(trained, tmp_path):
     import copy
 
     model = copy.deepcopy(trained["model"])
-    quantizer = QATQuantizer(model, LENET_CONFIG, torch.optim.Adam(model.parameters(), 1e-4))
+    quantizer = QATQuantizer(model, LENET_CONFIG, None)
     quantizer.compress()
-    trained["train"](model, trained["x"], trained["y"], epochs=1, lr=1e-4, batch_size=128,
-                     seed=1, log=None)
+    trained["finetune"](model, trained["x"], trained["y"], lr=1e-3, batch_size=128)
     calibration = quantizer.export_model(tmp_path / "qat.pth")
     acc = trained["engine_accuracy"](model, config=calibration)
     assert acc >= trained["fp32"] - 0.3, (acc, trained["fp32"])

@@ -5,6 +5,7 @@ Usage: export_torchvision.py OUTDIR      writes OUTDIR/<name>/{model.onnx,input_
 Skips models already exported. Each model is exported with dynamic batch and checked at two
 batch sizes where that is cheap.
 """
+import inspect
 import os
 import sys
 
@@ -53,9 +54,12 @@ def main():
         with torch.no_grad():
             randomise_batchnorm(model, gen)
         example = torch.randn(1, 3, size, size, generator=gen)
+        extra = {}
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+            extra["dynamo"] = False  # the TorchScript exporter, as PyTorch 1.13 has
         torch.onnx.export(model, example, os.path.join(folder, "model.onnx"), opset_version=opset,
                           input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **extra)
         with torch.no_grad():
             for b in batches:
                 x = torch.randn(b, 3, size, size, generator=gen)
