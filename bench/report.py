@@ -26,7 +26,9 @@ ROWS = [
     ("torch-fp32", "PyTorch fp32 eager", "fp32"),
     ("torch-int8", "PyTorch FX int8 (onednn engine)", "int8"),
 ]
-MODELS = [("resnet18", "CIFAR ResNet18, 3x32x32"), ("lenet", "MNIST LeNet, 1x28x28")]
+MODELS = [("resnet18", "CIFAR ResNet18, 3x32x32"), ("lenet", "MNIST LeNet, 1x28x28"),
+          ("lenet-avx2", "MNIST LeNet, mixq with oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2: no VNNI, "
+                         "7-bit weights), as on the CPUs without VNNI the issue describes")]
 
 
 def load(path):
@@ -84,7 +86,7 @@ def table(cache, model, peak, algo):
             top = peak[f"{kind}_peak_gmacs"]
         out = os.path.join(cache, "outputs", f"{model}__{key}.npy")
         q = "—" if key == "mixq-fp32" or not os.path.exists(out) else sqnr(np.load(out), ref)
-        over_peak = over_peak or rate > top
+        over_peak = over_peak or rate > 1.1 * top  # the peak kernel itself is a few % off
         rows.append([label.format(algo=algo), f"{med:.2f}", f"{p10:.2f}–{p90:.2f}", f"{base / med:.2f}×", f"{rate:.1f}",
                      f"{100 * rate / top:.0f}%", q])
     return gmac, markdown(rows), max(overhead, default=0), over_peak
@@ -129,12 +131,18 @@ def main():
     md = ["# Benchmarks", ""] + machine(cache, peak, iterations, threads) + [""]
     overhead, busy = 0, False
     for model, title in MODELS:
-        gmac, lines, extra, over_peak = table(cache, model, peak, algo)
+        if not os.path.exists(os.path.join(cache, "results", f"{model}__mixq-fp32.json")):
+            continue
+        model_peak = peak
+        if model.endswith("avx2"):  # the AVX2 kernels' peaks apply
+            model_peak = dict(peak, fp32_peak_gmacs=peak.get("fp32_avx2_fma_gmacs", peak["fp32_peak_gmacs"]),
+                              int8_peak_gmacs=peak.get("int8_avx2_gmacs", peak["int8_peak_gmacs"]))
+        gmac, lines, extra, over_peak = table(cache, model, model_peak, algo)
         overhead, busy = max(overhead, extra), busy or over_peak
         md += [f"## {title} ({gmac:.2f} GMAC per batch of {BATCH})", ""] + lines + [""]
     md += [NOTES.format(overhead=overhead).replace("\n", " "), ""]
     if busy:
-        md += ["**Warning: some rows exceed 100% of the peak, so the peak kernel ran while the machine "
+        md += ["**Warning: some rows exceed 110% of the peak, so the peak kernel ran while the machine "
                "was busy: these timings are not trustworthy; rerun on a quiet machine.**", ""]
     text = "\n".join(md)
     print(text)

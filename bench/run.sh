@@ -3,7 +3,7 @@
 # markdown, with the machine, to bench/.cache/results.md.
 #
 #   bench/run.sh [-n ITERATIONS] [-t THREADS] [--warmup N] [--calib-algo ALGO]
-#                (defaults: 30 timed runs, 2 threads, 5 warm-up runs, entropy calibration)
+#                (defaults: 30 timed runs, 2 threads, 5 warm-up runs, percentile calibration)
 #
 # Builds what it needs (the mixq CLI in ${BUILD_DIR:-build} unless MIXQ names a mixq binary to use,
 # the peak kernel, ONNX Runtime from npm), makes the models and data into bench/.cache (once; again
@@ -14,7 +14,7 @@
 set -euo pipefail
 MIXQ=${MIXQ:+$(realpath "$MIXQ")}
 cd "$(dirname "$0")"
-N=30 THREADS=2 WARMUP=5 ALGO=entropy
+N=30 THREADS=2 WARMUP=5 ALGO=percentile
 while [ $# -gt 0 ]; do
   case $1 in
     -n) N=$2; shift 2 ;;
@@ -74,14 +74,23 @@ engine resnet18 int8-qdq-w7 resnet18_qdq_w7.onnx
 engine lenet fp32 lenet.onnx
 engine lenet int8 lenet.onnx --default-precision int8 $(calib lenet lenet_int8)
 engine lenet mixed lenet.onnx --config plans/lenet_mixed.json $(calib lenet lenet_mixed)
+# The same LeNet plans with oneDNN limited to AVX2, as on CPUs without VNNI (7-bit weights there):
+# where int8 products saturate 16-bit lanes, a one-input-channel int8 conv is slower than fp32.
+export ONEDNN_MAX_CPU_ISA=AVX2
+engine lenet-avx2 fp32 lenet.onnx
+engine lenet-avx2 int8 lenet.onnx --default-precision int8 $(calib lenet lenet_avx2_int8)
+engine lenet-avx2 mixed lenet.onnx --config plans/lenet_mixed.json $(calib lenet lenet_avx2_mixed)
+unset ONEDNN_MAX_CPU_ISA
+isa_env() { [[ $1 == *avx2* ]] && echo ONEDNN_MAX_CPU_ISA=AVX2 || echo ONEDNN_MAX_CPU_ISA=ALL; }
 
 # --- timing, in blocks -------------------------------------------------------------------------------
-input() { [ "$1" = lenet ] && echo $C/bench_lenet.npy || echo $C/bench_resnet.npy; }
+input() { [[ $1 == lenet* ]] && echo $C/bench_lenet.npy || echo $C/bench_resnet.npy; }
 step "time: peak kernel ($THREADS threads)"
 $C/peak "$THREADS" >$C/results/peak_first.json
 for e in "${ENGINES[@]}"; do
   step "time: mixq $e"
-  $MIXQ bench $C/engines/$e.mixq --batch 128 --warmup "$WARMUP" -n "$N" --json >$C/results/$e.json
+  env $(isa_env $e) $MIXQ bench $C/engines/$e.mixq -i input="$(input ${e%%__*})" --warmup "$WARMUP" -n "$N" \
+    --threads "$THREADS" --json >$C/results/$e.json
 done
 for model in resnet18 lenet; do
   for v in fp32: int8-qdq-w7:_qdq_w7 int8-qdq-w8:_qdq_w8; do
@@ -103,11 +112,12 @@ $C/peak "$THREADS" >$C/results/peak_last.json
 
 # --- outputs of the mixq engines on the bench input (for SQNR), machine, table ----------------------
 for e in "${ENGINES[@]}"; do
-  $MIXQ run $C/engines/$e.mixq -i input="$(input ${e%%__*})" -o $C/outputs/$e >/dev/null
+  env $(isa_env $e) $MIXQ run $C/engines/$e.mixq -i input="$(input ${e%%__*})" -o $C/outputs/$e >/dev/null
   mv $C/outputs/$e/output.npy $C/outputs/$e.npy && rmdir $C/outputs/$e
 done
 ONEDNN_VERBOSE=1 $MIXQ bench $C/engines/lenet__mixq-fp32.mixq -n 1 --warmup 0 2>&1 |
   grep -m1 ',isa:' >$C/results/onednn_isa.txt || true
 for model in resnet18 lenet; do $MIXQ inspect $C/$model.onnx --json >$C/results/${model}_model.json; done
-for e in "${ENGINES[@]}"; do $MIXQ inspect $C/engines/$e.mixq --json >$C/results/$e.inspect.json; done
+cp $C/results/lenet_model.json $C/results/lenet-avx2_model.json
+for e in "${ENGINES[@]}"; do env $(isa_env $e) $MIXQ inspect $C/engines/$e.mixq --json >$C/results/$e.inspect.json; done
 $PY report.py $C "$N" "$THREADS" "$ALGO"

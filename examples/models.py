@@ -62,7 +62,7 @@ class ResNet18(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
-        layers, in_planes = [], 64
+        in_planes = 64
         for i, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
             blocks = [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
             in_planes = planes

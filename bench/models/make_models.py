@@ -121,6 +121,10 @@ def make_qdq(fp32_path, model, calib, wbits, out_path):
     g = onnx.load(fp32_path)
     graph = g.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # torch.onnx shares equal initializers through Identity nodes: resolve those to constants.
+    for n in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        inits[n.output[0]] = inits[n.input[0]]
+        graph.node.remove(n)
     stats = activation_ranges(model, calib)
     nodes = list(graph.node)
     consumers = lambda t: [n for n in nodes if t in n.input]
@@ -254,6 +258,8 @@ def run_onnx(path, x):
             y = (i[0] - i[3].reshape(1, -1, 1, 1)) * k.reshape(1, -1, 1, 1) + i[2].reshape(1, -1, 1, 1)
         elif n.op_type == "Relu":
             y = np.maximum(i[0], 0)
+        elif n.op_type in ("Identity", "Dropout"):
+            y = i[0]
         elif n.op_type == "Add":
             y = i[0] + i[1]
         elif n.op_type == "MaxPool":

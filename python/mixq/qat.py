@@ -22,8 +22,8 @@ What is simulated is what mixq's engine runs:
 - activations (a module's input and/or output): per tensor, from a min and max tracked in
   training mode as an exponential moving average (NNI's decay 0.99; the first batch sets them).
   "per_tensor_symmetric" (default) uses the engine's grids for an NNI range: [0, max] in 255
-  steps when min >= 0 and quant_dtype is "uint" (the default; ReLU outputs), else
-  [-m, m] * 128/127 in 255 steps with m = max(|min|, |max|). "per_tensor_affine" uses
+  steps when min >= 0 and quant_dtype is "uint" (the default; ReLU outputs), else the
+  integers -128..127 times m / 127 with m = max(|min|, |max|). "per_tensor_affine" uses
   [min, max] with a zero point; the engine reads NNI ranges as symmetric, only the Q/DQ export
   keeps the zero point.
 - rounding: straight-through estimator, i.e. the gradient passes unchanged inside the range and
@@ -35,7 +35,11 @@ What is simulated is what mixq's engine runs:
   output -- the value the folded conv produces. Finding those pairs takes one forward pass of
   ``dummy_input``, needed when the model has BatchNorm layers.
 
-A module called several times shares one tracked range (give each call its own module).
+``quant_start_step`` n: the first n training batches only track ranges. In eval mode ranges
+stay as they are and the quantization is on. export_model() leaves int8 weights on their
+quantized values, which the engine re-quantizes to the same integers. A module called several
+times shares one tracked range (give each call its own module). Works with PyTorch 1.13 and 2.x,
+on the CPU and on CUDA.
 """
 
 import inspect
