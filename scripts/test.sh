@@ -15,7 +15,7 @@ ctest --test-dir build --output-on-failure -j"$JOBS"
 if [ "${MIXQ_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== build (AddressSanitizer + UndefinedBehaviorSanitizer)"
   BUILD_DIR=build-asan BUILD_TYPE=RelWithDebInfo ./scripts/build.sh \
-    -DMIXQ_SANITIZE=address,undefined -DMIXQ_BUILD_BENCH=OFF
+    -DMIXQ_SANITIZE=address,undefined -DMIXQ_BUILD_BENCH=OFF -DMIXQ_BUILD_PYTHON=OFF -DMIXQ_CUDA=OFF
   echo "== tests (sanitizers)"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j"$JOBS" -LE slow

@@ -56,6 +56,7 @@ from ._mixq import (  # noqa: F401  (re-exported)
     precisions,
 )
 from .speedup import CalibrateType, ModelSpeedup, ModelSpeedupTensorRT  # noqa: F401
+from .qat import QAT_Quantizer, QATQuantizer  # noqa: F401
 
 __all__ = [
     "BuildOptions",
@@ -82,6 +83,8 @@ __all__ = [
     "ModelSummary",
     "NotFoundError",
     "ParseError",
+    "QATQuantizer",
+    "QAT_Quantizer",
     "TensorSpec",
     "UnsupportedError",
     "calibration_algorithms",
