@@ -48,7 +48,8 @@ constexpr int kIntChains = 4;
 
 __attribute__((target("avx2"))) double int8_avx2(long iters) {
   __m256i acc[kIntChains], b[kIntChains], a = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
-  for (int c = 0; c < kIntChains; ++c) acc[c] = _mm256_setzero_si256(), b[c] = _mm256_set1_epi8(char(c - 2));
+  for (int c = 0; c < kIntChains; ++c)
+    acc[c] = _mm256_setzero_si256(), b[c] = _mm256_set1_epi8(char(c - 2));
   for (long i = 0; i < iters; ++i) {
     asm volatile("" : "+x"(a), "+x"(b[0]), "+x"(b[1]), "+x"(b[2]), "+x"(b[3]));
 #pragma GCC unroll 4
@@ -113,11 +114,13 @@ int main(int argc, char** argv) {
   auto field = [](const char* name, double v) {
     return v > 0 ? "\"" + std::string(name) + "\": " + std::to_string(v) + ", " : std::string();
   };
-  std::printf("{\"threads\": %d, %s%s%s%s\"fp32_peak_gmacs\": %f, \"int8_peak_gmacs\": %f, "
-              "\"int8_peak_kernel\": \"%s\"}\n",
-              threads, field("fp32_avx2_fma_gmacs", f_avx2).c_str(), field("fp32_avx512_fma_gmacs", f_avx512).c_str(),
-              field("int8_avx2_gmacs", i_avx2).c_str(), field("int8_avx512_vnni_gmacs", i_vnni).c_str(),
-              f_avx512 > f_avx2 ? f_avx512 : f_avx2, i_vnni > i_avx2 ? i_vnni : i_avx2,
-              i_vnni > i_avx2 ? "avx512_vnni vpdpbusd" : "avx2 vpmaddubsw+vpmaddwd+vpaddd");
+  std::printf(
+      "{\"threads\": %d, %s%s%s%s\"fp32_peak_gmacs\": %f, \"int8_peak_gmacs\": %f, "
+      "\"int8_peak_kernel\": \"%s\"}\n",
+      threads, field("fp32_avx2_fma_gmacs", f_avx2).c_str(),
+      field("fp32_avx512_fma_gmacs", f_avx512).c_str(), field("int8_avx2_gmacs", i_avx2).c_str(),
+      field("int8_avx512_vnni_gmacs", i_vnni).c_str(), f_avx512 > f_avx2 ? f_avx512 : f_avx2,
+      i_vnni > i_avx2 ? i_vnni : i_avx2,
+      i_vnni > i_avx2 ? "avx512_vnni vpdpbusd" : "avx2 vpmaddubsw+vpmaddwd+vpaddd");
   return 0;
 }

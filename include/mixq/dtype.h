@@ -20,9 +20,9 @@ enum class DType : uint8_t {
   kBool,
 };
 
-inline constexpr DType kAllDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16,
-                                       DType::kFloat8E4M3, DType::kInt8,   DType::kUInt8,
-                                       DType::kInt32,   DType::kInt64,     DType::kBool};
+inline constexpr DType kAllDTypes[] = {DType::kFloat32,    DType::kFloat16, DType::kBFloat16,
+                                       DType::kFloat8E4M3, DType::kInt8,    DType::kUInt8,
+                                       DType::kInt32,      DType::kInt64,   DType::kBool};
 
 size_t dtype_size(DType dtype);
 // Short names as users write them: f32, f16, bf16, f8e4m3, i8, u8, i32, i64, bool.
@@ -108,7 +108,9 @@ inline Half float_to_half(float f) {
   return h;
 }
 
-inline float bf16_to_float(BFloat16 b) { return bits_float(uint32_t(b.bits) << 16); }
+inline float bf16_to_float(BFloat16 b) {
+  return bits_float(uint32_t(b.bits) << 16);
+}
 
 inline BFloat16 float_to_bf16(float f) {
   uint32_t u = float_bits(f);

@@ -60,26 +60,26 @@ struct BuildOptions {
 };
 
 struct LayerReport {
-  std::string name;    // node name in the engine
+  std::string name;  // node name in the engine
   std::string op;
-  std::string module;  // framework module, when known
-  std::string output;  // name of the value it writes (the model's name for it)
+  std::string module;              // framework module, when known
+  std::string output;              // name of the value it writes (the model's name for it)
   std::vector<std::string> fused;  // source layers folded into this one (e.g. a Relu)
   Precision requested = Precision::kFP32;
   Precision actual = Precision::kFP32;
-  std::string fallback_reason;     // set when actual != requested
-  std::string implementation;      // e.g. "onednn jit:avx2 int8"
+  std::string fallback_reason;  // set when actual != requested
+  std::string implementation;   // e.g. "onednn jit:avx2 int8"
   int64_t params = 0;
-  int64_t macs = 0;                // per sample
+  int64_t macs = 0;  // per sample
 };
 
 struct BuildReport {
   std::vector<LayerReport> layers;
   std::vector<std::string> fallbacks;  // one line per layer that fell back, with the reason
   std::string backend;
-  std::string isa;                     // e.g. "avx512_core_vnni (8-bit weights)"
+  std::string isa;  // e.g. "avx512_core_vnni (8-bit weights)"
   int64_t max_batch = 0;
-  int64_t peak_memory_bytes = 0;       // activations arena at max batch, plus weights
+  int64_t peak_memory_bytes = 0;  // activations arena at max batch, plus weights
   int64_t weight_bytes = 0;
   double average_bits_by_params = 32;
   double average_bits_by_macs = 32;

@@ -23,15 +23,15 @@ struct TensorSpec {
 };
 
 struct LayerSummary {
-  std::string name;         // node name (unique)
-  std::string op;           // ONNX op type
-  std::string module;       // framework module ("layer1.0.conv1"), may be empty
-  std::vector<TensorSpec> inputs;   // activations and weights, in order
+  std::string name;                // node name (unique)
+  std::string op;                  // ONNX op type
+  std::string module;              // framework module ("layer1.0.conv1"), may be empty
+  std::vector<TensorSpec> inputs;  // activations and weights, in order
   std::vector<TensorSpec> outputs;
   std::map<std::string, std::string> attributes;  // printable attribute values
-  int64_t params = 0;       // weight elements
-  int64_t macs = 0;         // multiply-accumulates per sample
-  int64_t flops = 0;        // floating-point operations per sample
+  int64_t params = 0;                             // weight elements
+  int64_t macs = 0;                               // multiply-accumulates per sample
+  int64_t flops = 0;                              // floating-point operations per sample
 };
 
 struct ModelSummary {
@@ -46,7 +46,7 @@ struct ModelSummary {
 };
 
 struct LoadOptions {
-  bool simplify = true;        // fold constants, BN, identities; remove dead nodes
+  bool simplify = true;  // fold constants, BN, identities; remove dead nodes
   bool fold_batchnorm = true;
 };
 

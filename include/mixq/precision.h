@@ -15,9 +15,8 @@ enum class Precision : uint8_t {
   kFP8,  // e4m3 (Hopper)
 };
 
-inline constexpr Precision kAllPrecisions[] = {Precision::kFP32, Precision::kTF32,
-                                               Precision::kFP16, Precision::kBF16,
-                                               Precision::kINT8, Precision::kFP8};
+inline constexpr Precision kAllPrecisions[] = {Precision::kFP32, Precision::kTF32, Precision::kFP16,
+                                               Precision::kBF16, Precision::kINT8, Precision::kFP8};
 
 // "fp32", "tf32", "fp16", "bf16", "int8", "fp8".
 std::string_view precision_name(Precision precision);

@@ -48,16 +48,30 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
-inline Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
-inline Status Unsupported(std::string m) { return {StatusCode::kUnsupported, std::move(m)}; }
-inline Status ParseError(std::string m) { return {StatusCode::kParseError, std::move(m)}; }
-inline Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
+inline Status InvalidArgument(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
+inline Status NotFound(std::string m) {
+  return {StatusCode::kNotFound, std::move(m)};
+}
+inline Status Unsupported(std::string m) {
+  return {StatusCode::kUnsupported, std::move(m)};
+}
+inline Status ParseError(std::string m) {
+  return {StatusCode::kParseError, std::move(m)};
+}
+inline Status DataLoss(std::string m) {
+  return {StatusCode::kDataLoss, std::move(m)};
+}
 inline Status FailedPrecondition(std::string m) {
   return {StatusCode::kFailedPrecondition, std::move(m)};
 }
-inline Status IoError(std::string m) { return {StatusCode::kIoError, std::move(m)}; }
-inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+inline Status IoError(std::string m) {
+  return {StatusCode::kIoError, std::move(m)};
+}
+inline Status Internal(std::string m) {
+  return {StatusCode::kInternal, std::move(m)};
+}
 
 // A value or the Status that explains why there is none.
 template <typename T>
@@ -103,10 +117,10 @@ class [[nodiscard]] Expected {
 #define MIXQ_CONCAT_INNER(a, b) a##b
 #define MIXQ_CONCAT(a, b) MIXQ_CONCAT_INNER(a, b)
 
-#define MIXQ_RETURN_IF_ERROR(expr)                \
-  do {                                            \
-    ::mixq::Status mixq_status_ = (expr);         \
-    if (!mixq_status_.ok()) return mixq_status_;  \
+#define MIXQ_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::mixq::Status mixq_status_ = (expr);        \
+    if (!mixq_status_.ok()) return mixq_status_; \
   } while (0)
 
 #define MIXQ_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

@@ -16,16 +16,21 @@ struct Model::Impl {
 
 namespace {
 
-TensorSpec spec_of(const ir::Value* v) { return {v->name, v->dtype, v->shape_known ? v->shape : Shape{}}; }
+TensorSpec spec_of(const ir::Value* v) {
+  return {v->name, v->dtype, v->shape_known ? v->shape : Shape{}};
+}
 
 std::string attribute_to_string(const ir::Attribute& a) {
   std::ostringstream os;
   std::visit(
       [&](const auto& v) {
         using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, float>) os << v;
-        else if constexpr (std::is_same_v<T, std::string>) os << v;
-        else if constexpr (std::is_same_v<T, Tensor>) os << "tensor " << v.describe();
+        if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, float>)
+          os << v;
+        else if constexpr (std::is_same_v<T, std::string>)
+          os << v;
+        else if constexpr (std::is_same_v<T, Tensor>)
+          os << "tensor " << v.describe();
         else {
           os << "[";
           for (size_t i = 0; i < v.size(); ++i) os << (i ? "," : "") << v[i];
@@ -70,9 +75,15 @@ Expected<Model> Model::from_bytes(const std::string& bytes, const std::string& s
   return create(std::move(graph), options);
 }
 
-const std::vector<TensorSpec>& Model::inputs() const { return impl_->inputs; }
-const std::vector<TensorSpec>& Model::outputs() const { return impl_->outputs; }
-const ir::Graph& Model::graph() const { return *impl_->graph; }
+const std::vector<TensorSpec>& Model::inputs() const {
+  return impl_->inputs;
+}
+const std::vector<TensorSpec>& Model::outputs() const {
+  return impl_->outputs;
+}
+const ir::Graph& Model::graph() const {
+  return *impl_->graph;
+}
 
 ModelSummary Model::summary() const {
   ModelSummary s;

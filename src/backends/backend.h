@@ -24,7 +24,7 @@ namespace mixq::backends {
 struct Buffer {
   const ir::Value* value = nullptr;  // dtype, layout, quantisation
   void* data = nullptr;
-  Shape shape;                       // logical shape at this batch size
+  Shape shape;  // logical shape at this batch size
 };
 
 // Per-context, per-thread resources a kernel may use while executing (oneDNN stream,
@@ -38,7 +38,7 @@ struct ExecContext {
   std::span<const Buffer> inputs;   // node.inputs order; data == nullptr for absent inputs
   std::span<const Buffer> outputs;  // node.outputs order
   ExecResources* resources = nullptr;
-  void* scratch = nullptr;          // at least scratch_bytes() of per-context memory
+  void* scratch = nullptr;  // at least scratch_bytes() of per-context memory
 };
 
 class KernelInstance {
@@ -71,7 +71,8 @@ class DeviceOps {
   virtual Expected<std::shared_ptr<void>> alloc_device(size_t bytes) const = 0;
   virtual Expected<std::shared_ptr<void>> alloc_pinned(size_t bytes) const = 0;
   // Asynchronous on the context's stream.
-  virtual Status copy_to_device(void* dst, const void* src, size_t bytes, ExecResources* r) const = 0;
+  virtual Status copy_to_device(void* dst, const void* src, size_t bytes,
+                                ExecResources* r) const = 0;
   virtual Status copy_to_host(void* dst, const void* src, size_t bytes, ExecResources* r) const = 0;
   virtual Status copy_device_to_device(void* dst, const void* src, size_t bytes,
                                        ExecResources* r) const = 0;

@@ -24,9 +24,8 @@ Expected<Descr> parse_descr(const std::string& d, const std::string& source) {
   const std::string code = d.substr(1);
   const bool big = order == '>';
   static const std::pair<const char*, DType> kCodes[] = {
-      {"f4", DType::kFloat32}, {"f2", DType::kFloat16}, {"i1", DType::kInt8},
-      {"u1", DType::kUInt8},   {"i4", DType::kInt32},   {"i8", DType::kInt64},
-      {"b1", DType::kBool}};
+      {"f4", DType::kFloat32}, {"f2", DType::kFloat16}, {"i1", DType::kInt8}, {"u1", DType::kUInt8},
+      {"i4", DType::kInt32},   {"i8", DType::kInt64},   {"b1", DType::kBool}};
   for (const auto& [c, dtype] : kCodes)
     if (code == c) return Descr{dtype, big};
   std::string hint;
@@ -135,16 +134,34 @@ Expected<Tensor> load_npy(const std::string& path) {
 std::string serialize_npy(const Tensor& t) {
   const char* descr = "<f4";
   switch (t.dtype()) {
-    case DType::kFloat32: descr = "<f4"; break;
-    case DType::kFloat16: descr = "<f2"; break;
-    case DType::kInt8: descr = "|i1"; break;
-    case DType::kUInt8: descr = "|u1"; break;
-    case DType::kInt32: descr = "<i4"; break;
-    case DType::kInt64: descr = "<i8"; break;
-    case DType::kBool: descr = "|b1"; break;
+    case DType::kFloat32:
+      descr = "<f4";
+      break;
+    case DType::kFloat16:
+      descr = "<f2";
+      break;
+    case DType::kInt8:
+      descr = "|i1";
+      break;
+    case DType::kUInt8:
+      descr = "|u1";
+      break;
+    case DType::kInt32:
+      descr = "<i4";
+      break;
+    case DType::kInt64:
+      descr = "<i8";
+      break;
+    case DType::kBool:
+      descr = "|b1";
+      break;
     // No NumPy dtype: stored as their raw bits.
-    case DType::kBFloat16: descr = "<u2"; break;
-    case DType::kFloat8E4M3: descr = "|u1"; break;
+    case DType::kBFloat16:
+      descr = "<u2";
+      break;
+    case DType::kFloat8E4M3:
+      descr = "|u1";
+      break;
   }
   std::string shape = "(";
   for (size_t i = 0; i < t.shape().size(); ++i) shape += std::to_string(t.shape()[i]) + ",";
@@ -219,7 +236,8 @@ Status save_npz(const std::string& path, const NamedTensors& tensors) {
   std::vector<std::unique_ptr<std::string>> buffers;  // must outlive zip_close
   for (const auto& [name, tensor] : tensors) {
     buffers.push_back(std::make_unique<std::string>(serialize_npy(tensor)));
-    zip_source_t* src = zip_source_buffer(archive, buffers.back()->data(), buffers.back()->size(), 0);
+    zip_source_t* src =
+        zip_source_buffer(archive, buffers.back()->data(), buffers.back()->size(), 0);
     if (!src || zip_file_add(archive, (name + ".npy").c_str(), src, ZIP_FL_OVERWRITE) < 0) {
       if (src) zip_source_free(src);
       zip_discard(archive);

@@ -4,12 +4,18 @@ namespace mixq {
 
 std::string_view precision_name(Precision precision) {
   switch (precision) {
-    case Precision::kFP32: return "fp32";
-    case Precision::kTF32: return "tf32";
-    case Precision::kFP16: return "fp16";
-    case Precision::kBF16: return "bf16";
-    case Precision::kINT8: return "int8";
-    case Precision::kFP8: return "fp8";
+    case Precision::kFP32:
+      return "fp32";
+    case Precision::kTF32:
+      return "tf32";
+    case Precision::kFP16:
+      return "fp16";
+    case Precision::kBF16:
+      return "bf16";
+    case Precision::kINT8:
+      return "int8";
+    case Precision::kFP8:
+      return "fp8";
   }
   return "?";
 }
@@ -27,11 +33,14 @@ std::optional<Precision> precision_from_name(std::string_view name) {
 int precision_bits(Precision precision) {
   switch (precision) {
     case Precision::kFP32:
-    case Precision::kTF32: return 32;
+    case Precision::kTF32:
+      return 32;
     case Precision::kFP16:
-    case Precision::kBF16: return 16;
+    case Precision::kBF16:
+      return 16;
     case Precision::kINT8:
-    case Precision::kFP8: return 8;
+    case Precision::kFP8:
+      return 8;
   }
   return 32;
 }
@@ -42,12 +51,18 @@ bool precision_is_quantized(Precision precision) {
 
 std::optional<Precision> precision_fallback(Precision precision) {
   switch (precision) {
-    case Precision::kFP32: return std::nullopt;
-    case Precision::kTF32: return Precision::kFP32;
-    case Precision::kFP16: return Precision::kFP32;
-    case Precision::kBF16: return Precision::kFP32;
-    case Precision::kINT8: return Precision::kFP16;
-    case Precision::kFP8: return Precision::kFP16;
+    case Precision::kFP32:
+      return std::nullopt;
+    case Precision::kTF32:
+      return Precision::kFP32;
+    case Precision::kFP16:
+      return Precision::kFP32;
+    case Precision::kBF16:
+      return Precision::kFP32;
+    case Precision::kINT8:
+      return Precision::kFP16;
+    case Precision::kFP8:
+      return Precision::kFP16;
   }
   return std::nullopt;
 }

@@ -84,20 +84,29 @@ namespace {
 template <typename T>
 double load_as_double(const void* p, int64_t i) {
   const T v = static_cast<const T*>(p)[i];
-  if constexpr (std::is_same_v<T, Half>) return half_to_float(v);
-  else if constexpr (std::is_same_v<T, BFloat16>) return bf16_to_float(v);
-  else if constexpr (std::is_same_v<T, Float8E4M3>) return fp8e4m3_to_float(v);
-  else return double(v);
+  if constexpr (std::is_same_v<T, Half>)
+    return half_to_float(v);
+  else if constexpr (std::is_same_v<T, BFloat16>)
+    return bf16_to_float(v);
+  else if constexpr (std::is_same_v<T, Float8E4M3>)
+    return fp8e4m3_to_float(v);
+  else
+    return double(v);
 }
 
 template <typename T>
 void store_from_double(void* p, int64_t i, double v) {
   T* out = static_cast<T*>(p);
-  if constexpr (std::is_same_v<T, float>) out[i] = float(v);
-  else if constexpr (std::is_same_v<T, Half>) out[i] = float_to_half(float(v));
-  else if constexpr (std::is_same_v<T, BFloat16>) out[i] = float_to_bf16(float(v));
-  else if constexpr (std::is_same_v<T, Float8E4M3>) out[i] = float_to_fp8e4m3(float(v));
-  else if constexpr (std::is_same_v<T, bool>) out[i] = v != 0.0;
+  if constexpr (std::is_same_v<T, float>)
+    out[i] = float(v);
+  else if constexpr (std::is_same_v<T, Half>)
+    out[i] = float_to_half(float(v));
+  else if constexpr (std::is_same_v<T, BFloat16>)
+    out[i] = float_to_bf16(float(v));
+  else if constexpr (std::is_same_v<T, Float8E4M3>)
+    out[i] = float_to_fp8e4m3(float(v));
+  else if constexpr (std::is_same_v<T, bool>)
+    out[i] = v != 0.0;
   else {
     if (std::isnan(v)) {
       out[i] = 0;
@@ -106,23 +115,32 @@ void store_from_double(void* p, int64_t i, double v) {
     const double r = std::nearbyint(v);  // default rounding mode: half to even
     const double lo = double(std::numeric_limits<T>::lowest());
     const double hi = double(std::numeric_limits<T>::max());
-    out[i] = r < lo ? std::numeric_limits<T>::lowest()
-                    : (r > hi ? std::numeric_limits<T>::max() : T(r));
+    out[i] =
+        r < lo ? std::numeric_limits<T>::lowest() : (r > hi ? std::numeric_limits<T>::max() : T(r));
   }
 }
 
 template <typename F>
 decltype(auto) dispatch(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::kFloat32: return f(float{});
-    case DType::kFloat16: return f(Half{});
-    case DType::kBFloat16: return f(BFloat16{});
-    case DType::kFloat8E4M3: return f(Float8E4M3{});
-    case DType::kInt8: return f(int8_t{});
-    case DType::kUInt8: return f(uint8_t{});
-    case DType::kInt32: return f(int32_t{});
-    case DType::kInt64: return f(int64_t{});
-    case DType::kBool: return f(bool{});
+    case DType::kFloat32:
+      return f(float{});
+    case DType::kFloat16:
+      return f(Half{});
+    case DType::kBFloat16:
+      return f(BFloat16{});
+    case DType::kFloat8E4M3:
+      return f(Float8E4M3{});
+    case DType::kInt8:
+      return f(int8_t{});
+    case DType::kUInt8:
+      return f(uint8_t{});
+    case DType::kInt32:
+      return f(int32_t{});
+    case DType::kInt64:
+      return f(int64_t{});
+    case DType::kBool:
+      return f(bool{});
   }
   return f(float{});
 }

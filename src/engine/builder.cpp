@@ -51,7 +51,8 @@ void finish_report(Engine::Impl& impl, const engine::PrecisionAssignment& assign
   for (size_t i = 0; i < impl.steps.size(); ++i) {
     const ir::Node* n = impl.steps[i];
     LayerReport l;
-    if (auto it = assigned.find(n->name); it != assigned.end()) l = *it->second;
+    if (auto it = assigned.find(n->name); it != assigned.end())
+      l = *it->second;
     else {
       l.name = n->name;
       l.op = std::string(ir::op_name(n->op));
@@ -104,7 +105,8 @@ Expected<Engine> Builder::build() {
   if (!model_) return InvalidArgument("the builder has no model");
   BuildOptions options = options_;
   if (options.max_batch < 1)
-    return InvalidArgument("max batch must be at least 1, got " + std::to_string(options.max_batch));
+    return InvalidArgument("max batch must be at least 1, got " +
+                           std::to_string(options.max_batch));
   auto graph = model_->graph().clone();
 
   quant::PrecisionPlan plan;
@@ -135,16 +137,20 @@ Expected<Engine> Builder::build() {
       for (const auto& v : needs.values)
         if (shown++ < 8) list += (list.empty() ? "'" : ", '") + v + "'";
       return FailedPrecondition(
-          std::to_string(needs.values.size()) + " value(s) read or written by int8 layers have no "
-          "range (" + list + (needs.values.size() > 8 ? ", ..." : "") +
+          std::to_string(needs.values.size()) +
+          " value(s) read or written by int8 layers have no "
+          "range (" +
+          list + (needs.values.size() > 8 ? ", ..." : "") +
           "): give calibration data, QAT ranges in the config, or a Q/DQ model");
     }
     // Calibrate on an fp32 engine of the same (fused) graph: oneDNN, not the reference loops.
-    MIXQ_ASSIGN_OR_RETURN(auto fp32, make_fp32_engine(*graph, options.backend,
-                                                      std::max<int64_t>(options.calibration.batch_size, 1)));
+    MIXQ_ASSIGN_OR_RETURN(auto fp32,
+                          make_fp32_engine(*graph, options.backend,
+                                           std::max<int64_t>(options.calibration.batch_size, 1)));
     MIXQ_ASSIGN_OR_RETURN(Context context, Engine(fp32).create_context());
     context.capture({needs.values.begin(), needs.values.end()});
-    quant::GraphRunner runner = [&](const TensorMap& inputs, const quant::ValueObserver& observe) -> Status {
+    quant::GraphRunner runner = [&](const TensorMap& inputs,
+                                    const quant::ValueObserver& observe) -> Status {
       MIXQ_ASSIGN_OR_RETURN(auto result, context.infer(inputs));
       for (const auto& [name, t] : result.captured) observe(name, t);
       return Status::Ok();
@@ -173,8 +179,8 @@ Expected<Engine> Builder::build() {
   impl->report.max_batch = options.max_batch;
   finish_report(*impl, assignment);
   MIXQ_ASSIGN_OR_RETURN(auto plan_max, impl->plan_for(options.max_batch));
-  impl->report.peak_memory_bytes = int64_t(plan_max->arena_bytes + plan_max->scratch_bytes) +
-                                   impl->report.weight_bytes;
+  impl->report.peak_memory_bytes =
+      int64_t(plan_max->arena_bytes + plan_max->scratch_bytes) + impl->report.weight_bytes;
   impl->report.build_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return Engine(std::move(impl));

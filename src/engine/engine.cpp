@@ -16,7 +16,8 @@ static double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-// --- Engine::Impl ---------------------------------------------------------------------------------
+// --- Engine::Impl
+// ---------------------------------------------------------------------------------
 
 Status Engine::Impl::finalize() {
   steps = graph->nodes();
@@ -81,7 +82,8 @@ Expected<std::shared_ptr<const BatchPlan>> Engine::Impl::plan_for(int64_t batch)
   std::vector<size_t> requested_values;
   for (size_t i = 0; i < values.size(); ++i) {
     const ir::Value* v = values[i];
-    if (v->is_constant() || graph->is_graph_input(v) || graph->is_graph_output(v) || !first.count(v))
+    if (v->is_constant() || graph->is_graph_input(v) || graph->is_graph_output(v) ||
+        !first.count(v))
       continue;
     requests.push_back({backend->buffer_bytes(*v, plan->shapes[i]), first[v], last[v]});
     requested_values.push_back(i);
@@ -95,7 +97,8 @@ Expected<std::shared_ptr<const BatchPlan>> Engine::Impl::plan_for(int64_t batch)
   return std::shared_ptr<const BatchPlan>(plan);
 }
 
-// --- Engine ---------------------------------------------------------------------------------------
+// --- Engine
+// ---------------------------------------------------------------------------------------
 
 Engine::Engine(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::Engine(const Engine&) = default;
@@ -104,12 +107,22 @@ Engine::Engine(Engine&&) noexcept = default;
 Engine& Engine::operator=(Engine&&) noexcept = default;
 Engine::~Engine() = default;
 
-const BuildReport& Engine::report() const { return impl_->report; }
-const std::vector<TensorSpec>& Engine::inputs() const { return impl_->inputs; }
-const std::vector<TensorSpec>& Engine::outputs() const { return impl_->outputs; }
-int64_t Engine::max_batch() const { return impl_->max_batch; }
+const BuildReport& Engine::report() const {
+  return impl_->report;
+}
+const std::vector<TensorSpec>& Engine::inputs() const {
+  return impl_->inputs;
+}
+const std::vector<TensorSpec>& Engine::outputs() const {
+  return impl_->outputs;
+}
+int64_t Engine::max_batch() const {
+  return impl_->max_batch;
+}
 
-Expected<std::string> Engine::serialize() const { return serialize_engine(*impl_); }
+Expected<std::string> Engine::serialize() const {
+  return serialize_engine(*impl_);
+}
 
 Status Engine::save(const std::string& path) const {
   MIXQ_ASSIGN_OR_RETURN(std::string bytes, serialize());
@@ -137,7 +150,8 @@ Expected<Engine> Engine::load(const std::string& path) {
   return from_bytes(bytes, "'" + path + "'");
 }
 
-// --- Context ----------------------------------------------------------------------------------------
+// --- Context
+// ----------------------------------------------------------------------------------------
 
 struct Context::Impl {
   std::shared_ptr<const Engine::Impl> engine;
@@ -150,8 +164,8 @@ struct Context::Impl {
   };
   std::shared_ptr<void> device_arena, device_scratch;
   size_t device_arena_bytes = 0, device_scratch_bytes = 0;
-  std::map<std::string, DeviceIo> device_io;          // by graph input/output name
-  std::map<int64_t, std::shared_ptr<void>> graphs;     // captured step loops by batch
+  std::map<std::string, DeviceIo> device_io;        // by graph input/output name
+  std::map<int64_t, std::shared_ptr<void>> graphs;  // captured step loops by batch
   bool graphs_disabled = false;
   bool profiling = false;
   std::unordered_set<std::string> capture_names;
@@ -172,7 +186,9 @@ Expected<Context> Engine::create_context() const {
   return Context(std::move(c));
 }
 
-void Context::set_profiling(bool on) { impl_->profiling = on; }
+void Context::set_profiling(bool on) {
+  impl_->profiling = on;
+}
 
 void Context::capture(std::vector<std::string> names, bool all) {
   impl_->capture_names = {names.begin(), names.end()};
@@ -186,8 +202,9 @@ Status check_finite(const std::string& name, const Tensor& t) {
   const float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i)
     if (!std::isfinite(p[i]))
-      return InvalidArgument("input '" + name + "' holds " + (std::isnan(p[i]) ? "NaN" : "an infinite value") +
-                             " at flat index " + std::to_string(i));
+      return InvalidArgument("input '" + name + "' holds " +
+                             (std::isnan(p[i]) ? "NaN" : "an infinite value") + " at flat index " +
+                             std::to_string(i));
   return Status::Ok();
 }
 
@@ -214,17 +231,20 @@ Expected<int64_t> check_engine_inputs(const Engine::Impl& e, const TensorMap& in
     const Tensor& t = it->second;
     if (!t.defined()) return InvalidArgument("input '" + in->name + "' is empty");
     if (t.dtype() != in->dtype)
-      return InvalidArgument("input '" + in->name + "' has dtype " + std::string(dtype_name(t.dtype())) +
-                             "; the engine expects " + std::string(dtype_name(in->dtype)));
+      return InvalidArgument("input '" + in->name + "' has dtype " +
+                             std::string(dtype_name(t.dtype())) + "; the engine expects " +
+                             std::string(dtype_name(in->dtype)));
     bool ok = t.rank() == int(in->shape.size());
-    for (size_t i = 1; ok && i < in->shape.size(); ++i) ok = in->shape[i] < 0 || in->shape[i] == t.shape()[i];
+    for (size_t i = 1; ok && i < in->shape.size(); ++i)
+      ok = in->shape[i] < 0 || in->shape[i] == t.shape()[i];
     if (ok && !in->shape.empty() && in->shape[0] >= 0) ok = t.shape()[0] == in->shape[0];
     if (!ok)
       return InvalidArgument("input '" + in->name + "' has shape " + shape_to_string(t.shape()) +
                              "; the engine expects " + shape_to_string(in->shape) +
                              " (N: batch 1 to " + std::to_string(e.max_batch) + ")");
     const int64_t b = t.rank() ? t.shape()[0] : 1;
-    if (batch < 0) batch = b;
+    if (batch < 0)
+      batch = b;
     else if (b != batch)
       return InvalidArgument("inputs disagree on the batch size: '" + in->name + "' has " +
                              std::to_string(b) + ", another input " + std::to_string(batch));
@@ -240,8 +260,9 @@ Expected<int64_t> check_engine_inputs(const Engine::Impl& e, const TensorMap& in
 
 // Runs every step with buffers from `ptr` (per value index). `after_step` sees each step's
 // outputs (capture, profiling).
-Status run_steps(Context::Impl& c, const BatchPlan& plan, std::vector<void*>& ptr, void* scratch,
-                 const std::function<Status(size_t, std::span<const backends::Buffer>)>& after_step) {
+Status run_steps(
+    Context::Impl& c, const BatchPlan& plan, std::vector<void*>& ptr, void* scratch,
+    const std::function<Status(size_t, std::span<const backends::Buffer>)>& after_step) {
   const Engine::Impl& e = *c.engine;
   const backends::DeviceOps* dev = e.backend->device_ops();
   auto& ins = c.in_buffers;
@@ -269,8 +290,11 @@ Status run_steps(Context::Impl& c, const BatchPlan& plan, std::vector<void*>& pt
     const int acc = e.kernels[s]->accumulates_into_output_from();
     if (acc >= 0 && ins[size_t(acc)].data != outs[0].data) {
       const size_t bytes = e.backend->buffer_bytes(*outs[0].value, outs[0].shape);
-      if (dev) MIXQ_RETURN_IF_ERROR(dev->copy_device_to_device(outs[0].data, ins[size_t(acc)].data, bytes, c.resources.get()));
-      else std::memcpy(outs[0].data, ins[size_t(acc)].data, bytes);
+      if (dev)
+        MIXQ_RETURN_IF_ERROR(dev->copy_device_to_device(outs[0].data, ins[size_t(acc)].data, bytes,
+                                                        c.resources.get()));
+      else
+        std::memcpy(outs[0].data, ins[size_t(acc)].data, bytes);
     }
     backends::ExecContext ctx{ins, outs, c.resources.get(), scratch};
     Status st = plan.instances[s]->execute(ctx);
@@ -281,12 +305,15 @@ Status run_steps(Context::Impl& c, const BatchPlan& plan, std::vector<void*>& pt
 }
 
 // Value pointers for this call: arena offsets, constants (host), inputs and outputs.
-void bind_arena(const Engine::Impl& e, const BatchPlan& plan, char* arena, std::vector<void*>& ptr) {
+void bind_arena(const Engine::Impl& e, const BatchPlan& plan, char* arena,
+                std::vector<void*>& ptr) {
   ptr.assign(e.values.size(), nullptr);
   for (size_t i = 0; i < e.values.size(); ++i) {
     const ir::Value* v = e.values[i];
-    if (v->is_constant()) ptr[i] = const_cast<void*>(v->constant.raw());
-    else if (plan.offsets[i] >= 0) ptr[i] = arena + plan.offsets[i];
+    if (v->is_constant())
+      ptr[i] = const_cast<void*>(v->constant.raw());
+    else if (plan.offsets[i] >= 0)
+      ptr[i] = arena + plan.offsets[i];
   }
 }
 
@@ -305,8 +332,10 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
   const ir::Graph& g = *e.graph;
   const backends::DeviceOps& dev = *e.backend->device_ops();
   backends::ExecResources* r = c.resources.get();
-  MIXQ_RETURN_IF_ERROR(grow(dev, c.device_arena, c.device_arena_bytes, plan.arena_bytes, false).status());
-  MIXQ_RETURN_IF_ERROR(grow(dev, c.device_scratch, c.device_scratch_bytes, plan.scratch_bytes, false).status());
+  MIXQ_RETURN_IF_ERROR(
+      grow(dev, c.device_arena, c.device_arena_bytes, plan.arena_bytes, false).status());
+  MIXQ_RETURN_IF_ERROR(
+      grow(dev, c.device_scratch, c.device_scratch_bytes, plan.scratch_bytes, false).status());
   // I/O buffers at the engine's maximum batch, allocated once: captured graphs keep pointers.
   auto io_for = [&](const ir::Value* v) -> Expected<Context::Impl::DeviceIo*> {
     auto& io = c.device_io[v->name];
@@ -345,12 +374,15 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
     return e.backend->buffer_bytes(*v, plan.shapes[size_t(e.value_index.at(v))]);
   };
   // One inference: copies in, steps between timing marks, copies out.
-  auto issue = [&](const std::function<Status(size_t, std::span<const backends::Buffer>)>& hook) -> Status {
-    for (auto& [v, io] : in_io) MIXQ_RETURN_IF_ERROR(dev.copy_to_device(io->device.get(), io->pinned.get(), bytes_of(v), r));
+  auto issue =
+      [&](const std::function<Status(size_t, std::span<const backends::Buffer>)>& hook) -> Status {
+    for (auto& [v, io] : in_io)
+      MIXQ_RETURN_IF_ERROR(dev.copy_to_device(io->device.get(), io->pinned.get(), bytes_of(v), r));
     MIXQ_RETURN_IF_ERROR(dev.record(r, 0));
     MIXQ_RETURN_IF_ERROR(run_steps(c, plan, ptr, c.device_scratch.get(), hook));
     MIXQ_RETURN_IF_ERROR(dev.record(r, 1));
-    for (auto& [v, io] : out_io) MIXQ_RETURN_IF_ERROR(dev.copy_to_host(io->pinned.get(), io->device.get(), bytes_of(v), r));
+    for (auto& [v, io] : out_io)
+      MIXQ_RETURN_IF_ERROR(dev.copy_to_host(io->pinned.get(), io->device.get(), bytes_of(v), r));
     return Status::Ok();
   };
   const bool direct = c.profiling || c.capture_all || !c.capture_names.empty() || c.graphs_disabled;
@@ -383,7 +415,8 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
     if (it == c.graphs.end()) {
       Status s = dev.begin_capture(r);
       if (s.ok()) s = issue(nullptr);
-      Expected<std::shared_ptr<void>> graph = s.ok() ? dev.end_capture(r) : Expected<std::shared_ptr<void>>(s);
+      Expected<std::shared_ptr<void>> graph =
+          s.ok() ? dev.end_capture(r) : Expected<std::shared_ptr<void>>(s);
       if (!graph.ok()) {
         // Not capturable (a kernel synchronises or allocates): run directly from now on.
         c.graphs_disabled = true;
@@ -400,9 +433,12 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
   for (const ir::Value* out : g.outputs()) {
     const size_t idx = size_t(e.value_index.at(out));
     Tensor t = Tensor::empty(out->dtype, plan.shapes[idx]);
-    if (out->is_constant()) std::memcpy(t.raw(), out->constant.raw(), t.nbytes());
-    else if (g.is_graph_input(out)) std::memcpy(t.raw(), inputs.at(out->name).raw(), t.nbytes());
-    else std::memcpy(t.raw(), c.device_io.at(out->name).pinned.get(), t.nbytes());
+    if (out->is_constant())
+      std::memcpy(t.raw(), out->constant.raw(), t.nbytes());
+    else if (g.is_graph_input(out))
+      std::memcpy(t.raw(), inputs.at(out->name).raw(), t.nbytes());
+    else
+      std::memcpy(t.raw(), c.device_io.at(out->name).pinned.get(), t.nbytes());
     result.outputs[out->name] = t;
   }
   result.timing.end_to_end_ms = ms_since(start);
@@ -435,34 +471,37 @@ Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
     const size_t idx = size_t(e.value_index.at(out));
     if (result.outputs.count(out->name)) continue;
     Tensor t = Tensor::empty(out->dtype, plan->shapes[idx]);
-    if (out->is_constant() || g.is_graph_input(out)) std::memcpy(t.raw(), ptr[idx], t.nbytes());
-    else ptr[idx] = t.raw();
+    if (out->is_constant() || g.is_graph_input(out))
+      std::memcpy(t.raw(), ptr[idx], t.nbytes());
+    else
+      ptr[idx] = t.raw();
     result.outputs[out->name] = t;
   }
 
   const auto compute_start = Clock::now();
   auto last = compute_start;
   Context::Impl& c = *impl_;
-  MIXQ_RETURN_IF_ERROR(run_steps(c, *plan, ptr, c.scratch.raw(),
-                                 [&](size_t s, std::span<const backends::Buffer> outs) -> Status {
-    const ir::Node& node = *e.steps[s];
-    if (c.profiling) {
-      const auto now = Clock::now();
-      result.layers.push_back({node.name, std::string(ir::op_name(node.op)),
-                               node.precision.value_or(Precision::kFP32),
-                               std::chrono::duration<double, std::milli>(now - last).count()});
-      last = now;
-    }
-    if (c.capture_all || !c.capture_names.empty()) {
-      for (const backends::Buffer& b : outs) {
-        if (!b.value || (!c.capture_all && !c.capture_names.count(b.value->name))) continue;
-        auto t = e.backend->read_value(b);
-        if (t.ok()) result.captured[b.value->name] = std::move(t).value();
-      }
-      last = Clock::now();
-    }
-    return Status::Ok();
-  }));
+  MIXQ_RETURN_IF_ERROR(run_steps(
+      c, *plan, ptr, c.scratch.raw(),
+      [&](size_t s, std::span<const backends::Buffer> outs) -> Status {
+        const ir::Node& node = *e.steps[s];
+        if (c.profiling) {
+          const auto now = Clock::now();
+          result.layers.push_back({node.name, std::string(ir::op_name(node.op)),
+                                   node.precision.value_or(Precision::kFP32),
+                                   std::chrono::duration<double, std::milli>(now - last).count()});
+          last = now;
+        }
+        if (c.capture_all || !c.capture_names.empty()) {
+          for (const backends::Buffer& b : outs) {
+            if (!b.value || (!c.capture_all && !c.capture_names.count(b.value->name))) continue;
+            auto t = e.backend->read_value(b);
+            if (t.ok()) result.captured[b.value->name] = std::move(t).value();
+          }
+          last = Clock::now();
+        }
+        return Status::Ok();
+      }));
   result.timing.compute_ms = ms_since(compute_start);
   result.timing.end_to_end_ms = ms_since(start);
   return result;

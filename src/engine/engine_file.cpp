@@ -32,8 +32,12 @@ uint64_t fnv1a(const char* p, size_t n) {
   return h;
 }
 
-uint32_t fbits(float f) { return float_bits(f); }
-float bitsf(uint32_t b) { return bits_float(b); }
+uint32_t fbits(float f) {
+  return float_bits(f);
+}
+float bitsf(uint32_t b) {
+  return bits_float(b);
+}
 
 json floats_json(const std::vector<float>& v) {
   json a = json::array();
@@ -56,20 +60,28 @@ class BlobWriter {
 };
 
 json tensor_json(const Tensor& t, BlobWriter& blobs) {
-  return {{"dtype", std::string(dtype_name(t.dtype()))}, {"shape", t.shape()}, {"blob", blobs.add(t)}};
+  return {
+      {"dtype", std::string(dtype_name(t.dtype()))}, {"shape", t.shape()}, {"blob", blobs.add(t)}};
 }
 
 json attribute_json(const ir::Attribute& a, BlobWriter& blobs) {
   return std::visit(
       [&](const auto& v) -> json {
         using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, int64_t>) return {{"i", v}};
-        else if constexpr (std::is_same_v<T, float>) return {{"f", fbits(v)}};
-        else if constexpr (std::is_same_v<T, std::string>) return {{"s", v}};
-        else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return {{"ints", v}};
-        else if constexpr (std::is_same_v<T, std::vector<float>>) return {{"floats", floats_json(v)}};
-        else if constexpr (std::is_same_v<T, std::vector<std::string>>) return {{"strings", v}};
-        else return {{"tensor", tensor_json(v, blobs)}};
+        if constexpr (std::is_same_v<T, int64_t>)
+          return {{"i", v}};
+        else if constexpr (std::is_same_v<T, float>)
+          return {{"f", fbits(v)}};
+        else if constexpr (std::is_same_v<T, std::string>)
+          return {{"s", v}};
+        else if constexpr (std::is_same_v<T, std::vector<int64_t>>)
+          return {{"ints", v}};
+        else if constexpr (std::is_same_v<T, std::vector<float>>)
+          return {{"floats", floats_json(v)}};
+        else if constexpr (std::is_same_v<T, std::vector<std::string>>)
+          return {{"strings", v}};
+        else
+          return {{"tensor", tensor_json(v, blobs)}};
       },
       a);
 }
@@ -102,7 +114,8 @@ json report_json(const BuildReport& r) {
           {"calibration_from_cache", r.calibration_from_cache}};
 }
 
-// --- reading, every field checked -----------------------------------------------------------------
+// --- reading, every field checked
+// -----------------------------------------------------------------
 
 struct Reader {
   const std::string& source;
@@ -142,7 +155,8 @@ struct Reader {
     const size_t offset = b["offset"].get<size_t>(), bytes = b["bytes"].get<size_t>();
     long double need = dtype_size(dt);
     for (int64_t d : sh) need *= (long double)d;
-    if ((long double)bytes != need) return corrupt("a tensor's byte count does not match its shape");
+    if ((long double)bytes != need)
+      return corrupt("a tensor's byte count does not match its shape");
     if (offset > blobs.size() || bytes > blobs.size() - offset)
       return corrupt("a blob lies outside the file");
     Tensor t = Tensor::empty(dt, sh);
@@ -249,7 +263,8 @@ Expected<std::string> serialize_engine(const Engine::Impl& impl) {
   }
   auto ref = [&](const ir::Value* v) -> json { return v ? json(index.at(v)) : json(nullptr); };
   for (const ir::Node* n : g.nodes()) {
-    json jn = {{"op", std::string(ir::op_name(n->op))}, {"name", n->name}, {"module", n->module_name}};
+    json jn = {
+        {"op", std::string(ir::op_name(n->op))}, {"name", n->name}, {"module", n->module_name}};
     json ins = json::array(), outs = json::array(), attrs = json::object();
     for (const ir::Value* v : n->inputs) ins.push_back(ref(v));
     for (const ir::Value* v : n->outputs) outs.push_back(ref(v));
@@ -305,8 +320,9 @@ Expected<std::shared_ptr<Engine::Impl>> deserialize_engine(const std::string& by
                     " bytes, shorter than the " + std::to_string(kHeaderBytes) +
                     "-byte engine header");
   if (bytes.size() < kHeaderBytes || std::memcmp(bytes.data(), kMagic, 8) != 0)
-    return ParseError(source + " is not a mixq engine file (bad magic; an ONNX model goes to "
-                               "`mixq build` first)");
+    return ParseError(source +
+                      " is not a mixq engine file (bad magic; an ONNX model goes to "
+                      "`mixq build` first)");
   uint32_t version, header;
   uint64_t size, sum;
   std::memcpy(&version, bytes.data() + 8, 4);
@@ -317,8 +333,7 @@ Expected<std::shared_ptr<Engine::Impl>> deserialize_engine(const std::string& by
     return Unsupported(source + " uses engine format version " + std::to_string(version) +
                        ", newer than this mixq reads (" + std::to_string(kFormatVersion) +
                        "): rebuild the engine with this mixq or upgrade mixq");
-  if (version == 0 || header != kHeaderBytes)
-    return DataLoss(source + " has a malformed header");
+  if (version == 0 || header != kHeaderBytes) return DataLoss(source + " has a malformed header");
   if (bytes.size() - kHeaderBytes != size)
     return DataLoss(source + " is truncated or padded: the header promises " +
                     std::to_string(size + kHeaderBytes) + " bytes, the file has " +

@@ -19,8 +19,8 @@ namespace mixq {
 struct BatchPlan {
   int64_t batch = 0;
   std::vector<std::unique_ptr<backends::KernelInstance>> instances;  // per step
-  std::vector<Shape> shapes;        // per value index
-  std::vector<int64_t> offsets;     // per value index: arena offset, -1 when not in the arena
+  std::vector<Shape> shapes;                                         // per value index
+  std::vector<int64_t> offsets;  // per value index: arena offset, -1 when not in the arena
   size_t arena_bytes = 0;
   size_t scratch_bytes = 0;
 };
@@ -28,7 +28,7 @@ struct BatchPlan {
 struct Engine::Impl {
   std::unique_ptr<ir::Graph> graph;  // the execution graph (after lowering)
   std::unique_ptr<backends::Backend> backend;
-  std::vector<ir::Node*> steps;      // nodes in execution order
+  std::vector<ir::Node*> steps;                            // nodes in execution order
   std::vector<std::unique_ptr<backends::Kernel>> kernels;  // parallel to steps
   std::unordered_map<const ir::Value*, int> value_index;
   std::vector<const ir::Value*> values;  // by index

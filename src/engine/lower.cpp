@@ -15,7 +15,6 @@ using ir::Node;
 using ir::OpKind;
 using ir::Value;
 
-
 bool is_precision_follower(OpKind op) {
   switch (op) {
     case OpKind::kMaxPool:
@@ -35,7 +34,8 @@ bool is_precision_follower(OpKind op) {
 }
 
 bool preserves_quantization(OpKind op) {
-  return is_precision_follower(op) || op == OpKind::kAveragePool || op == OpKind::kGlobalAveragePool;
+  return is_precision_follower(op) || op == OpKind::kAveragePool ||
+         op == OpKind::kGlobalAveragePool;
 }
 
 bool is_weighted_layer(OpKind op) {
@@ -74,7 +74,8 @@ Tensor transpose_2d(const Tensor& t) {
 }
 
 bool scalar_constant(const Value* v, float* out) {
-  if (!v || !v->is_constant() || v->constant.numel() != 1 || !dtype_is_float(v->dtype)) return false;
+  if (!v || !v->is_constant() || v->constant.numel() != 1 || !dtype_is_float(v->dtype))
+    return false;
   *out = float(v->constant.get_as_double(0));
   return true;
 }
@@ -94,20 +95,22 @@ void append_fused(Node* layer, const Node* absorbed) {
   layer->attrs["mixq.fused"] = fused;
 }
 
-// Moves `epilogue`'s output onto `layer` and drops the epilogue.
-void absorb(ir::Graph& g, Node* layer, Node* epilogue) {
+// Moves `epilogue`'s output onto `layer`; the epilogue is dropped when fusion ends (removing it
+// now would free a node the caller's node list still holds).
+void absorb(Node* layer, Node* epilogue, std::vector<Node*>& doomed) {
   Value* old_out = layer->outputs[0];
   Value* new_out = epilogue->outputs[0];
   layer->outputs[0] = new_out;
   new_out->producer = layer;
   old_out->producer = nullptr;
   append_fused(layer, epilogue);
-  g.remove_nodes({epilogue});
+  doomed.push_back(epilogue);
 }
 
 }  // namespace
 
-// --- Q/DQ absorption ------------------------------------------------------------------------------
+// --- Q/DQ absorption
+// ------------------------------------------------------------------------------
 
 namespace {
 
@@ -116,7 +119,8 @@ Expected<ir::QuantParams> qparams_of(const Node* n) {
   const Value* zp = n->input(2);
   if (!scale || !scale->is_constant())
     return Unsupported(n->describe() + ": its scale is not a constant");
-  if (zp && !zp->is_constant()) return Unsupported(n->describe() + ": its zero point is not a constant");
+  if (zp && !zp->is_constant())
+    return Unsupported(n->describe() + ": its zero point is not a constant");
   ir::QuantParams q;
   q.scale = scale->constant.to_float_vector();
   for (float s : q.scale)
@@ -157,7 +161,8 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
     Value* x = dq->input(0);
     Value* y = dq->output(0);
     MIXQ_ASSIGN_OR_RETURN(ir::QuantParams q, qparams_of(dq));
-    const int rank = y->shape_known ? int(y->shape.size()) : (x->shape_known ? int(x->shape.size()) : 0);
+    const int rank =
+        y->shape_known ? int(y->shape.size()) : (x->shape_known ? int(x->shape.size()) : 0);
     if (q.axis < 0) q.axis += rank;
     if (x->is_constant()) {
       // Quantised weights (or an int32 bias): fold to fp32, remember the exact grid.
@@ -170,11 +175,13 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
       const int64_t channels = int64_t(q.scale.size());
       for (int64_t i = 0; i < real.numel(); ++i) {
         const size_t c = q.per_tensor() ? 0 : size_t((i / inner) % channels);
-        double v = x->dtype == DType::kFloat8E4M3 ? x->constant.get_as_double(i)
-                                                  : x->constant.get_as_double(i) - q.zero_point_at(c);
+        double v = x->dtype == DType::kFloat8E4M3
+                       ? x->constant.get_as_double(i)
+                       : x->constant.get_as_double(i) - q.zero_point_at(c);
         real.data<float>()[i] = float(v * q.scale[c]);
       }
-      Value* folded = g.add_constant(g.unique_value_name(y->name + "/dequantized"), std::move(real));
+      Value* folded =
+          g.add_constant(g.unique_value_name(y->name + "/dequantized"), std::move(real));
       if (q.dtype != DType::kInt32) plan.value_quant[folded->name] = q;
       if (!ir::forward_value(g, y, folded)) continue;
       doomed.push_back(dq);
@@ -198,14 +205,16 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
       int64_t inner = 1;
       for (int d = p.axis + 1; d < w.rank(); ++d) inner *= w.dim(d);
       const int64_t channels = int64_t(p.scale.size());
-      const double lo = p.dtype == DType::kUInt8 ? 0 : -128, hi = p.dtype == DType::kUInt8 ? 255 : 127;
+      const double lo = p.dtype == DType::kUInt8 ? 0 : -128,
+                   hi = p.dtype == DType::kUInt8 ? 255 : 127;
       for (int64_t i = 0; i < w.numel(); ++i) {
         const size_t c = p.per_tensor() ? 0 : size_t((i / inner) % channels);
         double qv = std::nearbyint(w.get_as_double(i) / p.scale[c]) + p.zero_point_at(c);
         qv = std::clamp(qv, lo, hi);
         rounded.data<float>()[i] = float((qv - p.zero_point_at(c)) * p.scale[c]);
       }
-      Value* folded = g.add_constant(g.unique_value_name(y->name + "/fake_quantized"), std::move(rounded));
+      Value* folded =
+          g.add_constant(g.unique_value_name(y->name + "/fake_quantized"), std::move(rounded));
       plan.value_quant[folded->name] = p;
       if (!ir::forward_value(g, y, folded)) continue;
       doomed.push_back(dq);
@@ -218,19 +227,20 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
     // A grid that starts at real zero (u8 with zero point 0) also clamps negatives away:
     // quantizers fold a Relu into it this way. Keep that clamp as an explicit Relu (which fuses
     // into the producing layer) so it survives where the value ends up in fp32.
-    const bool clamps_at_zero =
-        q.dtype != DType::kFloat8E4M3 &&
-        q.zero_point_at(0) == (q.dtype == DType::kUInt8 ? 0 : -128);
+    const bool clamps_at_zero = q.dtype != DType::kFloat8E4M3 &&
+                                q.zero_point_at(0) == (q.dtype == DType::kUInt8 ? 0 : -128);
     Node* producer = real->producer;
     const bool already_clamped =
-        producer && (producer->op == OpKind::kRelu ||
-                     (producer->op == OpKind::kClip && producer->input(1) &&
-                      producer->input(1)->is_constant() && producer->input(1)->constant.get_as_double(0) >= 0));
+        producer &&
+        (producer->op == OpKind::kRelu ||
+         (producer->op == OpKind::kClip && producer->input(1) &&
+          producer->input(1)->is_constant() && producer->input(1)->constant.get_as_double(0) >= 0));
     Value* target = real;
     if (clamps_at_zero && !already_clamped) {
       target = g.add_value(g.unique_value_name(real->name + "/clamped"), real->dtype, real->shape,
                            real->shape_known);
-      Node* relu = g.add_node(OpKind::kRelu, g.unique_node_name(dq->name + "/clamp"), {real}, {target});
+      Node* relu =
+          g.add_node(OpKind::kRelu, g.unique_node_name(dq->name + "/clamp"), {real}, {target});
       relu->module_name = producer ? producer->module_name : "";
     }
     if (!plan.value_quant.count(target->name)) plan.value_quant[target->name] = q;
@@ -245,11 +255,15 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
   return g.toposort();
 }
 
-// --- fusion ---------------------------------------------------------------------------------------
+// --- fusion
+// ---------------------------------------------------------------------------------------
 
 Status fuse_layers(ir::Graph& g, const quant::PrecisionPlan& plan) {
+  std::vector<Node*> doomed;
+  auto gone = [&](const Node* n) { return std::find(doomed.begin(), doomed.end(), n) != doomed.end(); };
   // 1. Gemm / MatMul(+Add bias) -> FusedGemm with weights [N, K].
   for (Node* n : g.nodes()) {
+    if (gone(n)) continue;
     if (n->op == OpKind::kGemm) {
       Value* a = n->input(0);
       Value* b = n->input(1);
@@ -269,7 +283,8 @@ Status fuse_layers(ir::Graph& g, const quant::PrecisionPlan& plan) {
           continue;
         Tensor bt = Tensor::empty(DType::kFloat32, {N});
         for (int64_t i = 0; i < N; ++i)
-          bt.data<float>()[i] = beta * float(c->constant.get_as_double(c->constant.numel() == 1 ? 0 : i));
+          bt.data<float>()[i] =
+              beta * float(c->constant.get_as_double(c->constant.numel() == 1 ? 0 : i));
         bias = g.add_constant(g.unique_value_name(c->name + "/bias"), std::move(bt));
       }
       Value* wv = b;
@@ -296,11 +311,12 @@ Status fuse_layers(ir::Graph& g, const quant::PrecisionPlan& plan) {
         Value* other = add->input(0) == n->outputs[0] ? add->input(1) : add->input(0);
         if (other->is_constant() && other->dtype == DType::kFloat32 &&
             other->constant.numel() == wv->constant.dim(0) &&
-            (other->constant.rank() == 1 || (other->constant.rank() == 2 && other->constant.dim(0) == 1))) {
+            (other->constant.rank() == 1 ||
+             (other->constant.rank() == 2 && other->constant.dim(0) == 1))) {
           Value* bias = g.add_constant(g.unique_value_name(other->name + "/bias"),
                                        other->constant.reshaped({other->constant.numel()}));
           n->inputs.push_back(bias);
-          absorb(g, n, add);
+          absorb(n, add, doomed);
         }
       }
     }
@@ -311,7 +327,7 @@ Status fuse_layers(ir::Graph& g, const quant::PrecisionPlan& plan) {
 
   // 3. Residual Add, then activation.
   for (Node* n : g.nodes()) {
-    if (n->op != OpKind::kFusedConv && n->op != OpKind::kFusedGemm) continue;
+    if (gone(n) || (n->op != OpKind::kFusedConv && n->op != OpKind::kFusedGemm)) continue;
     Node* next = nullptr;
     if (n->op == OpKind::kFusedConv && single_consumer(g, n->outputs[0], &next) &&
         next->op == OpKind::kAdd && compatible(plan, n, next)) {
@@ -322,30 +338,32 @@ Status fuse_layers(ir::Graph& g, const quant::PrecisionPlan& plan) {
         if (n->inputs.size() < 3) n->inputs.resize(3, nullptr);
         n->inputs.resize(4);
         n->inputs[3] = other;
-        absorb(g, n, next);
+        absorb(n, next, doomed);
       }
     }
     if (single_consumer(g, n->outputs[0], &next) && compatible(plan, n, next)) {
       float lo = 0, hi = 0;
       if (next->op == OpKind::kRelu) {
         n->attrs["mixq.activation"] = std::string("relu");
-        absorb(g, n, next);
+        absorb(n, next, doomed);
       } else if (next->op == OpKind::kClip &&
                  (!next->input(1) || scalar_constant(next->input(1), &lo)) &&
                  (!next->input(2) || scalar_constant(next->input(2), &hi))) {
         n->attrs["mixq.activation"] = std::string("clip");
         n->attrs["mixq.clip_min"] = next->input(1) ? lo : -INFINITY;
         n->attrs["mixq.clip_max"] = next->input(2) ? hi : INFINITY;
-        absorb(g, n, next);
+        absorb(n, next, doomed);
       }
     }
   }
   // Trailing absent inputs (a residual without bias keeps a null bias slot).
+  g.remove_nodes(doomed);
   g.remove_unused_values();
   return g.toposort();
 }
 
-// --- precision assignment -------------------------------------------------------------------------
+// --- precision assignment
+// -------------------------------------------------------------------------
 
 Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::PrecisionPlan& plan,
                                                 const backends::Backend& backend,
@@ -375,8 +393,8 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
       bool same = true;
       for (const Value* in : n->inputs) {
         if (!in || in->is_constant()) continue;
-        const Precision p = in->producer && in->producer->precision ? *in->producer->precision
-                                                                     : Precision::kFP32;
+        const Precision p =
+            in->producer && in->producer->precision ? *in->producer->precision : Precision::kFP32;
         if (common && *common != p) same = false;
         common = p;
       }
@@ -397,7 +415,8 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
           continue;
         }
         r.fallback_reason = "default precision " + std::string(precision_name(want)) +
-                            " not available (" + why + "): runs " + std::string(precision_name(got));
+                            " not available (" + why + "): runs " +
+                            std::string(precision_name(got));
       } else if (allow_fallback) {
         std::optional<Precision> next = precision_fallback(want);
         std::string chain = why;
@@ -416,7 +435,8 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
                             std::string(precision_name(got)) + ": " + chain;
         result.fallbacks.push_back(n->name + " (" + r.op + "): " + r.fallback_reason);
       } else {
-        errors.push_back(n->describe() + (n->module_name.empty() ? "" : " (module '" + n->module_name + "')") +
+        errors.push_back(n->describe() +
+                         (n->module_name.empty() ? "" : " (module '" + n->module_name + "')") +
                          ": " + std::string(precision_name(want)) + " was requested but the " +
                          std::string(backend.name()) + " backend cannot run it: " + why);
         continue;
@@ -427,7 +447,8 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
     result.layers.push_back(std::move(r));
   }
   if (!errors.empty()) {
-    std::string msg = std::to_string(errors.size()) + " layer(s) cannot run at the requested precision";
+    std::string msg =
+        std::to_string(errors.size()) + " layer(s) cannot run at the requested precision";
     msg += allow_fallback ? ":" : " (allow fallback to let them run at the nearest higher one):";
     for (const auto& e : errors) msg += "\n  " + e;
     return Unsupported(msg);
@@ -435,14 +456,17 @@ Expected<PrecisionAssignment> assign_precisions(ir::Graph& g, const quant::Preci
   return result;
 }
 
-// --- ranges and quantisation ----------------------------------------------------------------------
+// --- ranges and quantisation
+// ----------------------------------------------------------------------
 
 namespace {
 
 bool quantized_precision(std::optional<Precision> p) {
   return p == Precision::kINT8 || p == Precision::kFP8;
 }
-bool consumes_int8(const Node* n) { return quantized_precision(n->precision); }
+bool consumes_int8(const Node* n) {
+  return quantized_precision(n->precision);
+}
 
 // Activation inputs of a node (not weights or biases).
 std::vector<size_t> activation_slots(const Node* n) {
@@ -595,13 +619,15 @@ Expected<Tensor> quantize_weights(const Tensor& w, const ir::QuantParams* exact,
       const float bound = per_tensor ? global : m;
       params.scale[size_t(c)] = bound > 0 ? bound / 448.0f : 1.0f;
       for (int64_t i = 0; i < per; ++i)
-        q.data<Float8E4M3>()[c * per + i] = float_to_fp8e4m3(p[c * per + i] / params.scale[size_t(c)]);
+        q.data<Float8E4M3>()[c * per + i] =
+            float_to_fp8e4m3(p[c * per + i] / params.scale[size_t(c)]);
     }
     return q;
   }
   if (exact && exact->dtype == DType::kInt8 && exact->zero_point_at(0) == 0) {
     // The model's own grid (QAT / Q/DQ): keep it when it fits this policy's range.
-    params.scale = exact->per_tensor() ? std::vector<float>(size_t(channels), exact->scale[0]) : exact->scale;
+    params.scale =
+        exact->per_tensor() ? std::vector<float>(size_t(channels), exact->scale[0]) : exact->scale;
     if (int64_t(params.scale.size()) == channels) {
       bool fits = true;
       for (int64_t c = 0; c < channels && fits; ++c)
@@ -611,7 +637,8 @@ Expected<Tensor> quantize_weights(const Tensor& w, const ir::QuantParams* exact,
         Tensor q = Tensor::empty(DType::kInt8, w.shape());
         for (int64_t c = 0; c < channels; ++c)
           for (int64_t i = 0; i < per; ++i)
-            q.data<int8_t>()[c * per + i] = int8_t(std::nearbyint(p[c * per + i] / params.scale[size_t(c)]));
+            q.data<int8_t>()[c * per + i] =
+                int8_t(std::nearbyint(p[c * per + i] / params.scale[size_t(c)]));
         return q;
       }
     }
@@ -657,8 +684,10 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
     if (auto it = plan.value_quant.find(v->name); it != plan.value_quant.end())
       if (!group_exact.count(root)) group_exact[root] = it->second;
     std::optional<quant::Range> r;
-    if (auto it = plan.value_ranges.find(v->name); it != plan.value_ranges.end()) r = it->second;
-    else if (auto it2 = ranges.find(v->name); it2 != ranges.end()) r = it2->second;
+    if (auto it = plan.value_ranges.find(v->name); it != plan.value_ranges.end())
+      r = it->second;
+    else if (auto it2 = ranges.find(v->name); it2 != ranges.end())
+      r = it2->second;
     if (r) {
       auto [it, fresh] = group_range.try_emplace(root, *r);
       if (!fresh) it->second = {std::min(it->second.min, r->min), std::max(it->second.max, r->max)};
@@ -717,7 +746,8 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
     if (!needed) continue;
     // The quantised family: the producer's, else the first quantised consumer's.
     Precision family = Precision::kINT8;
-    if (v->producer && quantized_precision(v->producer->precision)) family = *v->producer->precision;
+    if (v->producer && quantized_precision(v->producer->precision))
+      family = *v->producer->precision;
     else
       for (const Node* c : g.consumers(v))
         if (consumes_int8(c)) {
@@ -734,7 +764,8 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
   }
   if (!missing.empty()) {
     std::string list;
-    for (size_t i = 0; i < missing.size() && i < 12; ++i) list += (i ? ", '" : "'") + missing[i] + "'";
+    for (size_t i = 0; i < missing.size() && i < 12; ++i)
+      list += (i ? ", '" : "'") + missing[i] + "'";
     if (missing.size() > 12) list += ", and " + std::to_string(missing.size() - 12) + " more";
     return FailedPrecondition(std::to_string(missing.size()) +
                               " value(s) read by int8 layers have no range: " + list +
@@ -755,8 +786,9 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
     if (auto it = plan.layers.find(n->name); it != plan.layers.end() && it->second.weights)
       per_tensor = *it->second.weights == quant::WeightGranularity::kPerTensor;
     ir::QuantParams wq;
-    auto qw = quantize_weights(w->constant, exact == plan.value_quant.end() ? nullptr : &exact->second,
-                               per_tensor, policy.weight_qmax, wq, fp8);
+    auto qw =
+        quantize_weights(w->constant, exact == plan.value_quant.end() ? nullptr : &exact->second,
+                         per_tensor, policy.weight_qmax, wq, fp8);
     if (!qw.ok()) return qw.status().with_context(n->describe());
     Value* nw = g.add_constant(g.unique_value_name(w->name + (fp8 ? "/fp8" : "/int8")),
                                std::move(qw).value());
@@ -778,11 +810,13 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
   return Status::Ok();
 }
 
-// --- reformats --------------------------------------------------------------------------------------
+// --- reformats
+// --------------------------------------------------------------------------------------
 
 namespace {
 
-bool same_form(const Value* a, DType dtype, const std::optional<ir::QuantParams>& q, ir::Layout layout) {
+bool same_form(const Value* a, DType dtype, const std::optional<ir::QuantParams>& q,
+               ir::Layout layout) {
   if (a->dtype != dtype || a->layout != layout) return false;
   if (!q) return true;
   return a->quant && same_params(*a->quant, *q);
@@ -799,14 +833,16 @@ Status insert_reformats(ir::Graph& g, const backends::Backend& backend) {
     auto key = std::make_tuple(static_cast<const Value*>(v), dtype, layout);
     if (auto it = made.find(key); it != made.end()) return it->second;
     const bool quantized = q.has_value();
-    const bool source_quantized = v->quant && v->dtype != DType::kFloat32 && dtype_size(v->dtype) == 1;
+    const bool source_quantized =
+        v->quant && v->dtype != DType::kFloat32 && dtype_size(v->dtype) == 1;
     const bool same_grid = quantized && source_quantized && same_params(*v->quant, *q);
     const std::string suffix = quantized && !source_quantized   ? "/quantized"
                                : quantized && !same_grid        ? "/requantized"
                                : source_quantized && !quantized ? "/dequantized"
                                : dtype != v->dtype              ? "/converted"
                                                                 : "/reordered";
-    Value* out = g.add_value(g.unique_value_name(v->name + suffix), dtype, v->shape, v->shape_known);
+    Value* out =
+        g.add_value(g.unique_value_name(v->name + suffix), dtype, v->shape, v->shape_known);
     if (quantized) out->quant = q;
     out->layout = layout;
     Node* r = g.add_node(OpKind::kReformat, g.unique_node_name(v->name + suffix), {v}, {out});
@@ -827,8 +863,9 @@ Status insert_reformats(ir::Graph& g, const backends::Backend& backend) {
       if (slot == 3 && (n->op == OpKind::kFusedConv || n->op == OpKind::kFusedGemm)) {
         const Value* y = n->output(0);
         if (!y->quant || y->dtype == DType::kFloat32)
-          want = y->dtype == DType::kFloat16 ? Precision::kFP16
-               : y->dtype == DType::kBFloat16 ? Precision::kBF16 : Precision::kFP32;
+          want = y->dtype == DType::kFloat16    ? Precision::kFP16
+                 : y->dtype == DType::kBFloat16 ? Precision::kBF16
+                                                : Precision::kFP32;
       }
       DType dtype = DType::kFloat32;
       std::optional<ir::QuantParams> q;
@@ -837,8 +874,10 @@ Status insert_reformats(ir::Graph& g, const backends::Backend& backend) {
           return Internal(n->describe() + ": " + std::string(precision_name(want)) + " input '" +
                           v->name + "' has no parameters");
         const bool fp8_grid = v->quant->dtype == DType::kFloat8E4M3;
-        if ((want == Precision::kFP8) == fp8_grid) q = v->quant;
-        else q = params_from_range(range_of_params(*v->quant), true, policy, want);
+        if ((want == Precision::kFP8) == fp8_grid)
+          q = v->quant;
+        else
+          q = params_from_range(range_of_params(*v->quant), true, policy, want);
         dtype = q->dtype;
       } else if (want == Precision::kFP16) {
         dtype = DType::kFloat16;

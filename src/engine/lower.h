@@ -39,8 +39,7 @@ struct PrecisionAssignment {
 // Sets node->precision for every node. Explicit requests the backend cannot run fail the build
 // (naming the layer and why) unless allow_fallback; the default precision applies to the layers
 // that have a kernel at that precision, the rest run fp32 (reported).
-Expected<PrecisionAssignment> assign_precisions(ir::Graph& graph,
-                                                const quant::PrecisionPlan& plan,
+Expected<PrecisionAssignment> assign_precisions(ir::Graph& graph, const quant::PrecisionPlan& plan,
                                                 const backends::Backend& backend,
                                                 Precision default_precision, bool allow_fallback);
 

@@ -14,15 +14,20 @@ bool Value::has_static_shape() const {
 
 std::string_view layout_name(Layout layout) {
   switch (layout) {
-    case Layout::kPlain: return "plain";
-    case Layout::kNHWC: return "nhwc";
-    case Layout::kBlocked8: return "nChw8c";
-    case Layout::kBlocked16: return "nChw16c";
+    case Layout::kPlain:
+      return "plain";
+    case Layout::kNHWC:
+      return "nhwc";
+    case Layout::kBlocked8:
+      return "nChw8c";
+    case Layout::kBlocked16:
+      return "nChw16c";
   }
   return "?";
 }
 
-// --- Node attributes ------------------------------------------------------------------------------
+// --- Node attributes
+// ------------------------------------------------------------------------------
 
 int64_t Node::attr_int(const std::string& key, int64_t fallback) const {
   auto it = attrs.find(key);
@@ -75,7 +80,8 @@ std::string Node::describe() const {
   return std::string(op_name(op)) + " '" + name + "'";
 }
 
-// --- Graph construction ---------------------------------------------------------------------------
+// --- Graph construction
+// ---------------------------------------------------------------------------
 
 Value* Graph::add_value(std::string name, DType dtype, Shape shape, bool shape_known) {
   auto v = std::make_unique<Value>();
@@ -127,7 +133,8 @@ std::string Graph::unique_node_name(const std::string& base) const {
   }
 }
 
-// --- access ---------------------------------------------------------------------------------------
+// --- access
+// ---------------------------------------------------------------------------------------
 
 std::vector<Node*> Graph::nodes() const {
   std::vector<Node*> out;
@@ -170,7 +177,8 @@ bool Graph::is_graph_input(const Value* value) const {
   return std::find(inputs_.begin(), inputs_.end(), value) != inputs_.end();
 }
 
-// --- editing --------------------------------------------------------------------------------------
+// --- editing
+// --------------------------------------------------------------------------------------
 
 void Graph::rename_value(Value* value, const std::string& new_name) {
   auto it = value_by_name_.find(value->name);
@@ -300,7 +308,8 @@ std::unique_ptr<Graph> Graph::clone() const {
   return g;
 }
 
-// --- verifier -------------------------------------------------------------------------------------
+// --- verifier
+// -------------------------------------------------------------------------------------
 
 Status verify(const Graph& graph) {
   const auto nodes = graph.nodes();
@@ -319,18 +328,17 @@ Status verify(const Graph& graph) {
     const OpInfo& info = op_info(n->op);
     const int nin = int(n->inputs.size()), nout = int(n->outputs.size());
     if (nin < info.min_inputs || nin > info.max_inputs)
-      return InvalidArgument(n->describe() + " has " + std::to_string(nin) + " inputs; " +
-                             std::string(info.name) + " takes " + std::to_string(info.min_inputs) +
-                             (info.max_inputs == info.min_inputs
-                                  ? ""
-                                  : " to " + (info.max_inputs > 1000
-                                                  ? std::string("any number")
+      return InvalidArgument(
+          n->describe() + " has " + std::to_string(nin) + " inputs; " + std::string(info.name) +
+          " takes " + std::to_string(info.min_inputs) +
+          (info.max_inputs == info.min_inputs
+               ? ""
+               : " to " + (info.max_inputs > 1000 ? std::string("any number")
                                                   : std::to_string(info.max_inputs))));
     if (nout < info.min_outputs || nout > info.max_outputs)
       return InvalidArgument(n->describe() + " has " + std::to_string(nout) + " outputs; " +
-                             std::string(info.name) + " gives " +
-                             std::to_string(info.min_outputs) + " to " +
-                             std::to_string(info.max_outputs));
+                             std::string(info.name) + " gives " + std::to_string(info.min_outputs) +
+                             " to " + std::to_string(info.max_outputs));
     if (!n->outputs.empty() && n->outputs[0] == nullptr)
       return InvalidArgument(n->describe() + " has no first output");
     for (const Value* out : n->outputs) {
@@ -343,8 +351,7 @@ Status verify(const Graph& graph) {
         return InvalidArgument("value '" + out->name + "' is written by both " +
                                producer[out]->describe() + " and " + n->describe());
       if (out->producer != n)
-        return Internal("value '" + out->name + "' does not record its producer " +
-                        n->describe());
+        return Internal("value '" + out->name + "' does not record its producer " + n->describe());
     }
   }
   std::unordered_set<const Value*> inputs(graph.inputs().begin(), graph.inputs().end());
@@ -403,7 +410,8 @@ Status verify(const Graph& graph) {
   return Status::Ok();
 }
 
-// --- cost -----------------------------------------------------------------------------------------
+// --- cost
+// -----------------------------------------------------------------------------------------
 
 NodeCost node_cost(const Node& node) {
   NodeCost cost;

@@ -41,10 +41,10 @@ class Node;
 
 // Physical layout of a 4-D (or 3-D/5-D) activation; shapes stay logical (N, C, spatial...).
 enum class Layout : uint8_t {
-  kPlain,     // row-major as ONNX: NCHW
-  kNHWC,      // channels last
-  kBlocked8,  // nChw8c: channels in blocks of 8 (padded)
-  kBlocked16, // nChw16c
+  kPlain,      // row-major as ONNX: NCHW
+  kNHWC,       // channels last
+  kBlocked8,   // nChw8c: channels in blocks of 8 (padded)
+  kBlocked16,  // nChw16c
 };
 std::string_view layout_name(Layout layout);
 
@@ -52,9 +52,9 @@ class Value {
  public:
   std::string name;
   DType dtype = DType::kFloat32;
-  Shape shape;             // kDynamicDim marks a symbolic dimension
+  Shape shape;  // kDynamicDim marks a symbolic dimension
   bool shape_known = false;
-  Tensor constant;         // defined for initializers and folded constants
+  Tensor constant;  // defined for initializers and folded constants
   std::optional<QuantParams> quant;
   Layout layout = Layout::kPlain;
   Node* producer = nullptr;
@@ -66,9 +66,9 @@ class Value {
 class Node {
  public:
   OpKind op{};
-  std::string name;         // unique within the graph
-  std::string module_name;  // the framework module it came from ("layer1.0.conv1"), may be empty
-  std::vector<Value*> inputs;   // nullptr marks an absent optional input
+  std::string name;            // unique within the graph
+  std::string module_name;     // the framework module it came from ("layer1.0.conv1"), may be empty
+  std::vector<Value*> inputs;  // nullptr marks an absent optional input
   std::vector<Value*> outputs;  // nullptr marks an absent optional output
   std::map<std::string, Attribute> attrs;
   std::optional<Precision> precision;  // set by the precision planner
@@ -114,8 +114,9 @@ class Graph {
   std::vector<Value*>& outputs() { return outputs_; }
   const std::vector<Value*>& outputs() const { return outputs_; }
 
-  // --- access -------------------------------------------------------------------------------------
-  // Nodes in their current order (topological after toposort()).
+  // --- access
+  // ------------------------------------------------------------------------------------- Nodes in
+  // their current order (topological after toposort()).
   std::vector<Node*> nodes() const;
   std::vector<Value*> values() const;
   size_t node_count() const { return nodes_.size(); }
@@ -125,8 +126,9 @@ class Graph {
   bool is_graph_output(const Value* value) const;
   bool is_graph_input(const Value* value) const;
 
-  // --- editing ------------------------------------------------------------------------------------
-  // Give a value a new name (must be unused).
+  // --- editing
+  // ------------------------------------------------------------------------------------ Give a
+  // value a new name (must be unused).
   void rename_value(Value* value, const std::string& new_name);
   // Point every use of `from` (node inputs and graph outputs) at `to`.
   void replace_all_uses(Value* from, Value* to);
@@ -152,9 +154,9 @@ Status verify(const Graph& graph);
 
 // Total MACs/FLOPs and parameter counts; used by `inspect`.
 struct NodeCost {
-  int64_t macs = 0;     // multiply-accumulates at batch 1 (symbolic dims counted as 1)
-  int64_t flops = 0;    // floating-point operations (2 per MAC, 1 per elementwise op)
-  int64_t params = 0;   // elements of constant inputs
+  int64_t macs = 0;    // multiply-accumulates at batch 1 (symbolic dims counted as 1)
+  int64_t flops = 0;   // floating-point operations (2 per MAC, 1 per elementwise op)
+  int64_t params = 0;  // elements of constant inputs
 };
 NodeCost node_cost(const Node& node);
 

@@ -11,10 +11,18 @@ constexpr OpInfo kOpInfos[] = {
 
 }  // namespace
 
-const OpInfo& op_info(OpKind op) { return kOpInfos[static_cast<size_t>(op)]; }
-std::string_view op_name(OpKind op) { return op_info(op).name; }
-int op_count() { return int(std::size(kOpInfos)); }
-OpKind op_at(int index) { return static_cast<OpKind>(index); }
+const OpInfo& op_info(OpKind op) {
+  return kOpInfos[static_cast<size_t>(op)];
+}
+std::string_view op_name(OpKind op) {
+  return op_info(op).name;
+}
+int op_count() {
+  return int(std::size(kOpInfos));
+}
+OpKind op_at(int index) {
+  return static_cast<OpKind>(index);
+}
 
 std::optional<OpKind> op_from_name(std::string_view name) {
   for (int i = 0; i < op_count(); ++i)

@@ -597,7 +597,8 @@ Expected<CalibrationResult> calibrate(const ir::Graph& graph, const std::set<std
       if (runner) {
         run = runner(inputs, [&](const std::string& name, const Tensor& t) {
           auto it = observers.find(name);
-          if (it != observers.end() && graph.find_value(name) && !graph.is_graph_input(graph.find_value(name)))
+          if (it != observers.end() && graph.find_value(name) &&
+              !graph.is_graph_input(graph.find_value(name)))
             observe(it->second, t);
         });
       } else {

@@ -65,8 +65,8 @@ struct CalibrationResult {
 // Runs the model on one batch and hands every requested value to `observe` by name. The default
 // (no runner) is the reference backend; the builder passes an fp32 engine, much faster.
 using ValueObserver = std::function<void(const std::string& name, const Tensor& value)>;
-using GraphRunner =
-    std::function<Status(const std::map<std::string, Tensor>& inputs, const ValueObserver& observe)>;
+using GraphRunner = std::function<Status(const std::map<std::string, Tensor>& inputs,
+                                         const ValueObserver& observe)>;
 
 // Observes `values` (names in `graph`; graph inputs allowed) over `data` and computes ranges.
 // `symmetric_values` lists the values that want symmetric ranges when signed.

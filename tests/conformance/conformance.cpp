@@ -130,11 +130,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (a == "--root") roots.push_back(next());
-    else if (a == "--must-pass") must_pass_path = next();
-    else if (a == "--write-passing") write_passing = next();
-    else if (a == "--filter") filter = next();
-    else if (a == "--verbose" || a == "-v") verbose = true;
+    if (a == "--root")
+      roots.push_back(next());
+    else if (a == "--must-pass")
+      must_pass_path = next();
+    else if (a == "--write-passing")
+      write_passing = next();
+    else if (a == "--filter")
+      filter = next();
+    else if (a == "--verbose" || a == "-v")
+      verbose = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -173,7 +178,8 @@ int main(int argc, char** argv) {
   for (const Result& r : results) {
     const std::string suite = r.id.substr(0, r.id.find('/'));
     per_suite[suite][int(r.outcome)]++;
-    if (r.outcome == Outcome::kFailed) std::printf("FAILED  %s: %s\n", r.id.c_str(), r.detail.c_str());
+    if (r.outcome == Outcome::kFailed)
+      std::printf("FAILED  %s: %s\n", r.id.c_str(), r.detail.c_str());
     if (r.outcome == Outcome::kSkipped) {
       if (verbose) std::printf("skipped %s: %s\n", r.id.c_str(), r.detail.c_str());
       // Group skips by their reason's op list / dtype for the summary.
@@ -181,7 +187,8 @@ int main(int argc, char** argv) {
       const size_t colon = reason.find("use ops mixq does not support: ");
       if (colon != std::string::npos) reason = "unsupported op: " + reason.substr(colon + 31);
       const size_t paren = reason.find(" (");
-      if (paren != std::string::npos && reason.rfind("unsupported op: ", 0) == 0) reason.resize(paren);
+      if (paren != std::string::npos && reason.rfind("unsupported op: ", 0) == 0)
+        reason.resize(paren);
       skip_reasons[reason]++;
     }
   }

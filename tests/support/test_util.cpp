@@ -1,10 +1,10 @@
 #include "support/test_util.h"
 
+#include <unistd.h>
 #include <cmath>
 #include <cstdlib>
 #include <random>
 #include <sstream>
-#include <unistd.h>
 
 namespace mixq::testing {
 
@@ -96,7 +96,9 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-std::string source_dir() { return MIXQ_SOURCE_DIR; }
+std::string source_dir() {
+  return MIXQ_SOURCE_DIR;
+}
 
 std::string shared_dir() {
   if (const char* env = std::getenv("MIXQ_SHARED_DIR")) return env;

@@ -1,4 +1,5 @@
 // mixq build / bench / compare, and the engine forms of run and inspect.
+#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -8,10 +9,9 @@
 #include <iostream>
 #include <numeric>
 #include <random>
-#include <unistd.h>
 
-#include <nlohmann/json.hpp>
 #include <omp.h>
+#include <nlohmann/json.hpp>
 
 #include "cli.h"
 #include "mixq/compare.h"
@@ -31,9 +31,12 @@ namespace {
 
 std::string human_bytes(int64_t b) {
   char buf[32];
-  if (b >= (int64_t(1) << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / double(1 << 30));
-  else if (b >= (1 << 20)) std::snprintf(buf, sizeof buf, "%.2f MiB", double(b) / double(1 << 20));
-  else std::snprintf(buf, sizeof buf, "%.1f KiB", double(b) / 1024.0);
+  if (b >= (int64_t(1) << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", double(b) / double(1 << 30));
+  else if (b >= (1 << 20))
+    std::snprintf(buf, sizeof buf, "%.2f MiB", double(b) / double(1 << 20));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f KiB", double(b) / 1024.0);
   return buf;
 }
 
@@ -46,7 +49,8 @@ void print_report(const BuildReport& r, bool layers) {
       std::string name = l.name;
       if (!l.fused.empty()) {
         name += " +";
-        for (const auto& f : l.fused) name += " " + f.substr(f.rfind('/') == std::string::npos ? 0 : f.rfind('/') + 1);
+        for (const auto& f : l.fused)
+          name += " " + f.substr(f.rfind('/') == std::string::npos ? 0 : f.rfind('/') + 1);
       }
       std::printf("%-4d %-40s %-12s %-22s %-9s %-9s %s\n", i++, name.c_str(), l.op.c_str(),
                   l.module.c_str(), std::string(precision_name(l.requested)).c_str(),
@@ -93,7 +97,8 @@ int run_build(const BuildArgs& a) {
                                   "' is not one of entropy, minmax, percentile, mse"));
   options.calibration.algorithm = *algo;
   if (!(a.percentile > 0 && a.percentile <= 100))
-    return report(InvalidArgument("--percentile must be in (0, 100], got " + std::to_string(a.percentile)));
+    return report(
+        InvalidArgument("--percentile must be in (0, 100], got " + std::to_string(a.percentile)));
   options.calibration.percentile = a.percentile;
   options.calibration.batch_size = a.calib_batch;
   options.calibration.max_samples = a.calib_samples;
@@ -122,14 +127,16 @@ int run_build(const BuildArgs& a) {
 }
 
 Expected<TensorMap> gather_inputs(const std::vector<TensorSpec>& specs,
-                                  const std::vector<std::string>& args, int64_t batch, uint64_t seed) {
+                                  const std::vector<std::string>& args, int64_t batch,
+                                  uint64_t seed) {
   TensorMap inputs;
   for (const std::string& spec : args) {
     const size_t eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
       return InvalidArgument("--input expects name=file.npy, got '" + spec + "'");
     const std::string name = spec.substr(0, eq), file = spec.substr(eq + 1);
-    if (std::none_of(specs.begin(), specs.end(), [&](const TensorSpec& s) { return s.name == name; })) {
+    if (std::none_of(specs.begin(), specs.end(),
+                     [&](const TensorSpec& s) { return s.name == name; })) {
       std::string names;
       for (const auto& s : specs) names += (names.empty() ? "'" : ", '") + s.name + "'";
       return NotFound("there is no input named '" + name + "'; the inputs are " + names);
@@ -171,15 +178,18 @@ int run_engine(const std::string& path, const std::vector<std::string>& input_ar
   if (!result.ok()) return report(result.status());
   std::error_code ec;
   std::filesystem::create_directories(output_dir, ec);
-  if (ec) return report(IoError("cannot create output directory '" + output_dir + "': " + ec.message()));
+  if (ec)
+    return report(IoError("cannot create output directory '" + output_dir + "': " + ec.message()));
   for (const auto& [name, tensor] : result->outputs) {
-    const std::string file = (std::filesystem::path(output_dir) / (safe_file_name(name) + ".npy")).string();
+    const std::string file =
+        (std::filesystem::path(output_dir) / (safe_file_name(name) + ".npy")).string();
     Status s = save_npy(file, tensor);
     if (!s.ok()) return report(s);
     std::printf("%s: %s -> %s\n", name.c_str(), tensor.describe().c_str(), file.c_str());
   }
   std::printf("compute %.3f ms, end to end %.3f ms (batch %lld)\n", result->timing.compute_ms,
-              result->timing.end_to_end_ms, (long long)(inputs->begin()->second.rank() ? inputs->begin()->second.dim(0) : 1));
+              result->timing.end_to_end_ms,
+              (long long)(inputs->begin()->second.rank() ? inputs->begin()->second.dim(0) : 1));
   return kExitOk;
 }
 
@@ -190,10 +200,15 @@ int inspect_engine(const std::string& path, bool json) {
   if (json) {
     nlohmann::json j;
     for (const auto& l : r.layers)
-      j["layers"].push_back({{"name", l.name}, {"op", l.op}, {"module", l.module}, {"fused", l.fused},
+      j["layers"].push_back({{"name", l.name},
+                             {"op", l.op},
+                             {"module", l.module},
+                             {"fused", l.fused},
                              {"requested", std::string(precision_name(l.requested))},
                              {"precision", std::string(precision_name(l.actual))},
-                             {"implementation", l.implementation}, {"params", l.params}, {"macs", l.macs},
+                             {"implementation", l.implementation},
+                             {"params", l.params},
+                             {"macs", l.macs},
                              {"note", l.fallback_reason}});
     j["average_bits_by_params"] = r.average_bits_by_params;
     j["average_bits_by_macs"] = r.average_bits_by_macs;
@@ -237,7 +252,8 @@ double percentile_of(std::vector<double> v, double p) {
 }
 
 int run_bench(const BenchArgs& a) {
-  if (a.iterations < 1 || a.warmup < 0) return report(InvalidArgument("--iterations must be >= 1, --warmup >= 0"));
+  if (a.iterations < 1 || a.warmup < 0)
+    return report(InvalidArgument("--iterations must be >= 1, --warmup >= 0"));
   auto engine = Engine::load(a.engine);
   if (!engine.ok()) return report(engine.status());
   if (a.threads < 0) return report(InvalidArgument("--threads must be positive"));
@@ -265,18 +281,24 @@ int run_bench(const BenchArgs& a) {
       for (const auto& l : r->layers) layer_ms[l.name].push_back(l.ms);
     }
   }
-  const double med = percentile_of(compute, 50), p10 = percentile_of(compute, 10), p90 = percentile_of(compute, 90);
+  const double med = percentile_of(compute, 50), p10 = percentile_of(compute, 10),
+               p90 = percentile_of(compute, 90);
   const double med_e2e = percentile_of(e2e, 50);
   int64_t macs = 0;
   for (const auto& l : engine->report().layers) macs += l.macs;
   const double gmacs = double(macs) * double(batch) / (med * 1e-3) / 1e9;
   if (a.json) {
-    nlohmann::json j = {{"engine", a.engine}, {"batch", batch}, {"iterations", a.iterations},
-                        {"compute_ms_median", med}, {"compute_ms_p10", p10}, {"compute_ms_p90", p90},
+    nlohmann::json j = {{"engine", a.engine},
+                        {"batch", batch},
+                        {"iterations", a.iterations},
+                        {"compute_ms_median", med},
+                        {"compute_ms_p10", p10},
+                        {"compute_ms_p90", p90},
                         {"end_to_end_ms_median", med_e2e},
                         {"end_to_end_ms_p10", percentile_of(e2e, 10)},
                         {"end_to_end_ms_p90", percentile_of(e2e, 90)},
-                        {"threads", omp_get_max_threads()}, {"gmac_per_s", gmacs},
+                        {"threads", omp_get_max_threads()},
+                        {"gmac_per_s", gmacs},
                         {"average_bits_by_macs", engine->report().average_bits_by_macs}};
     std::cout << j.dump(2) << "\n";
     return kExitOk;
@@ -343,16 +365,22 @@ int run_compare(const CompareArgs& a) {
 }  // namespace
 
 void add_engine_commands(CLI::App& app, int& exit_code) {
-  auto* build = app.add_subcommand("build", "Build an engine: per-layer precisions, calibration, packed weights");
+  auto* build = app.add_subcommand(
+      "build", "Build an engine: per-layer precisions, calibration, packed weights");
   auto b = std::make_shared<BuildArgs>();
   build->add_option("model", b->model, "ONNX model (.onnx)")->required();
-  build->add_option("--config,-c", b->config, "Precision plan: mixq JSON plan or NNI calibration_config JSON");
+  build->add_option("--config,-c", b->config,
+                    "Precision plan: mixq JSON plan or NNI calibration_config JSON");
   build->add_option("--calib", b->calib, "Calibration data: .npy, .npz or a folder of them");
-  build->add_option("--calib-algo", b->calib_algo, "percentile (default, 99.99), entropy (KL, as TensorRT), minmax or mse");
-  build->add_option("--percentile", b->percentile, "Percentile for --calib-algo percentile (default 99.99)");
+  build->add_option("--calib-algo", b->calib_algo,
+                    "percentile (default, 99.99), entropy (KL, as TensorRT), minmax or mse");
+  build->add_option("--percentile", b->percentile,
+                    "Percentile for --calib-algo percentile (default 99.99)");
   build->add_option("--calib-batch", b->calib_batch, "Samples per calibration step (default 32)");
-  build->add_option("--calib-samples", b->calib_samples, "Use at most this many samples (default: all)");
-  build->add_option("--calib-cache", b->calib_cache, "Calibration cache file (reused when it matches)");
+  build->add_option("--calib-samples", b->calib_samples,
+                    "Use at most this many samples (default: all)");
+  build->add_option("--calib-cache", b->calib_cache,
+                    "Calibration cache file (reused when it matches)");
   build->add_option("--default-precision", b->default_precision,
                     "Precision of layers the plan does not name (default fp32)");
   build->add_flag("--allow-fallback", b->allow_fallback,
@@ -363,12 +391,14 @@ void add_engine_commands(CLI::App& app, int& exit_code) {
   build->add_flag("--quiet,-q", b->quiet, "Do not print the layer table");
   build->callback([b, &exit_code] { exit_code = run_build(*b); });
 
-  auto* bench = app.add_subcommand("bench", "Time an engine: warm-up, repetitions, median and spread");
+  auto* bench =
+      app.add_subcommand("bench", "Time an engine: warm-up, repetitions, median and spread");
   auto c = std::make_shared<BenchArgs>();
   bench->add_option("engine", c->engine, "Engine file (.mixq)")->required();
   bench->add_option("--batch,-b", c->batch, "Batch size for random inputs (default 128)");
   bench->add_option("--input,-i", c->inputs, "Input as name=file.npy (repeatable); random if none");
-  bench->add_option("--threads,-t", c->threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  bench->add_option("--threads,-t", c->threads,
+                    "CPU threads (default: OMP_NUM_THREADS or all cores)");
   bench->add_option("--warmup", c->warmup, "Warm-up runs (default 5)");
   bench->add_option("--iterations,-n", c->iterations, "Timed runs (default 30)");
   bench->add_flag("--profile", c->profile, "Per-layer times");
@@ -376,11 +406,13 @@ void add_engine_commands(CLI::App& app, int& exit_code) {
   bench->callback([c, &exit_code] { exit_code = run_bench(*c); });
 
   auto* compare = app.add_subcommand(
-      "compare", "Per-layer error of an engine against the fp32 model: SQNR, max abs error, precision");
+      "compare",
+      "Per-layer error of an engine against the fp32 model: SQNR, max abs error, precision");
   auto d = std::make_shared<CompareArgs>();
   compare->add_option("model", d->model, "The ONNX model the engine was built from")->required();
   compare->add_option("engine", d->engine, "Engine file (.mixq)")->required();
-  compare->add_option("--input,-i", d->inputs, "Input as name=file.npy (repeatable); random if none");
+  compare->add_option("--input,-i", d->inputs,
+                      "Input as name=file.npy (repeatable); random if none");
   compare->add_option("--batch,-b", d->batch, "Batch for random inputs (default 8)");
   compare->add_option("--seed", d->seed, "Seed for random inputs");
   compare->add_flag("--json", d->json, "Machine-readable output");

@@ -18,10 +18,14 @@ nlohmann::json spec_json(const TensorSpec& s) {
 
 std::string human(int64_t n) {
   char buf[32];
-  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2fG", double(n) / 1e9);
-  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", double(n) / 1e6);
-  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", double(n) / 1e3);
-  else std::snprintf(buf, sizeof buf, "%lld", (long long)n);
+  if (n >= 1000000000)
+    std::snprintf(buf, sizeof buf, "%.2fG", double(n) / 1e9);
+  else if (n >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.2fM", double(n) / 1e6);
+  else if (n >= 1000)
+    std::snprintf(buf, sizeof buf, "%.1fK", double(n) / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lld", (long long)n);
   return buf;
 }
 
@@ -41,14 +45,16 @@ int inspect_onnx(const std::string& path, bool json, bool raw) {
     for (const auto& out : s.outputs) j["outputs"].push_back(spec_json(out));
     j["layers"] = nlohmann::json::array();
     for (const auto& l : s.layers) {
-      nlohmann::json lj = {{"name", l.name}, {"op", l.op},         {"module", l.module},
-                           {"params", l.params}, {"macs", l.macs}, {"flops", l.flops},
-                           {"attributes", l.attributes}};
+      nlohmann::json lj = {
+          {"name", l.name}, {"op", l.op},       {"module", l.module},        {"params", l.params},
+          {"macs", l.macs}, {"flops", l.flops}, {"attributes", l.attributes}};
       for (const auto& in : l.inputs) lj["inputs"].push_back(spec_json(in));
       for (const auto& out : l.outputs) lj["outputs"].push_back(spec_json(out));
       j["layers"].push_back(lj);
     }
-    j["total"] = {{"params", s.total_params}, {"macs", s.total_macs}, {"flops", s.total_flops},
+    j["total"] = {{"params", s.total_params},
+                  {"macs", s.total_macs},
+                  {"flops", s.total_flops},
                   {"layers", s.layers.size()}};
     std::cout << j.dump(2) << "\n";
     return kExitOk;
@@ -61,8 +67,8 @@ int inspect_onnx(const std::string& path, bool json, bool raw) {
   for (const auto& out : s.outputs)
     std::printf("output %-24s %s%s\n", out.name.c_str(), std::string(dtype_name(out.dtype)).c_str(),
                 shape_to_string(out.shape).c_str());
-  std::printf("\n%-4s %-36s %-18s %-22s %-20s %10s %10s\n", "#", "layer", "op", "module",
-              "output", "params", "FLOPs");
+  std::printf("\n%-4s %-36s %-18s %-22s %-20s %10s %10s\n", "#", "layer", "op", "module", "output",
+              "params", "FLOPs");
   int index = 0;
   for (const auto& l : s.layers) {
     std::string out = l.outputs.empty() ? "" : shape_to_string(l.outputs[0].shape);
@@ -75,8 +81,8 @@ int inspect_onnx(const std::string& path, bool json, bool raw) {
                 l.op.c_str(), l.module.c_str(), out.c_str(), human(l.params).c_str(),
                 human(l.flops).c_str(), attrs.c_str());
   }
-  std::printf("\ntotal: %zu layers, %s parameters, %s MACs, %s FLOPs per sample\n",
-              s.layers.size(), human(s.total_params).c_str(), human(s.total_macs).c_str(),
+  std::printf("\ntotal: %zu layers, %s parameters, %s MACs, %s FLOPs per sample\n", s.layers.size(),
+              human(s.total_params).c_str(), human(s.total_macs).c_str(),
               human(s.total_flops).c_str());
   return kExitOk;
 }

@@ -16,8 +16,9 @@ int report(const Status& status) {
 
 int main(int argc, char** argv) {
   using namespace mixq::cli;
-  CLI::App app{"mixq: mixed-precision quantized inference (ONNX in, per-layer precision, real "
-               "low-precision kernels)"};
+  CLI::App app{
+      "mixq: mixed-precision quantized inference (ONNX in, per-layer precision, real "
+      "low-precision kernels)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mixq 0.1.0");
   int exit_code = kExitOk;

@@ -25,7 +25,8 @@ std::string safe_file_name(std::string name) {
 }
 
 int run_onnx(const RunArgs& a) {
-  if (a.batch < 1) return report(InvalidArgument("--batch must be at least 1, got " + std::to_string(a.batch)));
+  if (a.batch < 1)
+    return report(InvalidArgument("--batch must be at least 1, got " + std::to_string(a.batch)));
   if (is_engine_file(a.model)) return run_engine(a.model, a.inputs, a.output_dir, a.batch, a.seed);
   auto model = Model::load(a.model);
   if (!model.ok()) return report(model.status());
@@ -41,7 +42,8 @@ int run_onnx(const RunArgs& a) {
     if (!known) {
       std::string names;
       for (const auto& in : model->inputs()) names += (names.empty() ? "'" : ", '") + in.name + "'";
-      return report(NotFound("the model has no input named '" + name + "'; its inputs are " + names));
+      return report(
+          NotFound("the model has no input named '" + name + "'; its inputs are " + names));
     }
     auto t = load_npy(file);
     if (!t.ok()) return report(t.status().with_context("input '" + name + "'"));
@@ -61,7 +63,9 @@ int run_onnx(const RunArgs& a) {
   if (!outputs.ok()) return report(outputs.status());
   std::error_code ec;
   std::filesystem::create_directories(a.output_dir, ec);
-  if (ec) return report(IoError("cannot create output directory '" + a.output_dir + "': " + ec.message()));
+  if (ec)
+    return report(
+        IoError("cannot create output directory '" + a.output_dir + "': " + ec.message()));
   for (const auto& [name, tensor] : *outputs) {
     const std::string path =
         (std::filesystem::path(a.output_dir) / (safe_file_name(name) + ".npy")).string();
@@ -78,7 +82,8 @@ void add_run_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand(
       "run", "Run a model (reference backend) or an engine and write its outputs as NPY files");
   auto a = std::make_shared<RunArgs>();
-  cmd->add_option("model", a->model, "ONNX model (.onnx: reference backend) or engine (.mixq)")->required();
+  cmd->add_option("model", a->model, "ONNX model (.onnx: reference backend) or engine (.mixq)")
+      ->required();
   cmd->add_option("--input,-i", a->inputs, "Input as name=file.npy (repeatable); random if none");
   cmd->add_option("--output-dir,-o", a->output_dir, "Where to write <output>.npy (default: .)");
   cmd->add_option("--batch,-b", a->batch, "Batch size for random inputs (default 1)");

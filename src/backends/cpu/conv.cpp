@@ -43,7 +43,8 @@ Status geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry& g) 
     const int64_t in = x[2 + i], k = w[2 + i];
     if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
       const int64_t out = (in + strides[i] - 1) / strides[i];
-      const int64_t total = std::max<int64_t>((out - 1) * strides[i] + (k - 1) * dil[i] + 1 - in, 0);
+      const int64_t total =
+          std::max<int64_t>((out - 1) * strides[i] + (k - 1) * dil[i] + 1 - in, 0);
       const int64_t small = total / 2, big = total - small;
       g.pad_l[i] = auto_pad == "SAME_UPPER" ? small : big;
       g.pad_r[i] = auto_pad == "SAME_UPPER" ? big : small;
@@ -86,7 +87,11 @@ class ConvInstance final : public KernelInstance {
   // `weights` is the kernel's packed memory, or this batch size's own when its best
   // implementation wants another layout.
   ConvInstance(const ConvKernel& k, dnnl::convolution_forward::primitive_desc pd, memory weights)
-      : kernel_(k), pd_(pd), prim_(pd), weights_(weights), scratch_(pd.scratchpad_desc().get_size()) {}
+      : kernel_(k),
+        pd_(pd),
+        prim_(pd),
+        weights_(weights),
+        scratch_(pd.scratchpad_desc().get_size()) {}
 
   Status execute(const ExecContext& ctx) const override {
     const Buffer& x = ctx.inputs[0];
@@ -99,7 +104,10 @@ class ConvInstance final : public KernelInstance {
                                             {DNNL_ARG_DST, dst},
                                             {DNNL_ARG_SCRATCHPAD, scratch}};
     if (kernel_.bias_) args[DNNL_ARG_BIAS] = kernel_.bias_;
-    return guarded(kernel_.node_.describe(), [&] { prim_.execute(stream_of(ctx), args); stream_of(ctx).wait(); });
+    return guarded(kernel_.node_.describe(), [&] {
+      prim_.execute(stream_of(ctx), args);
+      stream_of(ctx).wait();
+    });
   }
   size_t scratch_bytes() const override { return scratch_; }
 
@@ -124,20 +132,20 @@ Expected<dnnl::convolution_forward::primitive_desc> ConvKernel::make_pd(
     wdims.insert(wdims.begin(), g);
     wdims[1] /= g;
   }
-  const memory::data_type wdt = precision_ == Precision::kINT8 ? memory::data_type::s8
-                                                                : memory::data_type::f32;
+  const memory::data_type wdt =
+      precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32;
   const memory::desc wd = weights ? *weights : memory::desc(wdims, wdt, memory::format_tag::any);
   const memory::desc xd = desc_of(*x, xs);
   const memory::desc yd = desc_of(*y, ys);
   const bool has_bias = node_.input(2) != nullptr;
-  const memory::desc bd =
-      has_bias ? memory::desc({ws[0]}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
+  const memory::desc bd = has_bias
+                              ? memory::desc({ws[0]}, memory::data_type::f32, memory::format_tag::x)
+                              : memory::desc();
   std::optional<dnnl::convolution_forward::primitive_desc> pd;
   Status s = guarded(node_.describe(), [&] {
-    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference,
-                                      dnnl::algorithm::convolution_direct, xd, wd, bd, yd,
-                                      geometry_.strides, geometry_.dilates, geometry_.pad_l,
-                                      geometry_.pad_r);
+    dnnl::convolution_forward::desc d(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, xd, wd, bd, yd,
+        geometry_.strides, geometry_.dilates, geometry_.pad_l, geometry_.pad_r);
     pd.emplace(d, attr_, cpu_engine());
   });
   if (!s.ok()) return s;
@@ -171,7 +179,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
       out_scales[size_t(c)] = sx * sw / sy;
       if (b) bias_values[size_t(c)] /= sx * sw;
     }
-    attr_.set_output_scales(oc == 1 ? 0 : 1 << 1, oc == 1 ? std::vector<float>{out_scales[0]} : out_scales);
+    attr_.set_output_scales(oc == 1 ? 0 : 1 << 1,
+                            oc == 1 ? std::vector<float>{out_scales[0]} : out_scales);
     if (x->quant->zero_point_at(0) != 0)
       attr_.set_zero_points(DNNL_ARG_SRC, 0, {x->quant->zero_point_at(0)});
     if (y_quantized && y->quant->zero_point_at(0) != 0)
@@ -179,7 +188,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
     act_scale = 1.0f / sy;
     if (r) {
       if (y_quantized) {
-        if (!r->quant || r->dtype != y->dtype) return Internal("int8 residual must match the output type");
+        if (!r->quant || r->dtype != y->dtype)
+          return Internal("int8 residual must match the output type");
         ops.append_sum(r->quant->scale[0] / sy, r->quant->zero_point_at(0));
       } else {
         ops.append_sum(1.0f);
@@ -205,7 +215,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
   MIXQ_ASSIGN_OR_RETURN(weights_, pack_weights(weights_desc_));
   Status s = guarded(node_.describe() + " weights", [&] {
     if (b) {
-      bias_ = memory(memory::desc({oc}, memory::data_type::f32, memory::format_tag::x), cpu_engine());
+      bias_ =
+          memory(memory::desc({oc}, memory::data_type::f32, memory::format_tag::x), cpu_engine());
       std::memcpy(bias_.get_data_handle(), bias_values.data(), size_t(oc) * sizeof(float));
     }
   });
@@ -220,8 +231,9 @@ Expected<memory> ConvKernel::pack_weights(const memory::desc& desc) const {
     wdims.insert(wdims.begin(), g);
     wdims[1] /= g;
   }
-  const memory::desc plain(wdims, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
-                           plain_tag(wdims.size()));
+  const memory::desc plain(
+      wdims, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
+      plain_tag(wdims.size()));
   memory packed;
   Status s = guarded(node_.describe() + " weights", [&] {
     memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));

@@ -46,16 +46,21 @@ class CpuBackend final : public Backend {
 
   bool supports(const ir::Node& n, Precision p, std::string* why) const override {
     switch (n.op) {
-      case ir::OpKind::kFusedConv: return conv_supports(n, p, why);
-      case ir::OpKind::kFusedGemm: return gemm_supports(n, p, why);
-      case ir::OpKind::kReformat: return reformat_supports(n, p, why);
-      default: break;
+      case ir::OpKind::kFusedConv:
+        return conv_supports(n, p, why);
+      case ir::OpKind::kFusedGemm:
+        return gemm_supports(n, p, why);
+      case ir::OpKind::kReformat:
+        return reformat_supports(n, p, why);
+      default:
+        break;
     }
     if (is_pool(n.op) && pool_supports(n, p, nullptr)) return true;
     if (n.op == ir::OpKind::kConcat && n.output(0)->shape_known && n.output(0)->shape.size() == 4 &&
         (p == Precision::kFP32 || p == Precision::kINT8))
       return true;
-    if (p == Precision::kINT8 && engine::is_precision_follower(n.op)) return int8_data_supports(n, why);
+    if (p == Precision::kINT8 && engine::is_precision_follower(n.op))
+      return int8_data_supports(n, why);
     if (p == Precision::kFP32 && eltwise_supports(n, p, nullptr)) return true;
     if (p == Precision::kFP32) return reference_->supports(n, p, why);
     if (why) {
@@ -81,7 +86,8 @@ class CpuBackend final : public Backend {
         break;
     }
     if (is_pool(n.op) && pool_supports(n, p, nullptr)) return make_pool_kernel(n, p);
-    if (n.op == ir::OpKind::kConcat && n.output(0)->shape.size() == 4) return make_binary_kernel(n, p);
+    if (n.op == ir::OpKind::kConcat && n.output(0)->shape.size() == 4)
+      return make_binary_kernel(n, p);
     if (p == Precision::kINT8 && n.op == ir::OpKind::kRelu) return make_int8_data_kernel(n);
     if (p == Precision::kFP32 && eltwise_supports(n, p, nullptr)) return make_eltwise_kernel(n);
     // Data movement on int8 plain data and fp32 ops: the reference kernels.
@@ -119,8 +125,8 @@ class CpuBackend final : public Backend {
       return FailedPrecondition("the engine was built for '" + recorded + "', not for a CPU");
     if (recorded.find("weight_bits=8") != std::string::npos && !cpu_caps().vnni)
       return FailedPrecondition(
-          "the engine was built for a CPU with VNNI (8-bit weights, " + recorded +
-          "); this CPU (" + cpu_caps().isa +
+          "the engine was built for a CPU with VNNI (8-bit weights, " + recorded + "); this CPU (" +
+          cpu_caps().isa +
           ") would saturate its u8 x s8 products: rebuild the engine on this machine");
     return Status::Ok();
   }
@@ -154,7 +160,8 @@ class CpuBackend final : public Backend {
       const int64_t channels = n.input(0)->shape[1];
       return channels < 8 ? ir::Layout::kPlain : blocked();
     }
-    if (layout_agnostic(n)) return n.op == ir::OpKind::kConcat ? n.output(0)->layout : n.input(slot)->layout;
+    if (layout_agnostic(n))
+      return n.op == ir::OpKind::kConcat ? n.output(0)->layout : n.input(slot)->layout;
     return ir::Layout::kPlain;
   }
 
@@ -192,6 +199,8 @@ class CpuBackend final : public Backend {
 }  // namespace
 }  // namespace cpu
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<cpu::CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<cpu::CpuBackend>();
+}
 
 }  // namespace mixq::backends

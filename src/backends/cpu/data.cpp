@@ -23,7 +23,8 @@ class ConcatInstance final : public KernelInstance {
   Status execute(const ExecContext& ctx) const override {
     std::unordered_map<int, memory> args;
     for (size_t i = 0; i < ctx.inputs.size(); ++i)
-      args[DNNL_ARG_MULTIPLE_SRC + int(i)] = memory(pd_.src_desc(int(i)), cpu_engine(), ctx.inputs[i].data);
+      args[DNNL_ARG_MULTIPLE_SRC + int(i)] =
+          memory(pd_.src_desc(int(i)), cpu_engine(), ctx.inputs[i].data);
     args[DNNL_ARG_DST] = memory(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
     args[DNNL_ARG_SCRATCHPAD] = memory(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
     return guarded(node_.describe(), [&] { prim_.execute(stream_of(ctx), args); });
@@ -58,7 +59,8 @@ class ConcatKernel final : public Kernel {
   Status prepare(int64_t max_batch) override {
     for (const ir::Value* in : node_.inputs)
       if (in->dtype != node_.output(0)->dtype ||
-          (in->quant && node_.output(0)->quant && in->quant->scale != node_.output(0)->quant->scale))
+          (in->quant && node_.output(0)->quant &&
+           in->quant->scale != node_.output(0)->quant->scale))
         return Internal(node_.describe() + ": inputs must share the output's type and scale");
     MIXQ_ASSIGN_OR_RETURN(auto pd, concat_pd(node_, max_batch));
     impl_ = std::string("onednn concat ") + pd.impl_info_str();
@@ -77,7 +79,8 @@ class ConcatKernel final : public Kernel {
 
 class Int8ReluInstance final : public KernelInstance {
  public:
-  Int8ReluInstance(uint8_t zero, size_t bytes_per_sample) : zero_(zero), per_sample_(bytes_per_sample) {}
+  Int8ReluInstance(uint8_t zero, size_t bytes_per_sample)
+      : zero_(zero), per_sample_(bytes_per_sample) {}
   Status execute(const ExecContext& ctx) const override {
     const auto* in = static_cast<const uint8_t*>(ctx.inputs[0].data);
     auto* out = static_cast<uint8_t*>(ctx.outputs[0].data);
@@ -136,7 +139,8 @@ Expected<std::unique_ptr<Kernel>> make_int8_data_kernel(const ir::Node& node) {
 }
 
 bool binary_supports(const ir::Node& node, Precision precision, std::string* why) {
-  if (node.op == ir::OpKind::kConcat && (precision == Precision::kFP32 || precision == Precision::kINT8))
+  if (node.op == ir::OpKind::kConcat &&
+      (precision == Precision::kFP32 || precision == Precision::kINT8))
     return true;
   if (why) *why = "no oneDNN kernel";
   return false;

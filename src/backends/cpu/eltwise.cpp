@@ -22,27 +22,42 @@ struct EltwiseSpec {
 std::optional<EltwiseSpec> eltwise_spec(const ir::Node& n) {
   using a = dnnl::algorithm;
   switch (n.op) {
-    case ir::OpKind::kRelu: return EltwiseSpec{a::eltwise_relu, 0, 0};
-    case ir::OpKind::kLeakyRelu: return EltwiseSpec{a::eltwise_relu, n.attr_float("alpha", 0.01f), 0};
-    case ir::OpKind::kSigmoid: return EltwiseSpec{a::eltwise_logistic, 0, 0};
-    case ir::OpKind::kTanh: return EltwiseSpec{a::eltwise_tanh, 0, 0};
-    case ir::OpKind::kElu: return EltwiseSpec{a::eltwise_elu, n.attr_float("alpha", 1.0f), 0};
-    case ir::OpKind::kHardSwish: return EltwiseSpec{a::eltwise_hardswish, 0, 0};
-    case ir::OpKind::kSqrt: return EltwiseSpec{a::eltwise_sqrt, 0, 0};
-    case ir::OpKind::kExp: return EltwiseSpec{a::eltwise_exp, 0, 0};
-    case ir::OpKind::kAbs: return EltwiseSpec{a::eltwise_abs, 0, 0};
-    default: return std::nullopt;
+    case ir::OpKind::kRelu:
+      return EltwiseSpec{a::eltwise_relu, 0, 0};
+    case ir::OpKind::kLeakyRelu:
+      return EltwiseSpec{a::eltwise_relu, n.attr_float("alpha", 0.01f), 0};
+    case ir::OpKind::kSigmoid:
+      return EltwiseSpec{a::eltwise_logistic, 0, 0};
+    case ir::OpKind::kTanh:
+      return EltwiseSpec{a::eltwise_tanh, 0, 0};
+    case ir::OpKind::kElu:
+      return EltwiseSpec{a::eltwise_elu, n.attr_float("alpha", 1.0f), 0};
+    case ir::OpKind::kHardSwish:
+      return EltwiseSpec{a::eltwise_hardswish, 0, 0};
+    case ir::OpKind::kSqrt:
+      return EltwiseSpec{a::eltwise_sqrt, 0, 0};
+    case ir::OpKind::kExp:
+      return EltwiseSpec{a::eltwise_exp, 0, 0};
+    case ir::OpKind::kAbs:
+      return EltwiseSpec{a::eltwise_abs, 0, 0};
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<dnnl::algorithm> binary_algorithm(ir::OpKind op) {
   using a = dnnl::algorithm;
   switch (op) {
-    case ir::OpKind::kAdd: return a::binary_add;
-    case ir::OpKind::kSub: return a::binary_sub;
-    case ir::OpKind::kMul: return a::binary_mul;
-    case ir::OpKind::kDiv: return a::binary_div;
-    default: return std::nullopt;
+    case ir::OpKind::kAdd:
+      return a::binary_add;
+    case ir::OpKind::kSub:
+      return a::binary_sub;
+    case ir::OpKind::kMul:
+      return a::binary_mul;
+    case ir::OpKind::kDiv:
+      return a::binary_div;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -79,7 +94,8 @@ memory::desc broadcast_desc(const ir::Value& v, const Shape& shape, size_t rank)
   return memory::desc(dims_of(s), dnnl_dtype(v.dtype), plain_tag(s.size()));
 }
 
-Expected<std::unique_ptr<KernelInstance>> make_instance(const ir::Node& n, int64_t batch, std::string* impl) {
+Expected<std::unique_ptr<KernelInstance>> make_instance(const ir::Node& n, int64_t batch,
+                                                        std::string* impl) {
   const ir::Value* x = n.input(0);
   const ir::Value* y = n.output(0);
   const Shape ys = at_batch(y->shape, batch);
@@ -96,7 +112,8 @@ Expected<std::unique_ptr<KernelInstance>> make_instance(const ir::Node& n, int64
                                      pd.dst_desc(), pd.scratchpad_desc()));
     } else {
       const memory::desc ad = broadcast_desc(*x, at_batch(x->shape, batch), ys.size());
-      const memory::desc bd = broadcast_desc(*n.input(1), at_batch(n.input(1)->shape, batch), ys.size());
+      const memory::desc bd =
+          broadcast_desc(*n.input(1), at_batch(n.input(1)->shape, batch), ys.size());
       dnnl::binary::desc d(*binary_algorithm(n.op), ad, bd, yd);
       dnnl::binary::primitive_desc pd(d, base_attr(), cpu_engine());
       if (impl) *impl = std::string("onednn binary ") + pd.impl_info_str();
@@ -135,7 +152,8 @@ bool eltwise_supports(const ir::Node& n, Precision precision, std::string* why) 
   if (precision != Precision::kFP32) return fail("oneDNN elementwise kernels here are fp32");
   if (!eltwise_spec(n) && !binary_algorithm(n.op)) return fail("not an elementwise op");
   for (const ir::Value* v : n.inputs)
-    if (!v || v->dtype != DType::kFloat32 || !v->shape_known) return fail("inputs must be f32 with known shapes");
+    if (!v || v->dtype != DType::kFloat32 || !v->shape_known)
+      return fail("inputs must be f32 with known shapes");
   if (binary_algorithm(n.op)) {
     if (n.inputs.size() != 2) return fail("binary ops take two inputs");
     const Shape& y = n.output(0)->shape;

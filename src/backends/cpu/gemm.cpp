@@ -32,7 +32,11 @@ class GemmKernel final : public Kernel {
 class GemmInstance final : public KernelInstance {
  public:
   GemmInstance(const GemmKernel& k, dnnl::matmul::primitive_desc pd, memory weights)
-      : kernel_(k), pd_(pd), prim_(pd), weights_(weights), scratch_(pd.scratchpad_desc().get_size()) {}
+      : kernel_(k),
+        pd_(pd),
+        prim_(pd),
+        weights_(weights),
+        scratch_(pd.scratchpad_desc().get_size()) {}
   Status execute(const ExecContext& ctx) const override {
     memory src(pd_.src_desc(), cpu_engine(), ctx.inputs[0].data);
     memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
@@ -54,17 +58,20 @@ class GemmInstance final : public KernelInstance {
   size_t scratch_;
 };
 
-Expected<dnnl::matmul::primitive_desc> GemmKernel::make_pd(int64_t m, const memory::desc* weights) const {
+Expected<dnnl::matmul::primitive_desc> GemmKernel::make_pd(int64_t m,
+                                                           const memory::desc* weights) const {
   const ir::Value* x = node_.input(0);
   const ir::Value* y = node_.output(0);
   const bool int8 = precision_ == Precision::kINT8;
   const memory::desc xd = desc_of(*x, {m, k_});
   const memory::desc yd = desc_of(*y, {m, n_});
-  const memory::desc wd = weights ? *weights
-                                  : memory::desc({k_, n_}, int8 ? memory::data_type::s8 : memory::data_type::f32,
-                                                 memory::format_tag::any);
-  const memory::desc bd = node_.input(2) ? memory::desc({1, n_}, memory::data_type::f32, memory::format_tag::ab)
-                                         : memory::desc();
+  const memory::desc wd =
+      weights ? *weights
+              : memory::desc({k_, n_}, int8 ? memory::data_type::s8 : memory::data_type::f32,
+                             memory::format_tag::any);
+  const memory::desc bd =
+      node_.input(2) ? memory::desc({1, n_}, memory::data_type::f32, memory::format_tag::ab)
+                     : memory::desc();
   std::optional<dnnl::matmul::primitive_desc> pd;
   Status s = guarded(node_.describe(), [&] {
     dnnl::matmul::desc d(xd, wd, bd, yd);
@@ -79,7 +86,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
   const ir::Value* w = node_.input(1);
   const ir::Value* b = node_.input(2);
   const ir::Value* y = node_.output(0);
-  if (!w || !w->is_constant() || w->constant.rank() != 2) return Unsupported("weights must be a constant matrix");
+  if (!w || !w->is_constant() || w->constant.rank() != 2)
+    return Unsupported("weights must be a constant matrix");
   if (node_.input(3)) return Unsupported("a residual input on a linear layer");
   n_ = w->constant.dim(0);
   k_ = w->constant.dim(1);
@@ -93,7 +101,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
   if (b) bias_values = b->constant.to_float_vector();
   float act_scale = 1.0f;
   if (int8) {
-    if (!x->quant || !w->quant || w->dtype != DType::kInt8) return Internal("int8 linear layer without parameters");
+    if (!x->quant || !w->quant || w->dtype != DType::kInt8)
+      return Internal("int8 linear layer without parameters");
     const float sx = x->quant->scale[0];
     const float sy = y_quantized ? y->quant->scale[0] : 1.0f;
     std::vector<float> scales(static_cast<size_t>(n_));
@@ -104,14 +113,16 @@ Status GemmKernel::prepare(int64_t max_batch) {
       if (b) bias_values[size_t(c)] /= sx * sw;
     }
     attr_.set_output_scales(1 << 1, scales);
-    if (x->quant->zero_point_at(0) != 0) attr_.set_zero_points(DNNL_ARG_SRC, 0, {x->quant->zero_point_at(0)});
+    if (x->quant->zero_point_at(0) != 0)
+      attr_.set_zero_points(DNNL_ARG_SRC, 0, {x->quant->zero_point_at(0)});
     if (y_quantized && y->quant->zero_point_at(0) != 0)
       attr_.set_zero_points(DNNL_ARG_DST, 0, {y->quant->zero_point_at(0)});
     act_scale = 1.0f / sy;
   }
   dnnl::post_ops ops;
   const std::string act = node_.attr_string("mixq.activation", "none");
-  if (act == "relu") ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  if (act == "relu")
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   else if (act == "clip") {
     const float lo = node_.attr_float("mixq.clip_min", -INFINITY) * act_scale;
     const float hi = node_.attr_float("mixq.clip_max", INFINITY) * act_scale;
@@ -125,7 +136,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
   MIXQ_ASSIGN_OR_RETURN(weights_, pack_weights(weights_desc_));
   return guarded(node_.describe() + " weights", [&] {
     if (b) {
-      bias_ = memory(memory::desc({1, n_}, memory::data_type::f32, memory::format_tag::ab), cpu_engine());
+      bias_ = memory(memory::desc({1, n_}, memory::data_type::f32, memory::format_tag::ab),
+                     cpu_engine());
       std::memcpy(bias_.get_data_handle(), bias_values.data(), size_t(n_) * sizeof(float));
     }
   });
@@ -136,8 +148,9 @@ Expected<memory> GemmKernel::pack_weights(const memory::desc& desc) const {
   memory packed;
   Status s = guarded(node_.describe() + " weights", [&] {
     // W is [N, K] row-major, i.e. the K x N matrix B in column-major ("ba").
-    const memory::desc plain({k_, n_}, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
-                             memory::format_tag::ba);
+    const memory::desc plain(
+        {k_, n_}, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
+        memory::format_tag::ba);
     memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
     packed = memory(desc, cpu_engine());
     dnnl::stream stream(cpu_engine());
@@ -172,7 +185,8 @@ bool gemm_supports(const ir::Node& node, Precision precision, std::string* why) 
     return fail("the cpu backend runs linear layers in fp32 and int8 only");
   const ir::Value* x = node.input(0);
   const ir::Value* w = node.input(1);
-  if (!w || !w->is_constant() || w->constant.rank() != 2) return fail("weights are not a constant matrix");
+  if (!w || !w->is_constant() || w->constant.rank() != 2)
+    return fail("weights are not a constant matrix");
   if (!x->shape_known || x->shape.size() != 2) return fail("input is not a matrix");
   if (node.input(3)) return fail("residual inputs on linear layers are not supported");
   return true;

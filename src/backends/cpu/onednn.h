@@ -15,9 +15,9 @@ dnnl::engine& cpu_engine();
 
 // What the CPU can do, from oneDNN's view of it (honours ONEDNN_MAX_CPU_ISA).
 struct CpuCaps {
-  std::string isa;       // "avx2", "avx512_core_vnni", ...
-  bool vnni = false;     // u8 x s8 dot products accumulate in 32 bits (no saturation)
-  bool bf16 = false;     // bf16 convolutions and matmuls
+  std::string isa;    // "avx2", "avx512_core_vnni", ...
+  bool vnni = false;  // u8 x s8 dot products accumulate in 32 bits (no saturation)
+  bool bf16 = false;  // bf16 convolutions and matmuls
 };
 const CpuCaps& cpu_caps();
 

@@ -31,7 +31,8 @@ Status pool_geometry(const ir::Node& n, const Shape& x, const Shape& y, PoolGeom
     s = n.attr_ints("strides", std::vector<int64_t>(spatial, 1));
     d = n.attr_ints("dilations", std::vector<int64_t>(spatial, 1));
     pads = n.attr_ints("pads", std::vector<int64_t>(2 * spatial, 0));
-    if (k.size() != spatial || s.size() != spatial || d.size() != spatial || pads.size() != 2 * spatial)
+    if (k.size() != spatial || s.size() != spatial || d.size() != spatial ||
+        pads.size() != 2 * spatial)
       return InvalidArgument("pooling attributes do not match the spatial rank");
   }
   const std::string auto_pad = n.attr_string("auto_pad", "NOTSET");
@@ -82,7 +83,8 @@ class PoolInstance final : public KernelInstance {
     memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
     memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
     return guarded(node_.describe(), [&] {
-      prim_.execute(stream_of(ctx), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      prim_.execute(stream_of(ctx),
+                    {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     });
   }
   size_t scratch_bytes() const override { return scratch_; }
@@ -103,9 +105,9 @@ Expected<dnnl::pooling_v2_forward::primitive_desc> make_pd(const ir::Node& node,
   MIXQ_RETURN_IF_ERROR(pool_geometry(node, xs, ys, g));
   std::optional<dnnl::pooling_v2_forward::primitive_desc> pd;
   Status s = guarded(node.describe(), [&] {
-    dnnl::pooling_v2_forward::desc d(dnnl::prop_kind::forward_inference, g.algorithm,
-                                     desc_of(x_dtype, x->layout, xs), desc_of(y_dtype, y->layout, ys),
-                                     g.strides, g.kernel, g.dilation, g.pad_l, g.pad_r);
+    dnnl::pooling_v2_forward::desc d(
+        dnnl::prop_kind::forward_inference, g.algorithm, desc_of(x_dtype, x->layout, xs),
+        desc_of(y_dtype, y->layout, ys), g.strides, g.kernel, g.dilation, g.pad_l, g.pad_r);
     pd.emplace(d, base_attr(), cpu_engine());
   });
   if (!s.ok()) return s;
@@ -116,12 +118,14 @@ class PoolKernel final : public Kernel {
  public:
   explicit PoolKernel(const ir::Node& node) : node_(node) {}
   Status prepare(int64_t max_batch) override {
-    MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(node_, max_batch, node_.input(0)->dtype, node_.output(0)->dtype));
+    MIXQ_ASSIGN_OR_RETURN(auto pd,
+                          make_pd(node_, max_batch, node_.input(0)->dtype, node_.output(0)->dtype));
     impl_ = std::string("onednn ") + pd.impl_info_str();
     return Status::Ok();
   }
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override {
-    MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(node_, batch, node_.input(0)->dtype, node_.output(0)->dtype));
+    MIXQ_ASSIGN_OR_RETURN(auto pd,
+                          make_pd(node_, batch, node_.input(0)->dtype, node_.output(0)->dtype));
     return std::unique_ptr<KernelInstance>(new PoolInstance(node_, pd));
   }
   std::string implementation() const override { return impl_; }

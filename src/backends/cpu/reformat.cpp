@@ -22,8 +22,10 @@ dnnl::primitive_attr reformat_attr(const ir::Value& x, const ir::Value& y) {
   const float sx = xq ? x.quant->scale[0] : 1.0f;
   const float sy = yq ? y.quant->scale[0] : 1.0f;
   if (sx != sy) attr.set_output_scales(0, {sx / sy});
-  if (xq && x.quant->zero_point_at(0) != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {x.quant->zero_point_at(0)});
-  if (yq && y.quant->zero_point_at(0) != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {y.quant->zero_point_at(0)});
+  if (xq && x.quant->zero_point_at(0) != 0)
+    attr.set_zero_points(DNNL_ARG_SRC, 0, {x.quant->zero_point_at(0)});
+  if (yq && y.quant->zero_point_at(0) != 0)
+    attr.set_zero_points(DNNL_ARG_DST, 0, {y.quant->zero_point_at(0)});
   return attr;
 }
 
@@ -36,7 +38,8 @@ class ReorderInstance final : public KernelInstance {
     memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
     memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
     return guarded(node_.describe(), [&] {
-      prim_.execute(stream_of(ctx), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      prim_.execute(stream_of(ctx),
+                    {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
     });
   }
   size_t scratch_bytes() const override { return scratch_; }
@@ -85,7 +88,9 @@ bool reformat_supports(const ir::Node& node, Precision, std::string* why) {
   const ir::Value* x = node.input(0);
   const ir::Value* y = node.output(0);
   if (!dnnl_has_dtype(x->dtype) || !dnnl_has_dtype(y->dtype)) {
-    if (why) *why = "oneDNN has no " + std::string(dtype_name(x->dtype)) + " or " + std::string(dtype_name(y->dtype));
+    if (why)
+      *why = "oneDNN has no " + std::string(dtype_name(x->dtype)) + " or " +
+             std::string(dtype_name(y->dtype));
     return false;
   }
   return true;

@@ -18,7 +18,8 @@ Status cudnn_status(cudnnStatus_t e, const char* what, const char* file, int lin
   char detail[512] = {};
   cudnnGetLastErrorString(detail, sizeof detail);
   return Unsupported(std::string("cuDNN ") + cudnnGetErrorString(e) + " in " + what + " (" + file +
-                     ":" + std::to_string(line) + ")" + (detail[0] ? std::string(": ") + detail : ""));
+                     ":" + std::to_string(line) + ")" +
+                     (detail[0] ? std::string(": ") + detail : ""));
 }
 Status cublas_status(cublasStatus_t e, const char* what, const char* file, int line) {
   return Unsupported(std::string("cuBLASLt status ") + std::to_string(int(e)) + " in " + what +
@@ -64,7 +65,9 @@ Expected<DeviceBuffer> upload(const void* host, size_t bytes) {
 
 namespace {
 
-CudaResources* res(ExecResources* r) { return static_cast<CudaResources*>(r); }
+CudaResources* res(ExecResources* r) {
+  return static_cast<CudaResources*>(r);
+}
 
 // Ends a capture left open on `stream` (by a step that failed while capturing), dropping its graph.
 void abandon_capture(cudaStream_t stream) {
@@ -123,7 +126,8 @@ class CudaDeviceOps final : public DeviceOps {
     cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     if (e != cudaSuccess) return cuda_status(e, "cudaGraphInstantiate", __FILE__, __LINE__);
-    return std::shared_ptr<void>(exec, [](void* x) { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(x)); });
+    return std::shared_ptr<void>(
+        exec, [](void* x) { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(x)); });
   }
   Status replay(const std::shared_ptr<void>& graph, ExecResources* r) const override {
     CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph.get()), res(r)->stream));
@@ -135,7 +139,8 @@ class CudaDeviceOps final : public DeviceOps {
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(res(r)->stream, &capturing));
     if (capturing == cudaStreamCaptureStatusActive)
-      CUDA_CHECK(cudaEventRecordWithFlags(res(r)->events[slot], res(r)->stream, cudaEventRecordExternal));
+      CUDA_CHECK(
+          cudaEventRecordWithFlags(res(r)->events[slot], res(r)->stream, cudaEventRecordExternal));
     else
       CUDA_CHECK(cudaEventRecord(res(r)->events[slot], res(r)->stream));
     return Status::Ok();
@@ -174,21 +179,28 @@ class CudaBackend final : public Backend {
 
   bool supports(const ir::Node& n, Precision p, std::string* why) const override {
     if (p == Precision::kFP8 && sm_ < 89) {
-      if (why) *why = "fp8 needs compute capability 8.9 or newer; this GPU is sm_" + std::to_string(sm_);
+      if (why)
+        *why = "fp8 needs compute capability 8.9 or newer; this GPU is sm_" + std::to_string(sm_);
       return false;
     }
     switch (n.op) {
-      case ir::OpKind::kFusedConv: return conv_supports(n, p, why);
-      case ir::OpKind::kFusedGemm: return gemm_supports(n, p, why);
-      default: return own_supports(n, p, why);
+      case ir::OpKind::kFusedConv:
+        return conv_supports(n, p, why);
+      case ir::OpKind::kFusedGemm:
+        return gemm_supports(n, p, why);
+      default:
+        return own_supports(n, p, why);
     }
   }
 
   Expected<std::unique_ptr<Kernel>> create(const ir::Node& n, Precision p) const override {
     switch (n.op) {
-      case ir::OpKind::kFusedConv: return make_conv_kernel(n, p);
-      case ir::OpKind::kFusedGemm: return make_gemm_kernel(n, p);
-      default: return make_own_kernel(n, p);
+      case ir::OpKind::kFusedConv:
+        return make_conv_kernel(n, p);
+      case ir::OpKind::kFusedGemm:
+        return make_gemm_kernel(n, p);
+      default:
+        return make_own_kernel(n, p);
     }
   }
 
@@ -218,13 +230,14 @@ class CudaBackend final : public Backend {
       const size_t at = s.find(key + "=");
       if (at == std::string::npos) return std::string();
       const size_t end = s.find(';', at);
-      return s.substr(at + key.size() + 1, end == std::string::npos ? std::string::npos : end - at - key.size() - 1);
+      return s.substr(at + key.size() + 1,
+                      end == std::string::npos ? std::string::npos : end - at - key.size() - 1);
     };
     const std::string here = target();
     for (const char* key : {"sm", "cudnn"}) {
       if (field(recorded, key) != field(here, key))
-        return FailedPrecondition("the engine was built for " + recorded + "; this machine is " + here +
-                                  " (" + key + " differs): rebuild the engine here");
+        return FailedPrecondition("the engine was built for " + recorded + "; this machine is " +
+                                  here + " (" + key + " differs): rebuild the engine here");
     }
     return Status::Ok();
   }
@@ -235,8 +248,10 @@ class CudaBackend final : public Backend {
         if (!out) continue;
         const bool four_d = out->shape_known && out->shape.size() == 4;
         // Convolutions and the ops between them run NHWC; everything else plain.
-        if (four_d && (is_conv2d(*n) || nhwc_capable(*n))) out->layout = ir::Layout::kNHWC;
-        else out->layout = ir::Layout::kPlain;
+        if (four_d && (is_conv2d(*n) || nhwc_capable(*n)))
+          out->layout = ir::Layout::kNHWC;
+        else
+          out->layout = ir::Layout::kPlain;
       }
     }
     return Status::Ok();
@@ -301,7 +316,8 @@ class CudaBackend final : public Backend {
             if (n.op != ir::OpKind::kConcat) return false;
           }
         return n.output(0)->shape_known && n.output(0)->shape.size() == 4 &&
-               (n.op != ir::OpKind::kConcat || n.attr_int("axis", 0) == 1 || n.attr_int("axis", 0) == -3);
+               (n.op != ir::OpKind::kConcat || n.attr_int("axis", 0) == 1 ||
+                n.attr_int("axis", 0) == -3);
       default:
         return false;
     }

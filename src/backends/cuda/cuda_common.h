@@ -17,17 +17,17 @@ Status cuda_status(cudaError_t e, const char* what, const char* file, int line);
 Status cudnn_status(cudnnStatus_t e, const char* what, const char* file, int line);
 Status cublas_status(cublasStatus_t e, const char* what, const char* file, int line);
 
-#define CUDA_CHECK(x)                                                                \
-  do {                                                                               \
-    cudaError_t mixq_e_ = (x);                                                       \
-    if (mixq_e_ != cudaSuccess)                                                      \
-      return ::mixq::backends::cuda::cuda_status(mixq_e_, #x, __FILE__, __LINE__);   \
+#define CUDA_CHECK(x)                                                              \
+  do {                                                                             \
+    cudaError_t mixq_e_ = (x);                                                     \
+    if (mixq_e_ != cudaSuccess)                                                    \
+      return ::mixq::backends::cuda::cuda_status(mixq_e_, #x, __FILE__, __LINE__); \
   } while (0)
-#define CUDNN_CHECK(x)                                                               \
-  do {                                                                               \
-    cudnnStatus_t mixq_e_ = (x);                                                     \
-    if (mixq_e_ != CUDNN_STATUS_SUCCESS)                                             \
-      return ::mixq::backends::cuda::cudnn_status(mixq_e_, #x, __FILE__, __LINE__);  \
+#define CUDNN_CHECK(x)                                                              \
+  do {                                                                              \
+    cudnnStatus_t mixq_e_ = (x);                                                    \
+    if (mixq_e_ != CUDNN_STATUS_SUCCESS)                                            \
+      return ::mixq::backends::cuda::cudnn_status(mixq_e_, #x, __FILE__, __LINE__); \
   } while (0)
 #define CUBLAS_CHECK(x)                                                              \
   do {                                                                               \
@@ -61,12 +61,15 @@ Expected<DeviceBuffer> device_alloc(size_t bytes);
 Expected<DeviceBuffer> upload(const void* host, size_t bytes);
 
 // Bytes per element of a dtype on the device (same as the host's).
-inline size_t element_bytes(DType d) { return dtype_size(d); }
+inline size_t element_bytes(DType d) {
+  return dtype_size(d);
+}
 
 Shape at_batch(const Shape& shape, int64_t batch);
 
-// --- kernel families (one file each) --------------------------------------------------------------
-// conv_cudnn.cpp: FusedConv through cuDNN's graph API (NHWC; fp32/tf32/fp16/bf16/int8/fp8).
+// --- kernel families (one file each)
+// -------------------------------------------------------------- conv_cudnn.cpp: FusedConv through
+// cuDNN's graph API (NHWC; fp32/tf32/fp16/bf16/int8/fp8).
 bool conv_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_conv_kernel(const ir::Node& node, Precision precision);
 // gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).

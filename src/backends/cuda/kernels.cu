@@ -15,22 +15,38 @@ namespace {
 __device__ __forceinline__ float load_real(const void* p, int64_t i, const Grid& g) {
   float q;
   switch (g.dt) {
-    case kF32: return static_cast<const float*>(p)[i];
-    case kF16: return __half2float(static_cast<const __half*>(p)[i]);
-    case kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    case kS8: q = float(static_cast<const int8_t*>(p)[i]); break;
-    case kU8: q = float(static_cast<const uint8_t*>(p)[i]); break;
-    case kE4M3: q = float(static_cast<const __nv_fp8_e4m3*>(p)[i]); break;
-    default: return 0.0f;
+    case kF32:
+      return static_cast<const float*>(p)[i];
+    case kF16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case kBF16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case kS8:
+      q = float(static_cast<const int8_t*>(p)[i]);
+      break;
+    case kU8:
+      q = float(static_cast<const uint8_t*>(p)[i]);
+      break;
+    case kE4M3:
+      q = float(static_cast<const __nv_fp8_e4m3*>(p)[i]);
+      break;
+    default:
+      return 0.0f;
   }
   return (q - g.zero) * g.scale;
 }
 
 __device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Grid& g) {
   switch (g.dt) {
-    case kF32: static_cast<float*>(p)[i] = x; return;
-    case kF16: static_cast<__half*>(p)[i] = __float2half_rn(x); return;
-    case kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(x); return;
+    case kF32:
+      static_cast<float*>(p)[i] = x;
+      return;
+    case kF16:
+      static_cast<__half*>(p)[i] = __float2half_rn(x);
+      return;
+    case kBF16:
+      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(x);
+      return;
     case kS8: {
       const float q = rintf(x / g.scale) + g.zero;  // rintf: round half to even
       static_cast<int8_t*>(p)[i] = int8_t(fminf(fmaxf(q, -128.0f), 127.0f));
@@ -46,7 +62,8 @@ __device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Gr
       static_cast<__nv_fp8_storage_t*>(p)[i] = s;
       return;
     }
-    default: return;
+    default:
+      return;
   }
 }
 
@@ -76,7 +93,8 @@ __device__ __forceinline__ void coords4(int64_t i, int64_t C, int64_t H, int64_t
   }
 }
 
-// --- reformat ---------------------------------------------------------------------------------------
+// --- reformat
+// ---------------------------------------------------------------------------------------
 
 __global__ void reformat_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C,
                                 int64_t H, int64_t W, bool four_d) {
@@ -109,8 +127,10 @@ __global__ void pool_kernel(const void* x, Grid gx, void* y, Grid gy, PoolParams
         continue;
       }
       const float v = load_real(x, offset4(n, c, h, w, p.C, p.H, p.W, gx.nhwc), gx);
-      if (p.max) acc = fmaxf(acc, v);
-      else acc += v;
+      if (p.max)
+        acc = fmaxf(acc, v);
+      else
+        acc += v;
       ++count;
     }
   }
@@ -124,13 +144,27 @@ __global__ void unary_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t t
   if (i >= total) return;
   float v = load_real(x, i, gx);
   switch (op) {
-    case kRelu: v = fmaxf(v, 0.0f); break;
-    case kClip: v = fminf(fmaxf(v, a), b); break;
-    case kSigmoid: v = 1.0f / (1.0f + __expf(-v)); break;
-    case kTanh: v = tanhf(v); break;
-    case kLeakyRelu: v = v >= 0 ? v : a * v; break;
-    case kHardSwish: v = v * fminf(fmaxf(v / 6.0f + 0.5f, 0.0f), 1.0f); break;
-    case kHardSigmoid: v = fminf(fmaxf(a * v + b, 0.0f), 1.0f); break;
+    case kRelu:
+      v = fmaxf(v, 0.0f);
+      break;
+    case kClip:
+      v = fminf(fmaxf(v, a), b);
+      break;
+    case kSigmoid:
+      v = 1.0f / (1.0f + __expf(-v));
+      break;
+    case kTanh:
+      v = tanhf(v);
+      break;
+    case kLeakyRelu:
+      v = v >= 0 ? v : a * v;
+      break;
+    case kHardSwish:
+      v = v * fminf(fmaxf(v / 6.0f + 0.5f, 0.0f), 1.0f);
+      break;
+    case kHardSigmoid:
+      v = fminf(fmaxf(a * v + b, 0.0f), 1.0f);
+      break;
   }
   store_real(y, i, v, gy);
 }
@@ -154,16 +188,25 @@ __global__ void binary_kernel(const void* x, Grid gx, const void* z, Grid gz, vo
   const float u = load_real(x, ia, gx), v = load_real(z, ib, gz);
   float r = 0;
   switch (op) {
-    case kAdd: r = u + v; break;
-    case kSub: r = u - v; break;
-    case kMul: r = u * v; break;
-    case kDiv: r = u / v; break;
+    case kAdd:
+      r = u + v;
+      break;
+    case kSub:
+      r = u - v;
+      break;
+    case kMul:
+      r = u * v;
+      break;
+    case kDiv:
+      r = u / v;
+      break;
   }
   store_real(y, i, r, gy);
 }
 
-// --- concat ---------------------------------------------------------------------------------------
-// Copies one input into its slice of the output: outer x [axis extent] x inner, physically.
+// --- concat
+// --------------------------------------------------------------------------------------- Copies
+// one input into its slice of the output: outer x [axis extent] x inner, physically.
 __global__ void concat_kernel(const char* x, char* y, int64_t outer, int64_t x_mid, int64_t y_mid,
                               int64_t offset, int64_t inner_bytes) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -188,13 +231,18 @@ __global__ void softmax_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t
   }
 }
 
-// --- epilogue after a library GEMM / convolution -----------------------------------------------------
+// --- epilogue after a library GEMM / convolution
+// -----------------------------------------------------
 __device__ __forceinline__ float load_acc(const void* p, int64_t i, int dt) {
   switch (dt) {
-    case kI32: return float(static_cast<const int32_t*>(p)[i]);
-    case kF16: return __half2float(static_cast<const __half*>(p)[i]);
-    case kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
+    case kI32:
+      return float(static_cast<const int32_t*>(p)[i]);
+    case kF16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case kBF16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
   }
 }
 
@@ -208,23 +256,29 @@ __global__ void epilogue_kernel(const void* acc, void* y, Grid gy, EpilogueParam
   float v = load_acc(acc, i, p.acc_dt) * (p.scale ? p.scale[c] : p.scalar_scale);
   if (p.bias) v += p.bias[c];
   if (p.residual) v += load_real(p.residual, i, p.residual_grid);
-  if (p.act == kActRelu) v = fmaxf(v, 0.0f);
-  else if (p.act == kActClip) v = fminf(fmaxf(v, p.lo), p.hi);
+  if (p.act == kActRelu)
+    v = fmaxf(v, 0.0f);
+  else if (p.act == kActClip)
+    v = fminf(fmaxf(v, p.lo), p.hi);
   store_real(y, i, v, gy);
 }
 
-inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+inline unsigned blocks_for(int64_t n) {
+  return unsigned((n + kThreads - 1) / kThreads);
+}
 
 }  // namespace
 
 cudaError_t reformat(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C, int64_t H,
                      int64_t W, bool four_d, cudaStream_t stream) {
   if (total > 0)
-    reformat_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, total, C, H, W, four_d);
+    reformat_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, total, C, H, W,
+                                                                four_d);
   return cudaGetLastError();
 }
 
-cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p, cudaStream_t stream) {
+cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p,
+                 cudaStream_t stream) {
   const int64_t total = p.N * p.C * p.OH * p.OW;
   if (total > 0) pool_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, p);
   return cudaGetLastError();
@@ -249,18 +303,21 @@ cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, i
                          int64_t offset, int64_t inner_bytes, cudaStream_t stream) {
   const int64_t count = outer * x_mid * inner_bytes;
   if (count > 0)
-    concat_kernel<<<blocks_for(count), kThreads, 0, stream>>>(
-        static_cast<const char*>(x), static_cast<char*>(y), outer, x_mid, y_mid, offset, inner_bytes);
+    concat_kernel<<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const char*>(x),
+                                                              static_cast<char*>(y), outer, x_mid,
+                                                              y_mid, offset, inner_bytes);
   return cudaGetLastError();
 }
 
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
                     cudaStream_t stream) {
-  if (rows > 0) softmax_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, gx, y, gy, rows, cols, log);
+  if (rows > 0)
+    softmax_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, gx, y, gy, rows, cols, log);
   return cudaGetLastError();
 }
 
-cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p, cudaStream_t stream) {
+cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p,
+                     cudaStream_t stream) {
   const int64_t total = p.rows * p.cols;
   if (total > 0) epilogue_kernel<<<blocks_for(total), kThreads, 0, stream>>>(acc, y, gy, p);
   return cudaGetLastError();

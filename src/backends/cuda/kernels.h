@@ -41,7 +41,8 @@ constexpr int kThreads = 256;
 
 cudaError_t reformat(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C, int64_t H,
                      int64_t W, bool four_d, cudaStream_t stream);
-cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p, cudaStream_t stream);
+cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p,
+                 cudaStream_t stream);
 cudaError_t unary(const void* x, Grid gx, void* y, Grid gy, int64_t total, int op, float a, float b,
                   cudaStream_t stream);
 cudaError_t binary(const void* x, Grid gx, const void* z, Grid gz, void* y, Grid gy, int64_t total,
@@ -71,6 +72,7 @@ struct EpilogueParams {
   float lo = 0.0f, hi = 0.0f;
   int64_t rows = 0, cols = 0;
 };
-cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p, cudaStream_t stream);
+cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p,
+                     cudaStream_t stream);
 
 }  // namespace mixq::backends::cuda::kernels

@@ -13,22 +13,31 @@ namespace mixq::backends::cuda {
 namespace {
 
 using kernels::Grid;
+using kernels::kMaxRank;
 using kernels::PoolParams;
 using kernels::Strides;
-using kernels::kMaxRank;
 using namespace kernels;  // dtype, unary and binary codes
 
 int dt_of(DType d) {
   switch (d) {
-    case DType::kFloat32: return kF32;
-    case DType::kFloat16: return kF16;
-    case DType::kBFloat16: return kBF16;
-    case DType::kInt8: return kS8;
-    case DType::kUInt8: return kU8;
-    case DType::kFloat8E4M3: return kE4M3;
-    case DType::kInt32: return kI32;
-    case DType::kInt64: return kI64;
-    case DType::kBool: return kBool;
+    case DType::kFloat32:
+      return kF32;
+    case DType::kFloat16:
+      return kF16;
+    case DType::kBFloat16:
+      return kBF16;
+    case DType::kInt8:
+      return kS8;
+    case DType::kUInt8:
+      return kU8;
+    case DType::kFloat8E4M3:
+      return kE4M3;
+    case DType::kInt32:
+      return kI32;
+    case DType::kInt64:
+      return kI64;
+    case DType::kBool:
+      return kBool;
   }
   return kF32;
 }
@@ -49,7 +58,8 @@ Status launched(cudaError_t e, const char* what) {
   return Status::Ok();
 }
 
-// --- kernels behind the Kernel interface ------------------------------------------------------------
+// --- kernels behind the Kernel interface
+// ------------------------------------------------------------
 
 using Launch = std::function<Status(const ExecContext&)>;
 
@@ -74,24 +84,37 @@ bool is_copy_op(ir::OpKind op) {
 
 std::optional<int> unary_of(ir::OpKind op) {
   switch (op) {
-    case ir::OpKind::kRelu: return kRelu;
-    case ir::OpKind::kClip: return kClip;
-    case ir::OpKind::kSigmoid: return kSigmoid;
-    case ir::OpKind::kTanh: return kTanh;
-    case ir::OpKind::kLeakyRelu: return kLeakyRelu;
-    case ir::OpKind::kHardSwish: return kHardSwish;
-    case ir::OpKind::kHardSigmoid: return kHardSigmoid;
-    default: return std::nullopt;
+    case ir::OpKind::kRelu:
+      return kRelu;
+    case ir::OpKind::kClip:
+      return kClip;
+    case ir::OpKind::kSigmoid:
+      return kSigmoid;
+    case ir::OpKind::kTanh:
+      return kTanh;
+    case ir::OpKind::kLeakyRelu:
+      return kLeakyRelu;
+    case ir::OpKind::kHardSwish:
+      return kHardSwish;
+    case ir::OpKind::kHardSigmoid:
+      return kHardSigmoid;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<int> binary_of(ir::OpKind op) {
   switch (op) {
-    case ir::OpKind::kAdd: return kAdd;
-    case ir::OpKind::kSub: return kSub;
-    case ir::OpKind::kMul: return kMul;
-    case ir::OpKind::kDiv: return kDiv;
-    default: return std::nullopt;
+    case ir::OpKind::kAdd:
+      return kAdd;
+    case ir::OpKind::kSub:
+      return kSub;
+    case ir::OpKind::kMul:
+      return kMul;
+    case ir::OpKind::kDiv:
+      return kDiv;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -108,7 +131,8 @@ class OwnKernel final : public Kernel {
     // Constant operands of binary ops live on the device, in fp32.
     for (const ir::Value* v : node_.inputs) {
       if (!v || !v->is_constant() || !binary_of(node_.op)) continue;
-      Tensor f = v->constant.dtype() == DType::kFloat32 ? v->constant : v->constant.to(DType::kFloat32);
+      Tensor f =
+          v->constant.dtype() == DType::kFloat32 ? v->constant : v->constant.to(DType::kFloat32);
       MIXQ_ASSIGN_OR_RETURN(DeviceBuffer b, upload(f.raw(), f.nbytes()));
       constants_[v] = b;
     }
@@ -146,8 +170,8 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
     const int64_t C = four ? xs[1] : 1, H = four ? xs[2] : 1, W = four ? xs[3] : 1;
     launch = [=](const ExecContext& ctx) {
       if (total == 0) return Status::Ok();
-      return launched(kernels::reformat(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, total, C, H,
-                                        W, four, resources_of(ctx).stream),
+      return launched(kernels::reformat(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, total, C,
+                                        H, W, four, resources_of(ctx).stream),
                       "reformat");
     };
   } else if (is_copy_op(n.op)) {
@@ -167,7 +191,8 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
     p.W = xs[3];
     p.OH = ys[2];
     p.OW = ys[3];
-    const bool global = n.op == ir::OpKind::kGlobalAveragePool || n.op == ir::OpKind::kGlobalMaxPool;
+    const bool global =
+        n.op == ir::OpKind::kGlobalAveragePool || n.op == ir::OpKind::kGlobalMaxPool;
     p.max = n.op == ir::OpKind::kMaxPool || n.op == ir::OpKind::kGlobalMaxPool;
     auto k = global ? std::vector<int64_t>{p.H, p.W} : n.attr_ints("kernel_shape");
     auto s = global ? std::vector<int64_t>{1, 1} : n.attr_ints("strides", {1, 1});
@@ -213,8 +238,8 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
     const int op = *u;
     launch = [=](const ExecContext& ctx) {
       if (total == 0) return Status::Ok();
-      return launched(kernels::unary(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, total, op, a, b,
-                                     resources_of(ctx).stream),
+      return launched(kernels::unary(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, total, op, a,
+                                     b, resources_of(ctx).stream),
                       "elementwise");
     };
   } else if (auto bop = binary_of(n.op)) {
@@ -240,9 +265,10 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
     launch = [=, this](const ExecContext& ctx) {
       if (total == 0) return Status::Ok();
       const Buffer zb{zv, ctx.inputs[1].data, {}};
-      return launched(kernels::binary(data_of(ctx.inputs[0]), gx, data_of(zb), gz, ctx.outputs[0].data,
-                                      gy, total, st, op, same, resources_of(ctx).stream),
-                      "binary");
+      return launched(
+          kernels::binary(data_of(ctx.inputs[0]), gx, data_of(zb), gz, ctx.outputs[0].data, gy,
+                          total, st, op, same, resources_of(ctx).stream),
+          "binary");
     };
   } else if (n.op == ir::OpKind::kConcat) {
     // Physical axis: NHWC puts channels innermost.
@@ -266,10 +292,10 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
       for (size_t k = 0; k < mids.size(); ++k) {
         const int64_t count = outer * mids[k] * inner * int64_t(es);
         (void)count;
-        MIXQ_RETURN_IF_ERROR(launched(kernels::concat_slice(ctx.inputs[k].data, ctx.outputs[0].data, outer,
-                                                            mids[k], y_mid, offset, inner * int64_t(es),
-                                                            resources_of(ctx).stream),
-                                      "concat"));
+        MIXQ_RETURN_IF_ERROR(launched(
+            kernels::concat_slice(ctx.inputs[k].data, ctx.outputs[0].data, outer, mids[k], y_mid,
+                                  offset, inner * int64_t(es), resources_of(ctx).stream),
+            "concat"));
         offset += mids[k];
       }
       return Status::Ok();
@@ -280,8 +306,8 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
     const bool log = n.op == ir::OpKind::kLogSoftmax;
     launch = [=](const ExecContext& ctx) {
       if (rows == 0) return Status::Ok();
-      return launched(kernels::softmax(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, rows, cols, log,
-                                       resources_of(ctx).stream),
+      return launched(kernels::softmax(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, rows, cols,
+                                       log, resources_of(ctx).stream),
                       "softmax");
     };
   } else {
@@ -298,7 +324,8 @@ bool own_supports(const ir::Node& n, Precision p, std::string* why) {
     return false;
   };
   for (const ir::Value* v : n.inputs)
-    if (v && !v->is_constant() && !v->shape_known) return fail("input shapes must be known at build");
+    if (v && !v->is_constant() && !v->shape_known)
+      return fail("input shapes must be known at build");
   const ir::Value* x = n.input(0);
   const ir::Value* y = n.output(0);
   if (!x || !y) return fail("missing input or output");
@@ -314,8 +341,8 @@ bool own_supports(const ir::Node& n, Precision p, std::string* why) {
   if (n.op == ir::OpKind::kRelu) return true;  // relu is exact in any grid with zero at 0
   if (unary_of(n.op)) {
     if (quantized) return fail("only relu runs on int8/fp8 data here");
-    if (n.op == ir::OpKind::kClip && ((n.input(1) && !n.input(1)->is_constant()) ||
-                                      (n.input(2) && !n.input(2)->is_constant())))
+    if (n.op == ir::OpKind::kClip &&
+        ((n.input(1) && !n.input(1)->is_constant()) || (n.input(2) && !n.input(2)->is_constant())))
       return fail("clip bounds must be constant");
     return true;
   }

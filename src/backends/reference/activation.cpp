@@ -46,11 +46,10 @@ Status map_numeric(const Tensor& x, Tensor& y, Fn fn) {
   });
 }
 
-#define FLOAT_UNARY(Name, expr)                                                         \
-  Status compute_##Name(const ir::Node& node, std::span<const Tensor> in,              \
-                        std::span<Tensor> out) {                                       \
-    [[maybe_unused]] const ir::Node& n = node;                                         \
-    return map_float(in[0], out[0], [&](float x) -> float { return expr; });           \
+#define FLOAT_UNARY(Name, expr)                                                                    \
+  Status compute_##Name(const ir::Node& node, std::span<const Tensor> in, std::span<Tensor> out) { \
+    [[maybe_unused]] const ir::Node& n = node;                                                     \
+    return map_float(in[0], out[0], [&](float x) -> float { return expr; });                       \
   }
 
 FLOAT_UNARY(Sigmoid, x >= 0 ? 1.0f / (1.0f + std::exp(-x)) : std::exp(x) / (1.0f + std::exp(x)))
@@ -58,11 +57,12 @@ FLOAT_UNARY(Tanh, std::tanh(x))
 FLOAT_UNARY(LeakyRelu, x >= 0 ? x : x * n.attr_float("alpha", 0.01f))
 FLOAT_UNARY(HardSigmoid, std::max(0.0f, std::min(1.0f, n.attr_float("alpha", 0.2f) * x +
                                                            n.attr_float("beta", 0.5f))))
-FLOAT_UNARY(HardSwish, x * std::max(0.0f, std::min(1.0f, x / 6.0f + 0.5f)))
+FLOAT_UNARY(HardSwish, x* std::max(0.0f, std::min(1.0f, x / 6.0f + 0.5f)))
 FLOAT_UNARY(Elu, x >= 0 ? x : n.attr_float("alpha", 1.0f) * (std::exp(x) - 1.0f))
-FLOAT_UNARY(Selu, n.attr_float("gamma", 1.05070102214813232421875f) *
-                      (x > 0 ? x : n.attr_float("alpha", 1.67326319217681884765625f) *
-                                       (std::exp(x) - 1.0f)))
+FLOAT_UNARY(Selu,
+            n.attr_float("gamma", 1.05070102214813232421875f) *
+                (x > 0 ? x
+                       : n.attr_float("alpha", 1.67326319217681884765625f) * (std::exp(x) - 1.0f)))
 FLOAT_UNARY(Softplus, x > 20.0f ? x : std::log1p(std::exp(x)))
 FLOAT_UNARY(Sqrt, std::sqrt(x))
 FLOAT_UNARY(Exp, std::exp(x))
@@ -73,7 +73,8 @@ FLOAT_UNARY(Reciprocal, 1.0f / x)
 Status infer_numeric(const ir::Node& node, std::span<const TensorInfo> in,
                      std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_dtype(
-      in[0], {DType::kFloat32, DType::kInt8, DType::kUInt8, DType::kInt32, DType::kInt64}, "input"));
+      in[0], {DType::kFloat32, DType::kInt8, DType::kUInt8, DType::kInt32, DType::kInt64},
+      "input"));
   return infer_same(node, in, out);
 }
 
@@ -88,12 +89,10 @@ Status compute_Abs(const ir::Node&, std::span<const Tensor> in, std::span<Tensor
 }
 
 // Clip: optional min (input 1) and max (input 2) scalars; absent means unbounded.
-Status infer_Clip(const ir::Node& node, std::span<const TensorInfo> in,
-                  std::span<TensorInfo> out) {
-  MIXQ_RETURN_IF_ERROR(expect_dtype(in[0],
-                                    {DType::kFloat32, DType::kInt8, DType::kUInt8, DType::kInt32,
-                                     DType::kInt64},
-                                    "input"));
+Status infer_Clip(const ir::Node& node, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
+  MIXQ_RETURN_IF_ERROR(expect_dtype(
+      in[0], {DType::kFloat32, DType::kInt8, DType::kUInt8, DType::kInt32, DType::kInt64},
+      "input"));
   for (size_t i = 1; i < in.size(); ++i) {
     if (!in[i].present) continue;
     if (in[i].dtype != in[0].dtype)

@@ -66,15 +66,17 @@ Status apply_activation(const ir::Node& node, Tensor& t) {
 
 Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
                    std::span<TensorInfo> out) {
-  const OpImpl* base = find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv
-                                                                 : ir::OpKind::kGemm);
+  const OpImpl* base =
+      find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv : ir::OpKind::kGemm);
   TensorInfo x = in[0], w = in[1];
-  if (dtype_is_float(x.dtype) || x.dtype == DType::kInt8 || x.dtype == DType::kUInt8) x.dtype = DType::kFloat32;
+  if (dtype_is_float(x.dtype) || x.dtype == DType::kInt8 || x.dtype == DType::kUInt8)
+    x.dtype = DType::kFloat32;
   if (w.dtype != DType::kFloat32) w.dtype = DType::kFloat32;
   std::vector<TensorInfo> args = {x, w};
   if (in.size() > 2) args.push_back(in[2]);
   MIXQ_RETURN_IF_ERROR(base->infer(node, args, out));
-  if (node.output(0) && node.output(0)->dtype != DType::kFloat32) out[0].dtype = node.output(0)->dtype;
+  if (node.output(0) && node.output(0)->dtype != DType::kFloat32)
+    out[0].dtype = node.output(0)->dtype;
   if (in.size() > 3 && in[3].present && in[3].shape != out[0].shape)
     return InvalidArgument("residual input shape " + shape_to_string(in[3].shape) +
                            " differs from the output " + shape_to_string(out[0].shape));
@@ -82,8 +84,8 @@ Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
 }
 
 Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span<Tensor> out) {
-  const OpImpl* base = find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv
-                                                                 : ir::OpKind::kGemm);
+  const OpImpl* base =
+      find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv : ir::OpKind::kGemm);
   auto quant_of = [&](size_t i) -> const ir::QuantParams* {
     const ir::Value* v = node.input(i);
     return v && v->quant ? &*v->quant : nullptr;

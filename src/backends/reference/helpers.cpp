@@ -10,10 +10,14 @@ Status broadcast_shapes(const Shape& a, const Shape& b, Shape& out) {
   for (size_t i = 0; i < rank; ++i) {
     const int64_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
     const int64_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
-    if (da == db) out[i] = da;
-    else if (da == 1) out[i] = db;
-    else if (db == 1) out[i] = da;
-    else if (da == ir::kDynamicDim || db == ir::kDynamicDim) out[i] = ir::kDynamicDim;
+    if (da == db)
+      out[i] = da;
+    else if (da == 1)
+      out[i] = db;
+    else if (db == 1)
+      out[i] = da;
+    else if (da == ir::kDynamicDim || db == ir::kDynamicDim)
+      out[i] = ir::kDynamicDim;
     else
       return InvalidArgument("shapes " + shape_to_string(a) + " and " + shape_to_string(b) +
                              " cannot be broadcast together");
@@ -23,7 +27,8 @@ Status broadcast_shapes(const Shape& a, const Shape& b, Shape& out) {
 
 std::vector<int64_t> strides_of(const Shape& shape) {
   std::vector<int64_t> s(shape.size(), 1);
-  for (int i = int(shape.size()) - 2; i >= 0; --i) s[size_t(i)] = s[size_t(i + 1)] * shape[size_t(i + 1)];
+  for (int i = int(shape.size()) - 2; i >= 0; --i)
+    s[size_t(i)] = s[size_t(i + 1)] * shape[size_t(i + 1)];
   return s;
 }
 
@@ -31,8 +36,7 @@ std::vector<int64_t> broadcast_strides(const Shape& in_shape, const Shape& out_s
   const std::vector<int64_t> in_strides = strides_of(in_shape);
   std::vector<int64_t> s(out_shape.size(), 0);
   const size_t offset = out_shape.size() - in_shape.size();
-  for (size_t i = 0; i < in_shape.size(); ++i)
-    s[i + offset] = in_shape[i] == 1 ? 0 : in_strides[i];
+  for (size_t i = 0; i < in_shape.size(); ++i) s[i + offset] = in_shape[i] == 1 ? 0 : in_strides[i];
   return s;
 }
 

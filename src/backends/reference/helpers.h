@@ -29,8 +29,7 @@ std::vector<int64_t> strides_of(const Shape& shape);
 std::vector<int64_t> broadcast_strides(const Shape& in_shape, const Shape& out_shape);
 
 // Require a present input of one of the listed dtypes.
-Status expect_dtype(const TensorInfo& info, std::initializer_list<DType> allowed,
-                    const char* what);
+Status expect_dtype(const TensorInfo& info, std::initializer_list<DType> allowed, const char* what);
 
 // Read a present, known int64/int32 tensor input into a vector (axes, pads, shapes...).
 Status read_int_input(const TensorInfo& info, const char* what, std::vector<int64_t>& out);
@@ -40,12 +39,24 @@ Status read_int_input(const TensorInfo& info, const char* what, std::vector<int6
 template <typename F>
 Status dispatch_numeric(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::kFloat32: f(float{}); return Status::Ok();
-    case DType::kInt8: f(int8_t{}); return Status::Ok();
-    case DType::kUInt8: f(uint8_t{}); return Status::Ok();
-    case DType::kInt32: f(int32_t{}); return Status::Ok();
-    case DType::kInt64: f(int64_t{}); return Status::Ok();
-    case DType::kBool: f(bool{}); return Status::Ok();
+    case DType::kFloat32:
+      f(float{});
+      return Status::Ok();
+    case DType::kInt8:
+      f(int8_t{});
+      return Status::Ok();
+    case DType::kUInt8:
+      f(uint8_t{});
+      return Status::Ok();
+    case DType::kInt32:
+      f(int32_t{});
+      return Status::Ok();
+    case DType::kInt64:
+      f(int64_t{});
+      return Status::Ok();
+    case DType::kBool:
+      f(bool{});
+      return Status::Ok();
     default:
       return Unsupported("dtype " + std::string(dtype_name(dtype)) +
                          " is not computed by the reference backend");
@@ -56,10 +67,17 @@ Status dispatch_numeric(DType dtype, F&& f) {
 template <typename F>
 Status dispatch_any(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::kFloat16: f(Half{}); return Status::Ok();
-    case DType::kBFloat16: f(BFloat16{}); return Status::Ok();
-    case DType::kFloat8E4M3: f(Float8E4M3{}); return Status::Ok();
-    default: return dispatch_numeric(dtype, std::forward<F>(f));
+    case DType::kFloat16:
+      f(Half{});
+      return Status::Ok();
+    case DType::kBFloat16:
+      f(BFloat16{});
+      return Status::Ok();
+    case DType::kFloat8E4M3:
+      f(Float8E4M3{});
+      return Status::Ok();
+    default:
+      return dispatch_numeric(dtype, std::forward<F>(f));
   }
 }
 
@@ -88,7 +106,8 @@ inline bool is_static(const Shape& shape) {
   return true;
 }
 
-// --- N-d indexing (naive, row-major) --------------------------------------------------------------
+// --- N-d indexing (naive, row-major)
+// --------------------------------------------------------------
 
 // The multi-index of the element at row-major position `flat` of `shape`.
 void unravel_index(int64_t flat, const Shape& shape, std::vector<int64_t>& index);

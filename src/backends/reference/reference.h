@@ -25,8 +25,8 @@ namespace mixq::reference {
 struct TensorInfo {
   bool present = false;
   DType dtype = DType::kFloat32;
-  Shape shape;                   // kDynamicDim where unknown at build time
-  const Tensor* value = nullptr; // the data, where known (constants; always at run time)
+  Shape shape;                    // kDynamicDim where unknown at build time
+  const Tensor* value = nullptr;  // the data, where known (constants; always at run time)
 
   static TensorInfo of(const Tensor& t) { return {t.defined(), t.dtype(), t.shape(), &t}; }
 };

@@ -36,8 +36,12 @@ const Registry& registry() {
 
 }  // namespace
 
-const OpImpl* find_op(ir::OpKind op) { return registry().find(op); }
-bool supports(ir::OpKind op) { return find_op(op) != nullptr; }
+const OpImpl* find_op(ir::OpKind op) {
+  return registry().find(op);
+}
+bool supports(ir::OpKind op) {
+  return find_op(op) != nullptr;
+}
 
 Status infer_node(const ir::Node& node, std::span<const TensorInfo> inputs,
                   std::vector<TensorInfo>& outputs) {

@@ -18,7 +18,8 @@
 namespace mixq::onnx_frontend {
 namespace {
 
-// --- the op table ---------------------------------------------------------------------------------
+// --- the op table
+// ---------------------------------------------------------------------------------
 
 struct NodeContext {
   const onnx::NodeProto& proto;
@@ -36,8 +37,8 @@ void attribute_to_input(NodeContext& c, const std::string& key, size_t index) {
   std::vector<int64_t> values = c.node.attr_ints(key);
   c.node.attrs.erase(it);
   const std::string name = c.graph.unique_value_name(c.node.name + "/" + key);
-  ir::Value* v = c.graph.add_constant(
-      name, Tensor::from_vector<int64_t>({int64_t(values.size())}, values));
+  ir::Value* v =
+      c.graph.add_constant(name, Tensor::from_vector<int64_t>({int64_t(values.size())}, values));
   if (c.node.inputs.size() <= index) c.node.inputs.resize(index + 1, nullptr);
   c.node.inputs[index] = v;
 }
@@ -55,7 +56,9 @@ void float_attribute_to_input(NodeContext& c, const std::string& key, size_t ind
   c.node.inputs[index] = v;
 }
 
-Status keep(NodeContext&) { return Status::Ok(); }
+Status keep(NodeContext&) {
+  return Status::Ok();
+}
 
 Status axes_attr_to_input(NodeContext& c) {
   attribute_to_input(c, "axes", 1);
@@ -200,9 +203,15 @@ const TableEntry* find_entry(const std::string& op_type, int opset) {
 Status convert_attribute(const onnx::AttributeProto& a, const std::string& base_dir,
                          const std::string& where, ir::Attribute& out) {
   switch (a.type()) {
-    case onnx::AttributeProto::INT: out = int64_t(a.i()); return Status::Ok();
-    case onnx::AttributeProto::FLOAT: out = a.f(); return Status::Ok();
-    case onnx::AttributeProto::STRING: out = a.s(); return Status::Ok();
+    case onnx::AttributeProto::INT:
+      out = int64_t(a.i());
+      return Status::Ok();
+    case onnx::AttributeProto::FLOAT:
+      out = a.f();
+      return Status::Ok();
+    case onnx::AttributeProto::STRING:
+      out = a.s();
+      return Status::Ok();
     case onnx::AttributeProto::INTS:
       out = std::vector<int64_t>(a.ints().begin(), a.ints().end());
       return Status::Ok();
@@ -213,8 +222,8 @@ Status convert_attribute(const onnx::AttributeProto& a, const std::string& base_
       out = std::vector<std::string>(a.strings().begin(), a.strings().end());
       return Status::Ok();
     case onnx::AttributeProto::TENSOR: {
-      MIXQ_ASSIGN_OR_RETURN(Tensor t,
-                            tensor_from_proto(a.t(), base_dir, where + " attribute '" + a.name() + "'"));
+      MIXQ_ASSIGN_OR_RETURN(
+          Tensor t, tensor_from_proto(a.t(), base_dir, where + " attribute '" + a.name() + "'"));
       out = std::move(t);
       return Status::Ok();
     }
@@ -369,8 +378,8 @@ class Importer {
       if (init.name().empty()) return ParseError(source_ + ": an initializer has no name");
       if (!initializer_names.insert(init.name()).second)
         return ParseError(source_ + ": two initializers are both named '" + init.name() + "'");
-      MIXQ_ASSIGN_OR_RETURN(Tensor t,
-                            tensor_from_proto(init, base_dir_, "initializer '" + init.name() + "'"));
+      MIXQ_ASSIGN_OR_RETURN(
+          Tensor t, tensor_from_proto(init, base_dir_, "initializer '" + init.name() + "'"));
       graph_->add_constant(init.name(), std::move(t));
     }
     if (g.sparse_initializer_size() > 0)
@@ -397,8 +406,8 @@ class Importer {
       for (const std::string& out : n.output()) {
         if (out.empty()) continue;
         if (graph_->find_value(out))
-          return InvalidArgument(source_ + ": value '" + out + "' is written by node '" +
-                                 n.name() + "' (" + n.op_type() +
+          return InvalidArgument(source_ + ": value '" + out + "' is written by node '" + n.name() +
+                                 "' (" + n.op_type() +
                                  ") but is also an input, initializer or another node's output");
         ir::Value* v = graph_->add_value(out, DType::kFloat32, {}, false);
         auto it = types.find(out);
@@ -505,8 +514,9 @@ Expected<std::unique_ptr<ir::Graph>> import_model_bytes(std::string_view bytes,
   if (bytes.size() > size_t(std::numeric_limits<int>::max()))
     return Unsupported(source + " is larger than 2 GiB; use external data for the weights");
   if (!model.ParseFromArray(bytes.data(), int(bytes.size())))
-    return ParseError(source + " is not a valid ONNX model (protobuf parsing failed: truncated "
-                               "or not an ONNX file)");
+    return ParseError(source +
+                      " is not a valid ONNX model (protobuf parsing failed: truncated "
+                      "or not an ONNX file)");
   if (model.ir_version() <= 0 || !model.has_graph())
     return ParseError(source + " is not an ONNX model (no IR version or no graph)");
   Importer importer(source, base_dir);
@@ -516,7 +526,8 @@ Expected<std::unique_ptr<ir::Graph>> import_model_bytes(std::string_view bytes,
 Expected<std::unique_ptr<ir::Graph>> import_model_file(const std::string& path,
                                                        const ImportOptions& options) {
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return NotFound("model file '" + path + "' does not exist");
+  if (!std::filesystem::exists(path, ec))
+    return NotFound("model file '" + path + "' does not exist");
   if (std::filesystem::is_directory(path, ec))
     return InvalidArgument("'" + path + "' is a directory, not an ONNX model file");
   std::ifstream in(path, std::ios::binary);
@@ -533,9 +544,9 @@ Expected<NamedTensor> load_tensor_proto_file(const std::string& path) {
   onnx::TensorProto proto;
   if (!proto.ParseFromString(bytes))
     return ParseError("'" + path + "' is not a serialized ONNX TensorProto");
-  MIXQ_ASSIGN_OR_RETURN(
-      Tensor t, tensor_from_proto(proto, std::filesystem::path(path).parent_path().string(),
-                                  "tensor '" + path + "'"));
+  MIXQ_ASSIGN_OR_RETURN(Tensor t,
+                        tensor_from_proto(proto, std::filesystem::path(path).parent_path().string(),
+                                          "tensor '" + path + "'"));
   return NamedTensor{proto.name(), std::move(t)};
 }
 

@@ -47,8 +47,8 @@ std::string module_name_from_node_name(std::string_view node_name) {
   // Scoped names look like "/layer1/layer1.0/conv1/Conv" or "/features/features.0/Conv_1".
   if (node_name.empty() || node_name[0] != '/') return "";
   std::vector<std::string> scopes = split(node_name.substr(1), '/');
-  if (scopes.size() < 2) return "";  // only the op itself: a functional call at top level
-  scopes.pop_back();                 // the op type ("Conv", "Relu_1")
+  if (scopes.size() < 2) return "";    // only the op itself: a functional call at top level
+  scopes.pop_back();                   // the op type ("Conv", "Relu_1")
   std::vector<std::string> qualified;  // atoms of the full module path
   for (const std::string& scope : scopes) {
     std::vector<std::string> atoms = split(scope, '.');

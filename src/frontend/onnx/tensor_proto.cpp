@@ -1,63 +1,100 @@
 #include "frontend/onnx/tensor_proto.h"
 
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <cstring>
 #include <limits>
 
 namespace mixq::onnx_frontend {
 
 std::optional<DType> dtype_from_onnx(int t) {
   switch (t) {
-    case onnx::TensorProto::FLOAT: return DType::kFloat32;
-    case onnx::TensorProto::FLOAT16: return DType::kFloat16;
-    case onnx::TensorProto::BFLOAT16: return DType::kBFloat16;
-    case kOnnxFloat8E4M3FN: return DType::kFloat8E4M3;
-    case onnx::TensorProto::INT8: return DType::kInt8;
-    case onnx::TensorProto::UINT8: return DType::kUInt8;
-    case onnx::TensorProto::INT32: return DType::kInt32;
-    case onnx::TensorProto::INT64: return DType::kInt64;
-    case onnx::TensorProto::BOOL: return DType::kBool;
-    default: return std::nullopt;
+    case onnx::TensorProto::FLOAT:
+      return DType::kFloat32;
+    case onnx::TensorProto::FLOAT16:
+      return DType::kFloat16;
+    case onnx::TensorProto::BFLOAT16:
+      return DType::kBFloat16;
+    case kOnnxFloat8E4M3FN:
+      return DType::kFloat8E4M3;
+    case onnx::TensorProto::INT8:
+      return DType::kInt8;
+    case onnx::TensorProto::UINT8:
+      return DType::kUInt8;
+    case onnx::TensorProto::INT32:
+      return DType::kInt32;
+    case onnx::TensorProto::INT64:
+      return DType::kInt64;
+    case onnx::TensorProto::BOOL:
+      return DType::kBool;
+    default:
+      return std::nullopt;
   }
 }
 
 int dtype_to_onnx(DType d) {
   switch (d) {
-    case DType::kFloat32: return onnx::TensorProto::FLOAT;
-    case DType::kFloat16: return onnx::TensorProto::FLOAT16;
-    case DType::kBFloat16: return onnx::TensorProto::BFLOAT16;
-    case DType::kFloat8E4M3: return kOnnxFloat8E4M3FN;
-    case DType::kInt8: return onnx::TensorProto::INT8;
-    case DType::kUInt8: return onnx::TensorProto::UINT8;
-    case DType::kInt32: return onnx::TensorProto::INT32;
-    case DType::kInt64: return onnx::TensorProto::INT64;
-    case DType::kBool: return onnx::TensorProto::BOOL;
+    case DType::kFloat32:
+      return onnx::TensorProto::FLOAT;
+    case DType::kFloat16:
+      return onnx::TensorProto::FLOAT16;
+    case DType::kBFloat16:
+      return onnx::TensorProto::BFLOAT16;
+    case DType::kFloat8E4M3:
+      return kOnnxFloat8E4M3FN;
+    case DType::kInt8:
+      return onnx::TensorProto::INT8;
+    case DType::kUInt8:
+      return onnx::TensorProto::UINT8;
+    case DType::kInt32:
+      return onnx::TensorProto::INT32;
+    case DType::kInt64:
+      return onnx::TensorProto::INT64;
+    case DType::kBool:
+      return onnx::TensorProto::BOOL;
   }
   return onnx::TensorProto::UNDEFINED;
 }
 
 const char* onnx_type_name(int t) {
   switch (t) {
-    case onnx::TensorProto::FLOAT: return "float";
-    case onnx::TensorProto::UINT8: return "uint8";
-    case onnx::TensorProto::INT8: return "int8";
-    case onnx::TensorProto::UINT16: return "uint16";
-    case onnx::TensorProto::INT16: return "int16";
-    case onnx::TensorProto::INT32: return "int32";
-    case onnx::TensorProto::INT64: return "int64";
-    case onnx::TensorProto::STRING: return "string";
-    case onnx::TensorProto::BOOL: return "bool";
-    case onnx::TensorProto::FLOAT16: return "float16";
-    case onnx::TensorProto::DOUBLE: return "double";
-    case onnx::TensorProto::UINT32: return "uint32";
-    case onnx::TensorProto::UINT64: return "uint64";
-    case onnx::TensorProto::COMPLEX64: return "complex64";
-    case onnx::TensorProto::COMPLEX128: return "complex128";
-    case onnx::TensorProto::BFLOAT16: return "bfloat16";
-    case kOnnxFloat8E4M3FN: return "float8e4m3fn";
-    default: return "an unknown element type";
+    case onnx::TensorProto::FLOAT:
+      return "float";
+    case onnx::TensorProto::UINT8:
+      return "uint8";
+    case onnx::TensorProto::INT8:
+      return "int8";
+    case onnx::TensorProto::UINT16:
+      return "uint16";
+    case onnx::TensorProto::INT16:
+      return "int16";
+    case onnx::TensorProto::INT32:
+      return "int32";
+    case onnx::TensorProto::INT64:
+      return "int64";
+    case onnx::TensorProto::STRING:
+      return "string";
+    case onnx::TensorProto::BOOL:
+      return "bool";
+    case onnx::TensorProto::FLOAT16:
+      return "float16";
+    case onnx::TensorProto::DOUBLE:
+      return "double";
+    case onnx::TensorProto::UINT32:
+      return "uint32";
+    case onnx::TensorProto::UINT64:
+      return "uint64";
+    case onnx::TensorProto::COMPLEX64:
+      return "complex64";
+    case onnx::TensorProto::COMPLEX128:
+      return "complex128";
+    case onnx::TensorProto::BFLOAT16:
+      return "bfloat16";
+    case kOnnxFloat8E4M3FN:
+      return "float8e4m3fn";
+    default:
+      return "an unknown element type";
   }
 }
 
@@ -77,9 +114,12 @@ Status read_external(const onnx::TensorProto& proto, const std::string& base_dir
     return Status::Ok();
   };
   for (const auto& kv : proto.external_data()) {
-    if (kv.key() == "location") location = kv.value();
-    else if (kv.key() == "offset") MIXQ_RETURN_IF_ERROR(parse_size("offset", kv.value(), offset));
-    else if (kv.key() == "length") MIXQ_RETURN_IF_ERROR(parse_size("length", kv.value(), length));
+    if (kv.key() == "location")
+      location = kv.value();
+    else if (kv.key() == "offset")
+      MIXQ_RETURN_IF_ERROR(parse_size("offset", kv.value(), offset));
+    else if (kv.key() == "length")
+      MIXQ_RETURN_IF_ERROR(parse_size("length", kv.value(), length));
   }
   if (location.empty()) return ParseError(what + ": external data without a location");
   const std::filesystem::path rel(location);
@@ -153,14 +193,29 @@ Expected<Tensor> tensor_from_proto(const onnx::TensorProto& proto, const std::st
       for (size_t i = 0; i < n; ++i) {
         const int32_t v = proto.int32_data(int(i));
         switch (*dtype) {
-          case DType::kInt32: t.data<int32_t>()[i] = v; break;
-          case DType::kInt8: t.data<int8_t>()[i] = int8_t(v); break;
-          case DType::kUInt8: t.data<uint8_t>()[i] = uint8_t(v); break;
-          case DType::kBool: t.data<bool>()[i] = v != 0; break;
-          case DType::kFloat16: t.data<Half>()[i] = Half{uint16_t(v)}; break;
-          case DType::kBFloat16: t.data<BFloat16>()[i] = BFloat16{uint16_t(v)}; break;
-          case DType::kFloat8E4M3: t.data<Float8E4M3>()[i] = Float8E4M3{uint8_t(v)}; break;
-          default: break;
+          case DType::kInt32:
+            t.data<int32_t>()[i] = v;
+            break;
+          case DType::kInt8:
+            t.data<int8_t>()[i] = int8_t(v);
+            break;
+          case DType::kUInt8:
+            t.data<uint8_t>()[i] = uint8_t(v);
+            break;
+          case DType::kBool:
+            t.data<bool>()[i] = v != 0;
+            break;
+          case DType::kFloat16:
+            t.data<Half>()[i] = Half{uint16_t(v)};
+            break;
+          case DType::kBFloat16:
+            t.data<BFloat16>()[i] = BFloat16{uint16_t(v)};
+            break;
+          case DType::kFloat8E4M3:
+            t.data<Float8E4M3>()[i] = Float8E4M3{uint8_t(v)};
+            break;
+          default:
+            break;
         }
       }
     }

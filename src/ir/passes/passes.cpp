@@ -40,7 +40,8 @@ bool forward_value(Graph& graph, Value* value, Value* replacement) {
   return forward_value_impl(graph, value, replacement);
 }
 
-// --- identity removal -----------------------------------------------------------------------------
+// --- identity removal
+// -----------------------------------------------------------------------------
 
 Status remove_identities(Graph& graph, bool* changed) {
   std::vector<Node*> doomed;
@@ -49,7 +50,8 @@ Status remove_identities(Graph& graph, bool* changed) {
     if (n->op == OpKind::kDropout) {
       if (n->output(1) && is_used(graph, n->output(1))) continue;  // mask is read: keep
       // Dropout with training_mode=true as an input cannot be removed.
-      if (n->input(2) && !(n->input(2)->is_constant() && n->input(2)->constant.get_as_double(0) == 0))
+      if (n->input(2) &&
+          !(n->input(2)->is_constant() && n->input(2)->constant.get_as_double(0) == 0))
         continue;
     }
     Value* in = n->input(0);
@@ -67,7 +69,8 @@ Status remove_identities(Graph& graph, bool* changed) {
   return Status::Ok();
 }
 
-// --- constant folding -----------------------------------------------------------------------------
+// --- constant folding
+// -----------------------------------------------------------------------------
 
 namespace {
 
@@ -121,8 +124,10 @@ class ShapeFolder {
         end = std::clamp<int64_t>(end, 0, rank);
         SymVec r;
         for (int64_t i = start; i < end; ++i) {
-          if (x->shape[size_t(i)] >= 0) r.push_back({x->shape[size_t(i)]});
-          else r.push_back({0, x, int(i)});
+          if (x->shape[size_t(i)] >= 0)
+            r.push_back({x->shape[size_t(i)]});
+          else
+            r.push_back({0, x, int(i)});
         }
         sym_[out] = r;
         return true;
@@ -209,8 +214,9 @@ class ShapeFolder {
 Tensor int64_tensor_like(const Value* v, const std::vector<int64_t>& values) {
   Shape shape = v->shape_known ? v->shape : Shape{int64_t(values.size())};
   if (shape_numel(shape) != int64_t(values.size()) || v->shape_known == false) {
-    shape = values.size() == 1 && v->shape_known && v->shape.empty() ? Shape{}
-                                                                      : Shape{int64_t(values.size())};
+    shape = values.size() == 1 && v->shape_known && v->shape.empty()
+                ? Shape{}
+                : Shape{int64_t(values.size())};
   }
   Tensor t = Tensor::from_vector<int64_t>(shape, values);
   return v->dtype == DType::kInt64 ? t : t.to(v->dtype);
@@ -300,7 +306,8 @@ Status fold_constants(Graph& graph, const NodeEvaluator& evaluate,
   return Status::Ok();
 }
 
-// --- batch-norm folding ---------------------------------------------------------------------------
+// --- batch-norm folding
+// ---------------------------------------------------------------------------
 
 Status fold_batchnorm(Graph& graph, bool* changed) {
   std::vector<Node*> doomed;
@@ -348,25 +355,31 @@ Status fold_batchnorm(Graph& graph, bool* changed) {
     if (!gemm_columns) {
       const int64_t per = total / int64_t(channels);
       for (size_t c = 0; c < channels; ++c)
-        for (int64_t i = 0; i < per; ++i) wp[int64_t(c) * per + i] = float(wp[int64_t(c) * per + i] * scale[c]);
+        for (int64_t i = 0; i < per; ++i)
+          wp[int64_t(c) * per + i] = float(wp[int64_t(c) * per + i] * scale[c]);
     } else {
       const int64_t rows = new_w.dim(0);
       for (int64_t r = 0; r < rows; ++r)
         for (size_t c = 0; c < channels; ++c)
-          wp[r * int64_t(channels) + int64_t(c)] = float(wp[r * int64_t(channels) + int64_t(c)] * scale[c]);
+          wp[r * int64_t(channels) + int64_t(c)] =
+              float(wp[r * int64_t(channels) + int64_t(c)] * scale[c]);
     }
     // Gemm computes alpha*A*B + beta*C: the bias term scales by beta.
     const double beta_gemm = layer->op == OpKind::kGemm ? layer->attr_float("beta", 1.0f) : 1.0;
     Tensor new_b = Tensor::empty(DType::kFloat32, {int64_t(channels)});
     for (size_t c = 0; c < channels; ++c) {
       double bias = 0;
-      if (b) bias = b->constant.numel() == 1 ? b->constant.get_as_double(0) : b->constant.get_as_double(int64_t(c));
+      if (b)
+        bias = b->constant.numel() == 1 ? b->constant.get_as_double(0)
+                                        : b->constant.get_as_double(int64_t(c));
       bias *= beta_gemm;
       new_b.data<float>()[c] = float((bias - mean[c]) * scale[c] + beta[c]);
     }
-    Value* nw = graph.add_constant(graph.unique_value_name(w->name + "/bn_folded"), std::move(new_w));
+    Value* nw =
+        graph.add_constant(graph.unique_value_name(w->name + "/bn_folded"), std::move(new_w));
     Value* nb = graph.add_constant(
-        graph.unique_value_name((b ? b->name : layer->name + "/bias") + "/bn_folded"), std::move(new_b));
+        graph.unique_value_name((b ? b->name : layer->name + "/bias") + "/bn_folded"),
+        std::move(new_b));
     layer->inputs[1] = nw;
     if (layer->inputs.size() < 3) layer->inputs.resize(3, nullptr);
     layer->inputs[2] = nb;
@@ -390,7 +403,8 @@ Status fold_batchnorm(Graph& graph, bool* changed) {
   return Status::Ok();
 }
 
-// --- dead code --------------------------------------------------------------------------------------
+// --- dead code
+// --------------------------------------------------------------------------------------
 
 Status remove_dead_nodes(Graph& graph, bool* changed) {
   for (;;) {

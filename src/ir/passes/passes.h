@@ -11,8 +11,8 @@
 namespace mixq::ir {
 
 // Computes one node on known tensors. The reference backend provides it (ir/ knows no backend).
-using NodeEvaluator =
-    std::function<Status(const Node& node, std::span<const Tensor> inputs, std::vector<Tensor>& outputs)>;
+using NodeEvaluator = std::function<Status(const Node& node, std::span<const Tensor> inputs,
+                                           std::vector<Tensor>& outputs)>;
 
 // Identity, and Dropout in inference (its mask unused), forward their input.
 Status remove_identities(Graph& graph, bool* changed = nullptr);
@@ -35,7 +35,6 @@ Status fold_batchnorm(Graph& graph, bool* changed = nullptr);
 
 // Removes nodes whose outputs nothing reads, then unused values.
 Status remove_dead_nodes(Graph& graph, bool* changed = nullptr);
-
 
 struct SimplifyOptions {
   bool fold_batchnorm = true;
