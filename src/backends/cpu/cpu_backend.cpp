@@ -27,6 +27,7 @@ bool is_conv2d(const ir::Node& n) {
 bool layout_agnostic(const ir::Node& n) {
   if (is_pool(n.op) && n.input(0)->shape.size() == 4) return true;
   if (n.op == ir::OpKind::kRelu && n.precision == Precision::kINT8) return true;
+  if (n.op == ir::OpKind::kAdd && n.precision == Precision::kINT8) return true;
   if (n.op == ir::OpKind::kConcat && n.output(0)->shape.size() == 4) return true;
   // Unary fp32 activations on 4-D data read any layout (binary ops stay plain: broadcasting).
   if (n.precision == Precision::kFP32 && n.inputs.size() == 1 && n.output(0)->shape.size() == 4 &&
@@ -61,6 +62,7 @@ class CpuBackend final : public Backend {
       return true;
     if (p == Precision::kINT8 && engine::is_precision_follower(n.op))
       return int8_data_supports(n, why);
+    if (p == Precision::kINT8 && n.op == ir::OpKind::kAdd) return int8_add_supports(n, why);
     if (p == Precision::kFP32 && eltwise_supports(n, p, nullptr)) return true;
     if (p == Precision::kFP32) return reference_->supports(n, p, why);
     if (why) {
@@ -89,6 +91,7 @@ class CpuBackend final : public Backend {
     if (n.op == ir::OpKind::kConcat && n.output(0)->shape.size() == 4)
       return make_binary_kernel(n, p);
     if (p == Precision::kINT8 && n.op == ir::OpKind::kRelu) return make_int8_data_kernel(n);
+    if (p == Precision::kINT8 && n.op == ir::OpKind::kAdd) return make_int8_add_kernel(n);
     if (p == Precision::kFP32 && eltwise_supports(n, p, nullptr)) return make_eltwise_kernel(n);
     // Data movement on int8 plain data and fp32 ops: the reference kernels.
     for (const ir::Value* v : n.inputs)
@@ -161,7 +164,8 @@ class CpuBackend final : public Backend {
       return channels < 8 ? ir::Layout::kPlain : blocked();
     }
     if (layout_agnostic(n))
-      return n.op == ir::OpKind::kConcat ? n.output(0)->layout : n.input(slot)->layout;
+      return n.op == ir::OpKind::kConcat || n.op == ir::OpKind::kAdd ? n.output(0)->layout
+                                                                      : n.input(slot)->layout;
     return ir::Layout::kPlain;
   }
 

@@ -1,6 +1,7 @@
 // CPU data movement: Concat on oneDNN (any layout, fp32 or int8 with shared parameters) and Relu
 // on int8 data (the real zero is the zero point, so relu is max(q, z)).
 #include <algorithm>
+#include <cmath>
 
 #include "backends/cpu/onednn.h"
 
@@ -113,7 +114,66 @@ class Int8ReluKernel final : public Kernel {
   const ir::Node& node_;
 };
 
+// Add of two int8 tensors of one shape and layout: real values add, the sum is requantised to
+// the output's grid (round half to even, saturate), elementwise, so any layout works.
+class Int8AddInstance final : public KernelInstance {
+ public:
+  Int8AddInstance(const ir::QuantParams& a, const ir::QuantParams& b, const ir::QuantParams& y)
+      : sa_(a.scale[0] / y.scale[0]),
+        sb_(b.scale[0] / y.scale[0]),
+        za_(float(a.zero_point_at(0))),
+        zb_(float(b.zero_point_at(0))),
+        zy_(float(y.zero_point_at(0))) {}
+  Status execute(const ExecContext& ctx) const override {
+    const auto* a = static_cast<const uint8_t*>(ctx.inputs[0].data);
+    const auto* b = static_cast<const uint8_t*>(ctx.inputs[1].data);
+    auto* y = static_cast<uint8_t*>(ctx.outputs[0].data);
+    const int64_t n = shape_numel(ctx.outputs[0].shape);  // int8 layouts are unpadded
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) {
+      const float q = std::nearbyint(sa_ * (float(a[i]) - za_) + sb_ * (float(b[i]) - zb_)) + zy_;
+      y[i] = uint8_t(std::min(255.0f, std::max(0.0f, q)));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  float sa_, sb_, za_, zb_, zy_;
+};
+
+class Int8AddKernel final : public Kernel {
+ public:
+  explicit Int8AddKernel(const ir::Node& node) : node_(node) {}
+  Status prepare(int64_t) override {
+    for (const ir::Value* v : {node_.input(0), node_.input(1), node_.output(0)})
+      if (v->dtype != DType::kUInt8 || !v->quant)
+        return Internal(node_.describe() + ": int8 add needs u8 inputs and output");
+    return Status::Ok();
+  }
+  Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t) const override {
+    return std::unique_ptr<KernelInstance>(
+        new Int8AddInstance(*node_.input(0)->quant, *node_.input(1)->quant, *node_.output(0)->quant));
+  }
+  std::string implementation() const override { return "mixq int8 add (requantising)"; }
+
+ private:
+  const ir::Node& node_;
+};
+
 }  // namespace
+
+bool int8_add_supports(const ir::Node& n, std::string* why) {
+  const bool ok = n.op == ir::OpKind::kAdd && n.inputs.size() == 2 && n.input(0) &&
+                  n.input(1) && !n.input(0)->is_constant() && !n.input(1)->is_constant() &&
+                  n.input(0)->shape_known && n.input(0)->shape == n.input(1)->shape &&
+                  n.input(0)->shape == n.output(0)->shape;
+  if (!ok && why) *why = "int8 Add needs two computed inputs of the output's shape (no broadcasting)";
+  return ok;
+}
+
+Expected<std::unique_ptr<Kernel>> make_int8_add_kernel(const ir::Node& node) {
+  return std::unique_ptr<Kernel>(new Int8AddKernel(node));
+}
 
 bool int8_data_supports(const ir::Node& node, std::string* why) {
   switch (node.op) {

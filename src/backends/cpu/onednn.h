@@ -55,6 +55,8 @@ Expected<std::unique_ptr<Kernel>> make_pool_kernel(const ir::Node& node, Precisi
 bool reformat_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_reformat_kernel(const ir::Node& node, Precision precision);
 bool int8_data_supports(const ir::Node& node, std::string* why);
+bool int8_add_supports(const ir::Node& node, std::string* why);
+Expected<std::unique_ptr<Kernel>> make_int8_add_kernel(const ir::Node& node);
 Expected<std::unique_ptr<Kernel>> make_int8_data_kernel(const ir::Node& node);
 bool eltwise_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_eltwise_kernel(const ir::Node& node);
