@@ -114,21 +114,30 @@ class Int8ReluKernel final : public Kernel {
   const ir::Node& node_;
 };
 
-// Add of two int8 tensors of one shape and layout: real values add, the sum is requantised to
-// the output's grid (round half to even, saturate), elementwise, so any layout works.
+// Add of two int8 tensors of one shape and layout: real values add, and the sum is requantised
+// to the output's grid (round half to even, saturate) or, where the sum leaves the int8 region
+// (a network output, an fp32 consumer), written as fp32. Elementwise, so any layout works.
 class Int8AddInstance final : public KernelInstance {
  public:
-  Int8AddInstance(const ir::QuantParams& a, const ir::QuantParams& b, const ir::QuantParams& y)
-      : sa_(a.scale[0] / y.scale[0]),
-        sb_(b.scale[0] / y.scale[0]),
+  Int8AddInstance(const ir::QuantParams& a, const ir::QuantParams& b, const ir::QuantParams* y)
+      : out_scale_(y ? y->scale[0] : 1.0f),
+        sa_(a.scale[0] / out_scale_),
+        sb_(b.scale[0] / out_scale_),
         za_(float(a.zero_point_at(0))),
         zb_(float(b.zero_point_at(0))),
-        zy_(float(y.zero_point_at(0))) {}
+        zy_(y ? float(y->zero_point_at(0)) : 0.0f),
+        quantised_output_(y != nullptr) {}
   Status execute(const ExecContext& ctx) const override {
     const auto* a = static_cast<const uint8_t*>(ctx.inputs[0].data);
     const auto* b = static_cast<const uint8_t*>(ctx.inputs[1].data);
-    auto* y = static_cast<uint8_t*>(ctx.outputs[0].data);
     const int64_t n = shape_numel(ctx.outputs[0].shape);  // int8 layouts are unpadded
+    if (!quantised_output_) {
+      auto* y = static_cast<float*>(ctx.outputs[0].data);
+#pragma omp parallel for
+      for (int64_t i = 0; i < n; ++i) y[i] = sa_ * (float(a[i]) - za_) + sb_ * (float(b[i]) - zb_);
+      return Status::Ok();
+    }
+    auto* y = static_cast<uint8_t*>(ctx.outputs[0].data);
 #pragma omp parallel for
     for (int64_t i = 0; i < n; ++i) {
       const float q = std::nearbyint(sa_ * (float(a[i]) - za_) + sb_ * (float(b[i]) - zb_)) + zy_;
@@ -138,21 +147,29 @@ class Int8AddInstance final : public KernelInstance {
   }
 
  private:
-  float sa_, sb_, za_, zb_, zy_;
+  float out_scale_, sa_, sb_, za_, zb_, zy_;
+  bool quantised_output_;
 };
 
 class Int8AddKernel final : public Kernel {
  public:
   explicit Int8AddKernel(const ir::Node& node) : node_(node) {}
   Status prepare(int64_t) override {
-    for (const ir::Value* v : {node_.input(0), node_.input(1), node_.output(0)})
+    for (const ir::Value* v : {node_.input(0), node_.input(1)})
       if (v->dtype != DType::kUInt8 || !v->quant)
-        return Internal(node_.describe() + ": int8 add needs u8 inputs and output");
+        return Internal(node_.describe() + ": int8 add needs u8 inputs, got " +
+                        std::string(dtype_name(v->dtype)) + " for '" + v->name + "'");
+    const ir::Value* y = node_.output(0);
+    if (!(y->dtype == DType::kUInt8 && y->quant) && y->dtype != DType::kFloat32)
+      return Internal(node_.describe() + ": int8 add writes u8 or f32, got " +
+                      std::string(dtype_name(y->dtype)) + " for '" + y->name + "'");
     return Status::Ok();
   }
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t) const override {
+    const ir::Value* y = node_.output(0);
     return std::unique_ptr<KernelInstance>(
-        new Int8AddInstance(*node_.input(0)->quant, *node_.input(1)->quant, *node_.output(0)->quant));
+        new Int8AddInstance(*node_.input(0)->quant, *node_.input(1)->quant,
+                            y->dtype == DType::kUInt8 ? &*y->quant : nullptr));
   }
   std::string implementation() const override { return "mixq int8 add (requantising)"; }
 
@@ -163,11 +180,12 @@ class Int8AddKernel final : public Kernel {
 }  // namespace
 
 bool int8_add_supports(const ir::Node& n, std::string* why) {
-  const bool ok = n.op == ir::OpKind::kAdd && n.inputs.size() == 2 && n.input(0) &&
-                  n.input(1) && !n.input(0)->is_constant() && !n.input(1)->is_constant() &&
+  const bool ok = n.op == ir::OpKind::kAdd && n.inputs.size() == 2 && n.input(0) && n.input(1) &&
+                  !n.input(0)->is_constant() && !n.input(1)->is_constant() &&
                   n.input(0)->shape_known && n.input(0)->shape == n.input(1)->shape &&
                   n.input(0)->shape == n.output(0)->shape;
-  if (!ok && why) *why = "int8 Add needs two computed inputs of the output's shape (no broadcasting)";
+  if (!ok && why)
+    *why = "int8 Add needs two computed inputs of the output's shape (no broadcasting)";
   return ok;
 }
 
