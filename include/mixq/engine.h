@@ -75,7 +75,8 @@ struct LayerReport {
 
 struct BuildReport {
   std::vector<LayerReport> layers;
-  std::vector<std::string> fallbacks;  // one line per layer that fell back, with the reason
+  std::vector<std::string> fallbacks;   // one line per layer that fell back, with the reason
+  std::vector<std::string> plan_notes;  // config entries read but derived by mixq itself
   std::string backend;
   std::string isa;  // e.g. "avx512_core_vnni (8-bit weights)"
   int64_t max_batch = 0;

@@ -572,7 +572,8 @@ class ModelSpeedup:
 
     def report(self):
         """The build report as a dict: per layer the precision requested and the precision that
-        runs ("precision"), the implementation and any fallback reason; the fallbacks; the
+        runs ("precision"), the implementation and any fallback reason; the fallbacks; the plan
+        notes (config entries read but derived by mixq itself, such as NNI's integer grid); the
         average bits by parameters and by MACs; backend, target, memory."""
         self._require_engine("report()")
         return self.engine.report.to_dict()

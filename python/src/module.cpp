@@ -119,13 +119,14 @@ py::dict layer_report_dict(const LayerReport& l) {
 py::dict build_report_dict(const BuildReport& r) {
   py::list layers;
   for (const auto& l : r.layers) layers.append(layer_report_dict(l));
-  return py::dict(
-      "layers"_a = layers, "fallbacks"_a = r.fallbacks, "backend"_a = r.backend, "isa"_a = r.isa,
-      "max_batch"_a = r.max_batch, "peak_memory_bytes"_a = r.peak_memory_bytes,
-      "weight_bytes"_a = r.weight_bytes, "average_bits_by_params"_a = r.average_bits_by_params,
-      "average_bits_by_macs"_a = r.average_bits_by_macs,
-      "calibration_seconds"_a = r.calibration_seconds, "build_seconds"_a = r.build_seconds,
-      "calibration_from_cache"_a = r.calibration_from_cache);
+  return py::dict("layers"_a = layers, "fallbacks"_a = r.fallbacks, "plan_notes"_a = r.plan_notes,
+                  "backend"_a = r.backend, "isa"_a = r.isa, "max_batch"_a = r.max_batch,
+                  "peak_memory_bytes"_a = r.peak_memory_bytes, "weight_bytes"_a = r.weight_bytes,
+                  "average_bits_by_params"_a = r.average_bits_by_params,
+                  "average_bits_by_macs"_a = r.average_bits_by_macs,
+                  "calibration_seconds"_a = r.calibration_seconds,
+                  "build_seconds"_a = r.build_seconds,
+                  "calibration_from_cache"_a = r.calibration_from_cache);
 }
 
 std::string build_report_table(const BuildReport& r) {
@@ -151,6 +152,10 @@ std::string build_report_table(const BuildReport& r) {
   if (!r.fallbacks.empty()) {
     os << "fallbacks (" << r.fallbacks.size() << "):\n";
     for (const auto& f : r.fallbacks) os << "  " << f << "\n";
+  }
+  if (!r.plan_notes.empty()) {
+    os << "plan notes (" << r.plan_notes.size() << "):\n";
+    for (const auto& f : r.plan_notes) os << "  " << f << "\n";
   }
   return os.str();
 }
@@ -521,6 +526,7 @@ PYBIND11_MODULE(_mixq, m) {
   py::class_<BuildReport>(m, "BuildReport")
       .def_readonly("layers", &BuildReport::layers)
       .def_readonly("fallbacks", &BuildReport::fallbacks)
+      .def_readonly("plan_notes", &BuildReport::plan_notes)
       .def_readonly("backend", &BuildReport::backend)
       .def_readonly("isa", &BuildReport::isa)
       .def_readonly("max_batch", &BuildReport::max_batch)

@@ -117,8 +117,32 @@ def test_nni_qat_config_with_ranges_needs_no_calibration(lenet):
     s.compress()
     runs = {l["module"]: l["precision"] for l in s.report()["layers"] if l["module"]}
     assert runs["conv1"] == "int8" and runs["pool1"] == "int8" and runs["conv2"] == "fp32"
+    assert s.report()["plan_notes"] == []
     x = sample(MAX_BATCH, seed=23)
     assert sqnr_db(s.inference(x)[0].numpy(), torch_out(lenet, x)) >= 25
+
+
+def test_nni_release_export_keys_are_read_and_reported(lenet, calib_tensor):
+    """NNI 2.x's QAT_Quantizer.export_model also writes its integer grid (tracked_qmin_input ...)
+    and older releases the weights' range: an exported config runs unchanged, and the report says
+    what mixq derived itself."""
+    x = sample(64, seed=2)
+    config = {"conv1": {"weight_bits": 8, "input_bits": 8,
+                        "tracked_min_input": float(x.min()), "tracked_max_input": float(x.max()),
+                        "tracked_qmin_input": 0, "tracked_qmax_input": 127,
+                        "tracked_min_weight": -0.5, "tracked_max_weight": 0.5,
+                        "tracked_weight_qmin": -127, "tracked_weight_qmax": 127}}
+    s = mixq.ModelSpeedup(lenet, INPUT_SHAPE, config=config, calib_data=calib_tensor,
+                          batchsize=MAX_BATCH)
+    s.compress()
+    assert s.report()["layers"][0]["precision"] == "int8"
+    notes = s.report()["plan_notes"]
+    assert len(notes) == 3 and all("conv1" in n for n in notes)
+    assert "plan notes (3)" in str(s.engine.report)
+    with pytest.raises(mixq.InvalidArgumentError, match="tracked_qmin_input.*must be below"):
+        bad = {"conv1": dict(config["conv1"], tracked_qmin_input=200)}
+        mixq.ModelSpeedup(lenet, INPUT_SHAPE, config=bad, calib_data=calib_tensor,
+                          batchsize=MAX_BATCH).compress()
 
 
 def test_native_plan_and_config_file(lenet, calib_tensor, tmp_path):

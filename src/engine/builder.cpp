@@ -178,6 +178,7 @@ Expected<Engine> Builder::build() {
   impl->report.isa = impl->target + " (" + policy.describe() + ")";
   impl->report.max_batch = options.max_batch;
   finish_report(*impl, assignment);
+  impl->report.plan_notes = plan.notes;
   MIXQ_ASSIGN_OR_RETURN(auto plan_max, impl->plan_for(options.max_batch));
   impl->report.peak_memory_bytes =
       int64_t(plan_max->arena_bytes + plan_max->scratch_bytes) + impl->report.weight_bytes;

@@ -102,6 +102,7 @@ json report_json(const BuildReport& r) {
                       {"macs", l.macs}});
   return {{"layers", layers},
           {"fallbacks", r.fallbacks},
+          {"plan_notes", r.plan_notes},
           {"backend", r.backend},
           {"isa", r.isa},
           {"max_batch", r.max_batch},
@@ -223,6 +224,7 @@ Status read_report(const json& j, BuildReport& r, const Reader& rd) {
       r.layers.push_back(std::move(lr));
     }
     r.fallbacks = j.at("fallbacks").get<std::vector<std::string>>();
+    r.plan_notes = j.at("plan_notes").get<std::vector<std::string>>();
     r.backend = j.at("backend");
     r.isa = j.at("isa");
     r.max_batch = j.at("max_batch");

@@ -138,16 +138,37 @@ Status check_range(const Range& r, const std::string& what) {
 
 // --- NNI calibration_config --------------------------------------------------------------------
 
-const std::vector<std::string> kNniKeys = {"weight_bits",           "input_bits",
-                                           "output_bits",           "tracked_min_input",
-                                           "tracked_max_input",     "tracked_min_output",
-                                           "tracked_max_output",    "weight_bit",
-                                           "activation_bit",        "tracked_min_activation",
-                                           "tracked_max_activation"};
+// The keys that choose precisions and ranges, then the keys NNI 2.x releases also write that
+// describe what mixq derives itself: the integer grid NNI simulated (tracked_qmin_input = 0,
+// tracked_qmax_input = 127 ...) and the weights' range (mixq takes per-channel scales from the
+// exported weights). Those are checked and reported as notes, never silently dropped.
+const std::vector<std::string> kNniKeys = {"weight_bits",
+                                           "input_bits",
+                                           "output_bits",
+                                           "tracked_min_input",
+                                           "tracked_max_input",
+                                           "tracked_min_output",
+                                           "tracked_max_output",
+                                           "weight_bit",
+                                           "input_bit",
+                                           "activation_bit",
+                                           "tracked_min_activation",
+                                           "tracked_max_activation",
+                                           "tracked_qmin_input",
+                                           "tracked_qmax_input",
+                                           "tracked_qmin_output",
+                                           "tracked_qmax_output",
+                                           "tracked_input_qmin",
+                                           "tracked_input_qmax",
+                                           "tracked_weight_qmin",
+                                           "tracked_weight_qmax",
+                                           "tracked_min_weight",
+                                           "tracked_max_weight"};
 
 struct NniEntry {
   std::optional<Precision> weight, input, output;
   std::optional<Range> input_range, output_range;
+  std::vector<std::string> notes;
   std::string where;  // "plan.json: module 'conv1'"
 };
 
@@ -194,18 +215,71 @@ Expected<std::optional<Range>> nni_range(const Json& entry, const std::string& m
   return std::optional<Range>(r);
 }
 
+int precision_bits_of(std::optional<Precision> p) {
+  return !p ? 8 : *p == Precision::kINT8 ? 8 : *p == Precision::kFP16 ? 16 : 32;
+}
+
+// NNI's integer grid for one tensor (`kind`: input, output, weight), under either spelling.
+// Checked (integers, qmin < qmax, no wider than the tensor's bits); mixq places its own grid
+// over the range, so the grid becomes a note.
+Status nni_grid_note(const Json& entry, const std::string& kind, const char* qmin_key,
+                     const char* qmax_key, const char* qmin_alias, const char* qmax_alias, int bits,
+                     const std::string& where, std::vector<std::string>& notes) {
+  std::string min_used, max_used;
+  MIXQ_ASSIGN_OR_RETURN(const Json* lo, nni_field(entry, qmin_key, qmin_alias, where, &min_used));
+  MIXQ_ASSIGN_OR_RETURN(const Json* hi, nni_field(entry, qmax_key, qmax_alias, where, &max_used));
+  if (!lo && !hi) return Status::Ok();
+  if (!lo || !hi)
+    return InvalidArgument(where + ": " + (lo ? min_used : max_used) + " without " +
+                           (lo ? max_used : min_used));
+  for (const auto& [v, key] : {std::pair{lo, min_used}, std::pair{hi, max_used}})
+    if (!v->is_number_integer())
+      return InvalidArgument(where + ": " + key + " must be an integer, got " + v->dump());
+  const int64_t qmin = lo->get<int64_t>(), qmax = hi->get<int64_t>();
+  if (qmin >= qmax)
+    return InvalidArgument(where + ": " + min_used + " (" + std::to_string(qmin) +
+                           ") must be below " + max_used + " (" + std::to_string(qmax) + ")");
+  if (bits <= 8 && qmax - qmin > 255)
+    return InvalidArgument(where + ": " + min_used + "/" + max_used + " [" + std::to_string(qmin) +
+                           ", " + std::to_string(qmax) + "] spans more than " +
+                           std::to_string(bits) + " bits");
+  if (bits > 8) return Status::Ok();  // fp16/fp32 tensors have no integer grid to note
+  notes.push_back(where + ": " + min_used + "/" + max_used + " [" + std::to_string(qmin) + ", " +
+                  std::to_string(qmax) + "] read; mixq places its own 8-bit " + kind +
+                  " grid over the tracked range");
+  return Status::Ok();
+}
+
 Expected<NniEntry> parse_nni_entry(const Json& entry, const std::string& where) {
   MIXQ_RETURN_IF_ERROR(check_known_keys(entry, kNniKeys, where));
   NniEntry e;
   e.where = where;
   MIXQ_ASSIGN_OR_RETURN(e.weight, nni_bits(entry, "weight_bits", "weight_bit", where));
-  MIXQ_ASSIGN_OR_RETURN(e.input, nni_bits(entry, "input_bits", nullptr, where));
+  MIXQ_ASSIGN_OR_RETURN(e.input, nni_bits(entry, "input_bits", "input_bit", where));
   MIXQ_ASSIGN_OR_RETURN(e.output, nni_bits(entry, "output_bits", "activation_bit", where));
   MIXQ_ASSIGN_OR_RETURN(e.input_range, nni_range(entry, "tracked_min_input", "tracked_max_input",
                                                  nullptr, nullptr, where));
   MIXQ_ASSIGN_OR_RETURN(e.output_range,
                         nni_range(entry, "tracked_min_output", "tracked_max_output",
                                   "tracked_min_activation", "tracked_max_activation", where));
+  MIXQ_RETURN_IF_ERROR(nni_grid_note(entry, "input", "tracked_qmin_input", "tracked_qmax_input",
+                                     "tracked_input_qmin", "tracked_input_qmax",
+                                     precision_bits_of(e.input), where, e.notes));
+  MIXQ_RETURN_IF_ERROR(nni_grid_note(entry, "output", "tracked_qmin_output", "tracked_qmax_output",
+                                     nullptr, nullptr, precision_bits_of(e.output), where,
+                                     e.notes));
+  MIXQ_RETURN_IF_ERROR(nni_grid_note(entry, "weight", "tracked_weight_qmin", "tracked_weight_qmax",
+                                     nullptr, nullptr, precision_bits_of(e.weight), where,
+                                     e.notes));
+  MIXQ_ASSIGN_OR_RETURN(
+      std::optional<Range> weight_range,
+      nni_range(entry, "tracked_min_weight", "tracked_max_weight", nullptr, nullptr, where));
+  if (weight_range) {
+    char text[96];
+    std::snprintf(text, sizeof text, "[%g, %g]", weight_range->min, weight_range->max);
+    e.notes.push_back(where + ": tracked_min_weight/tracked_max_weight " + text +
+                      " read; mixq takes weight scales from the exported weights themselves");
+  }
   return e;
 }
 
@@ -257,6 +331,8 @@ Status parse_nni(const Json& root, const std::string& source, const ir::Graph& g
   if (!unknown.empty())
     return NotFound(source + ": no layer comes from module" + (unknown.size() > 1 ? "s " : " ") +
                     join(unknown) + " (keys are PyTorch module names); " + name_hint(graph));
+  for (const NniEntry& e : entries)
+    plan.notes.insert(plan.notes.end(), e.notes.begin(), e.notes.end());
   for (const ir::Node* n : graph.nodes()) {  // graph order: a consumer's input range wins
     auto it = assigned.find(n);
     if (it != assigned.end())

@@ -44,6 +44,9 @@ struct PrecisionPlan {
   // Value name -> exact quantisation (from Q/DQ models: the weights' integer grid, the
   // activations' scale and zero point). Takes precedence over ranges.
   std::map<std::string, ir::QuantParams> value_quant;
+  // Config entries that were read and checked but that mixq derives itself (NNI's integer-grid
+  // bounds and weight ranges): one line each, carried into the build report.
+  std::vector<std::string> notes;
 };
 
 // Parses `json_text` as either a native plan (an object with "layers" and/or

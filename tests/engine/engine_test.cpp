@@ -109,6 +109,7 @@ void expect_same_report(const BuildReport& a, const BuildReport& b) {
     EXPECT_EQ(x.macs, y.macs);
   }
   EXPECT_EQ(a.fallbacks, b.fallbacks);
+  EXPECT_EQ(a.plan_notes, b.plan_notes);
   EXPECT_EQ(a.backend, b.backend);
   EXPECT_EQ(a.isa, b.isa);
   EXPECT_EQ(a.max_batch, b.max_batch);
@@ -175,8 +176,19 @@ TEST_F(EngineFile, RoundTripGivesIdenticalOutputsAndReport) {
   const auto mixed = build_engine(model_, cpu_options(Precision::kFP32, kMaxBatch), kMixedPlan,
                                   random_calibration(*model_, 2, 8, 3));
   ASSERT_TRUE(mixed.ok()) << mixed.status().to_string();
-  const std::vector<std::pair<std::string, Engine>> engines = {
-      {"fp32", fp32_engine(model_)}, {"int8", int8_engine(model_)}, {"mixed", *mixed}};
+  // An NNI config as NNI 2.x exports it, integer grid included: its note survives the file.
+  const auto nni = build_engine(model_, cpu_options(Precision::kFP32, kMaxBatch),
+                                R"({"conv1": {"weight_bits": 8, "input_bits": 8,
+                                              "tracked_min_input": -3, "tracked_max_input": 3,
+                                              "tracked_qmin_input": 0, "tracked_qmax_input": 127}})",
+                                random_calibration(*model_, 2, 8, 3));
+  ASSERT_TRUE(nni.ok()) << nni.status().to_string();
+  ASSERT_EQ(nni->report().plan_notes.size(), 1u);
+  EXPECT_NE(nni->report().plan_notes[0].find("tracked_qmin_input"), std::string::npos);
+  const std::vector<std::pair<std::string, Engine>> engines = {{"fp32", fp32_engine(model_)},
+                                                               {"int8", int8_engine(model_)},
+                                                               {"mixed", *mixed},
+                                                               {"nni", *nni}};
   for (const auto& [name, engine] : engines) {
     SCOPED_TRACE(name);
     const std::string path = dir_.file(name + ".mixq");

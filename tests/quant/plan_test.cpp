@@ -172,6 +172,44 @@ TEST(NniConfig, OldStyleKeysDescribeTheOutput) {
   expect_range(*plan, "r1", 0, 5);
 }
 
+// What NNI 2.x QAT_Quantizer.export_model writes besides bits and ranges: its integer grid
+// (both spellings) and the weights' range. Read, checked, and reported as notes.
+TEST(NniConfig, GridAndWeightRangeKeysFromNniReleasesBecomeNotes) {
+  Net n;
+  auto plan = parse_plan(R"({
+    "conv1": {"weight_bits": 8, "input_bits": 8, "output_bits": 8,
+              "tracked_min_input": -1, "tracked_max_input": 1,
+              "tracked_qmin_input": 0, "tracked_qmax_input": 127,
+              "tracked_min_output": -2, "tracked_max_output": 2,
+              "tracked_qmin_output": 0, "tracked_qmax_output": 127},
+    "fc": {"weight_bit": 8, "input_bit": 8,
+           "tracked_min_weight": -0.5, "tracked_max_weight": 0.5,
+           "tracked_weight_qmin": -127, "tracked_weight_qmax": 127,
+           "tracked_min_input": -7, "tracked_max_input": 7,
+           "tracked_input_qmin": 0, "tracked_input_qmax": 127}
+  })",
+                         "nni.json", n.g);
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(precision_of(*plan, kConv), Precision::kINT8);
+  EXPECT_EQ(precision_of(*plan, kFc), Precision::kINT8);
+  expect_range(*plan, "x", -1, 1);
+  expect_range(*plan, "c1", -2, 2);
+  expect_range(*plan, "a", -7, 7);
+  ASSERT_EQ(plan->notes.size(), 5u);
+  const std::string all = [&] {
+    std::string s;
+    for (const auto& note : plan->notes) s += note + "\n";
+    return s;
+  }();
+  for (const char* part : {"'conv1': tracked_qmin_input/tracked_qmax_input [0, 127]",
+                           "'conv1': tracked_qmin_output/tracked_qmax_output [0, 127]",
+                           "'fc': tracked_input_qmin/tracked_input_qmax [0, 127]",
+                           "'fc': tracked_weight_qmin/tracked_weight_qmax [-127, 127]",
+                           "'fc': tracked_min_weight/tracked_max_weight [-0.5, 0.5]", "nni.json",
+                           "from the exported weights"})
+    EXPECT_NE(all.find(part), std::string::npos) << part << " in\n" << all;
+}
+
 TEST(NniConfig, LayerPrecisionFollowsWeightsThenOutputThenInput) {
   Net n;
   auto plan = parse_plan(R"({
@@ -297,6 +335,37 @@ TEST(NniErrors, BadRanges) {
     parts.push_back("r.json");
     parts.push_back("'conv1'");
     EXPECT_TRUE(status_is(parse_plan(text, "r.json", n.g), StatusCode::kInvalidArgument, parts))
+        << text;
+  }
+}
+
+TEST(NniErrors, BadIntegerGridsAndWeightRanges) {
+  Net n;
+  struct Case {
+    std::string entry;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {R"("tracked_qmin_input": 127, "tracked_qmax_input": 0)",
+       {"tracked_qmin_input", "must be below", "tracked_qmax_input"}},
+      {R"("tracked_qmin_input": 0)", {"tracked_qmin_input", "without", "tracked_qmax_input"}},
+      {R"("tracked_qmin_output": 0.5, "tracked_qmax_output": 127)",
+       {"tracked_qmin_output", "integer", "0.5"}},
+      {R"("weight_bits": 8, "tracked_weight_qmin": -1000, "tracked_weight_qmax": 1000)",
+       {"tracked_weight_qmin", "spans more than 8 bits"}},
+      {R"("tracked_qmin_input": 0, "tracked_qmax_input": 127, "tracked_input_qmin": 0,
+          "tracked_input_qmax": 255)",
+       {"tracked_qmax_input", "tracked_input_qmax", "disagree"}},
+      {R"("tracked_min_weight": 1, "tracked_max_weight": -1)", {"tracked_min_weight", "greater"}},
+      {R"("tracked_min_weight": "NaN", "tracked_max_weight": 1)", {"tracked_min_weight", "number"}},
+      {R"("input_bit": 4)", {"input_bit", "8 (int8)"}},
+  };
+  for (const Case& c : cases) {
+    const std::string text = R"({"conv1": {)" + c.entry + "}}";
+    std::vector<std::string> parts = c.parts;
+    parts.push_back("g.json");
+    parts.push_back("'conv1'");
+    EXPECT_TRUE(status_is(parse_plan(text, "g.json", n.g), StatusCode::kInvalidArgument, parts))
         << text;
   }
 }

@@ -68,6 +68,10 @@ void print_report(const BuildReport& r, bool layers) {
     std::printf("fallbacks (%zu):\n", r.fallbacks.size());
     for (const auto& f : r.fallbacks) std::printf("  %s\n", f.c_str());
   }
+  if (!r.plan_notes.empty()) {
+    std::printf("plan notes (%zu):\n", r.plan_notes.size());
+    for (const auto& f : r.plan_notes) std::printf("  %s\n", f.c_str());
+  }
   if (r.build_seconds > 0)
     std::printf("built in %.2f s (calibration %.2f s%s)\n", r.build_seconds, r.calibration_seconds,
                 r.calibration_from_cache ? ", from cache" : "");
@@ -217,6 +221,7 @@ int inspect_engine(const std::string& path, bool json) {
     j["max_batch"] = r.max_batch;
     j["peak_memory_bytes"] = r.peak_memory_bytes;
     j["fallbacks"] = r.fallbacks;
+    j["plan_notes"] = r.plan_notes;
     std::cout << j.dump(2) << "\n";
     return kExitOk;
   }
