@@ -177,7 +177,11 @@ struct Reader {
 
   Expected<ir::Attribute> attribute(const json& j) const {
     if (!j.is_object() || j.size() != 1) return corrupt("an attribute is malformed");
-    const auto& [kind, v] = *j.items().begin();
+    // Key and value through a named iterator: items().begin() is a temporary whose key() dies
+    // with the statement.
+    const auto only = j.begin();
+    const std::string kind = only.key();
+    const json& v = only.value();
     try {
       if (kind == "i") return ir::Attribute(v.get<int64_t>());
       if (kind == "f") return ir::Attribute(bitsf(v.get<uint32_t>()));
