@@ -260,7 +260,9 @@ Status absorb_qdq(ir::Graph& g, quant::PrecisionPlan& plan) {
 
 Status fuse_layers(ir::Graph& g, const quant::PrecisionPlan& plan) {
   std::vector<Node*> doomed;
-  auto gone = [&](const Node* n) { return std::find(doomed.begin(), doomed.end(), n) != doomed.end(); };
+  auto gone = [&](const Node* n) {
+    return std::find(doomed.begin(), doomed.end(), n) != doomed.end();
+  };
   // 1. Gemm / MatMul(+Add bias) -> FusedGemm with weights [N, K].
   for (Node* n : g.nodes()) {
     if (gone(n)) continue;

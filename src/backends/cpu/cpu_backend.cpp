@@ -165,7 +165,7 @@ class CpuBackend final : public Backend {
     }
     if (layout_agnostic(n))
       return n.op == ir::OpKind::kConcat || n.op == ir::OpKind::kAdd ? n.output(0)->layout
-                                                                      : n.input(slot)->layout;
+                                                                     : n.input(slot)->layout;
     return ir::Layout::kPlain;
   }
 
