@@ -228,7 +228,8 @@ Status read_report(const json& j, BuildReport& r, const Reader& rd) {
       r.layers.push_back(std::move(lr));
     }
     r.fallbacks = j.at("fallbacks").get<std::vector<std::string>>();
-    r.plan_notes = j.at("plan_notes").get<std::vector<std::string>>();
+    // Absent from files written before plan notes existed (same format version): none.
+    r.plan_notes = j.value("plan_notes", std::vector<std::string>{});
     r.backend = j.at("backend");
     r.isa = j.at("isa");
     r.max_batch = j.at("max_batch");

@@ -284,6 +284,22 @@ TEST_F(EngineFile, ForeignBackendIsRefused) {
   EXPECT_TRUE(Engine::from_bytes(same, "same").ok());
 }
 
+// Files of format version 1 written before the build report had plan notes still load.
+TEST_F(EngineFile, FileWithoutPlanNotesLoads) {
+  auto bytes = fp32_engine(model_).serialize();
+  ASSERT_TRUE(bytes.ok());
+  const std::string older =
+      rewrite_metadata(*bytes, [](nlohmann::json& m) { m["report"].erase("plan_notes"); });
+  auto loaded = Engine::from_bytes(older, "'older.mixq'");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  EXPECT_TRUE(loaded->report().plan_notes.empty());
+  // A plan_notes of the wrong type is still corrupt.
+  const std::string bad =
+      rewrite_metadata(*bytes, [](nlohmann::json& m) { m["report"]["plan_notes"] = 7; });
+  EXPECT_TRUE(status_is(Engine::from_bytes(bad, "'bad.mixq'"), StatusCode::kDataLoss,
+                        {"'bad.mixq'", "build report"}));
+}
+
 std::string this_cpu_target() {
   return (*backends::make_backend("cpu"))->target();
 }
