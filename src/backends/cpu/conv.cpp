@@ -11,13 +11,6 @@ namespace {
 
 using dnnl::memory;
 
-Shape at_batch(const Shape& s, int64_t batch) {
-  Shape r = s;
-  for (auto& d : r)
-    if (d < 0) d = batch;
-  return r;
-}
-
 struct Geometry {
   memory::dims strides, dilates, pad_l, pad_r;
   int64_t groups = 1;
@@ -58,6 +51,16 @@ Status geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry& g) 
   return Status::Ok();
 }
 
+// oneDNN's weight dims: [G, OC/G, IC/G, k...] for grouped convolutions.
+memory::dims weight_dims(const Shape& w, int64_t groups) {
+  memory::dims d = dims_of(w);
+  if (groups > 1) {
+    d.insert(d.begin(), groups);
+    d[1] /= groups;
+  }
+  return d;
+}
+
 // Everything about one FusedConv that does not depend on the batch.
 class ConvKernel final : public Kernel {
  public:
@@ -82,59 +85,18 @@ class ConvKernel final : public Kernel {
   std::string impl_ = "onednn";
 };
 
-class ConvInstance final : public KernelInstance {
- public:
-  // `weights` is the kernel's packed memory, or this batch size's own when its best
-  // implementation wants another layout.
-  ConvInstance(const ConvKernel& k, dnnl::convolution_forward::primitive_desc pd, memory weights)
-      : kernel_(k),
-        pd_(pd),
-        prim_(pd),
-        weights_(weights),
-        scratch_(pd.scratchpad_desc().get_size()) {}
-
-  Status execute(const ExecContext& ctx) const override {
-    const Buffer& x = ctx.inputs[0];
-    const Buffer& y = ctx.outputs[0];
-    memory src(pd_.src_desc(), cpu_engine(), x.data);
-    memory dst(pd_.dst_desc(), cpu_engine(), y.data);
-    memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
-                                            {DNNL_ARG_WEIGHTS, weights_},
-                                            {DNNL_ARG_DST, dst},
-                                            {DNNL_ARG_SCRATCHPAD, scratch}};
-    if (kernel_.bias_) args[DNNL_ARG_BIAS] = kernel_.bias_;
-    return guarded(kernel_.node_.describe(), [&] {
-      prim_.execute(stream_of(ctx), args);
-      stream_of(ctx).wait();
-    });
-  }
-  size_t scratch_bytes() const override { return scratch_; }
-
- private:
-  const ConvKernel& kernel_;
-  dnnl::convolution_forward::primitive_desc pd_;
-  dnnl::convolution_forward prim_;
-  memory weights_;
-  size_t scratch_;
-};
-
 Expected<dnnl::convolution_forward::primitive_desc> ConvKernel::make_pd(
     int64_t batch, const memory::desc* weights) const {
   const ir::Value* x = node_.input(0);
   const ir::Value* w = node_.input(1);
   const ir::Value* y = node_.output(0);
   const Shape xs = at_batch(x->shape, batch), ys = at_batch(y->shape, batch);
-  Shape ws = w->constant.shape();
-  const int64_t g = geometry_.groups;
-  memory::dims wdims = dims_of(ws);
-  if (g > 1) {
-    wdims.insert(wdims.begin(), g);
-    wdims[1] /= g;
-  }
+  const Shape& ws = w->constant.shape();
   const memory::data_type wdt =
       precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32;
-  const memory::desc wd = weights ? *weights : memory::desc(wdims, wdt, memory::format_tag::any);
+  const memory::desc wd =
+      weights ? *weights
+              : memory::desc(weight_dims(ws, geometry_.groups), wdt, memory::format_tag::any);
   const memory::desc xd = desc_of(*x, xs);
   const memory::desc yd = desc_of(*y, ys);
   const bool has_bias = node_.input(2) != nullptr;
@@ -169,81 +131,39 @@ Status ConvKernel::prepare(int64_t max_batch) {
   if (b) bias_values = b->constant.to_float_vector();
   float act_scale = 1.0f;  // post-ops work in output units: real / y scale for int8 outputs
   if (int8) {
-    if (!x->quant || !w->quant || w->dtype != DType::kInt8)
-      return Internal("int8 convolution without quantised input or weights");
-    const float sx = x->quant->scale[0];
-    const float sy = y_quantized ? y->quant->scale[0] : 1.0f;
-    std::vector<float> out_scales(static_cast<size_t>(oc));
-    for (int64_t c = 0; c < oc; ++c) {
-      const float sw = w->quant->scale[w->quant->per_tensor() ? 0 : size_t(c)];
-      out_scales[size_t(c)] = sx * sw / sy;
-      if (b) bias_values[size_t(c)] /= sx * sw;
-    }
-    attr_.set_output_scales(oc == 1 ? 0 : 1 << 1,
-                            oc == 1 ? std::vector<float>{out_scales[0]} : out_scales);
-    if (x->quant->zero_point_at(0) != 0)
-      attr_.set_zero_points(DNNL_ARG_SRC, 0, {x->quant->zero_point_at(0)});
-    if (y_quantized && y->quant->zero_point_at(0) != 0)
-      attr_.set_zero_points(DNNL_ARG_DST, 0, {y->quant->zero_point_at(0)});
-    act_scale = 1.0f / sy;
-    if (r) {
-      if (y_quantized) {
-        if (!r->quant || r->dtype != y->dtype)
-          return Internal("int8 residual must match the output type");
-        ops.append_sum(r->quant->scale[0] / sy, r->quant->zero_point_at(0));
-      } else {
-        ops.append_sum(1.0f);
-      }
-    }
-  } else if (r) {
-    ops.append_sum(1.0f);
+    MIXQ_ASSIGN_OR_RETURN(act_scale, set_int8_epilogue(node_, attr_, bias_values));
   }
-  const std::string act = node_.attr_string("mixq.activation", "none");
-  if (act == "relu") {
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-  } else if (act == "clip") {
-    const float lo = node_.attr_float("mixq.clip_min", -INFINITY) * act_scale;
-    const float hi = node_.attr_float("mixq.clip_max", INFINITY) * act_scale;
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, std::isfinite(lo) ? lo : -3.4e38f,
-                       std::isfinite(hi) ? hi : 3.4e38f);
+  if (r) {
+    if (int8 && y_quantized) {
+      if (!r->quant || r->dtype != y->dtype)
+        return Internal("int8 residual must match the output type");
+      ops.append_sum(r->quant->scale[0] / y->quant->scale[0], r->quant->zero_point_at(0));
+    } else {
+      ops.append_sum(1.0f);
+    }
   }
+  append_activation(node_, act_scale, ops);
   attr_.set_post_ops(ops);
 
   MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(max_batch, nullptr));
   impl_ = std::string("onednn ") + pd.impl_info_str() + (int8 ? " int8" : " fp32");
   weights_desc_ = pd.weights_desc();
   MIXQ_ASSIGN_OR_RETURN(weights_, pack_weights(weights_desc_));
-  Status s = guarded(node_.describe() + " weights", [&] {
-    if (b) {
-      bias_ =
-          memory(memory::desc({oc}, memory::data_type::f32, memory::format_tag::x), cpu_engine());
-      std::memcpy(bias_.get_data_handle(), bias_values.data(), size_t(oc) * sizeof(float));
-    }
-  });
-  return s;
+  if (b) {
+    const memory::desc bd({oc}, memory::data_type::f32, memory::format_tag::x);
+    MIXQ_ASSIGN_OR_RETURN(bias_,
+                          reorder_constant(node_.describe() + " bias", bd, bias_values.data(), bd));
+  }
+  return Status::Ok();
 }
 
 Expected<memory> ConvKernel::pack_weights(const memory::desc& desc) const {
   const ir::Value* w = node_.input(1);
-  const int64_t g = geometry_.groups;
-  memory::dims wdims = dims_of(w->constant.shape());
-  if (g > 1) {
-    wdims.insert(wdims.begin(), g);
-    wdims[1] /= g;
-  }
+  const memory::dims wdims = weight_dims(w->constant.shape(), geometry_.groups);
   const memory::desc plain(
       wdims, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
       plain_tag(wdims.size()));
-  memory packed;
-  Status s = guarded(node_.describe() + " weights", [&] {
-    memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
-    packed = memory(desc, cpu_engine());
-    dnnl::stream stream(cpu_engine());
-    dnnl::reorder(src, packed).execute(stream, src, packed);
-    stream.wait();
-  });
-  if (!s.ok()) return s;
-  return packed;
+  return reorder_constant(node_.describe() + " weights", plain, w->constant.raw(), desc);
 }
 
 Expected<std::unique_ptr<KernelInstance>> ConvKernel::instantiate(int64_t batch) const {
@@ -254,7 +174,12 @@ Expected<std::unique_ptr<KernelInstance>> ConvKernel::instantiate(int64_t batch)
   if (pd.weights_desc() != weights_desc_) {
     MIXQ_ASSIGN_OR_RETURN(weights, pack_weights(pd.weights_desc()));
   }
-  return std::unique_ptr<KernelInstance>(new ConvInstance(*this, pd, weights));
+  std::unordered_map<int, memory> constants = {{DNNL_ARG_WEIGHTS, weights}};
+  if (bias_) constants[DNNL_ARG_BIAS] = bias_;
+  // The residual (input 3) is already in the output buffer: the sum post-op reads it there.
+  return std::unique_ptr<KernelInstance>(
+      new PrimitiveInstance(node_, dnnl::convolution_forward(pd), {{DNNL_ARG_SRC, pd.src_desc()}},
+                            {DNNL_ARG_DST, pd.dst_desc()}, pd.scratchpad_desc(), constants));
 }
 
 }  // namespace
@@ -279,11 +204,7 @@ bool conv_supports(const ir::Node& node, Precision precision, std::string* why) 
   if (!s.ok()) return fail(s.message());
   const bool int8 = precision == Precision::kINT8;
   Shape xs = at_batch(x->shape, 1), ys = at_batch(node.output(0)->shape, 1);
-  memory::dims wdims = dims_of(w->constant.shape());
-  if (g.groups > 1) {
-    wdims.insert(wdims.begin(), g.groups);
-    wdims[1] /= g.groups;
-  }
+  const memory::dims wdims = weight_dims(w->constant.shape(), g.groups);
   using dt = memory::data_type;
   s = guarded("", [&] {
     dnnl::convolution_forward::desc d(

@@ -10,35 +10,6 @@ namespace {
 
 using dnnl::memory;
 
-Shape at_batch(const Shape& s, int64_t batch) {
-  Shape r = s;
-  for (auto& d : r)
-    if (d < 0) d = batch;
-  return r;
-}
-
-class ConcatInstance final : public KernelInstance {
- public:
-  ConcatInstance(const ir::Node& node, dnnl::concat::primitive_desc pd)
-      : node_(node), pd_(pd), prim_(pd), scratch_(pd.scratchpad_desc().get_size()) {}
-  Status execute(const ExecContext& ctx) const override {
-    std::unordered_map<int, memory> args;
-    for (size_t i = 0; i < ctx.inputs.size(); ++i)
-      args[DNNL_ARG_MULTIPLE_SRC + int(i)] =
-          memory(pd_.src_desc(int(i)), cpu_engine(), ctx.inputs[i].data);
-    args[DNNL_ARG_DST] = memory(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
-    args[DNNL_ARG_SCRATCHPAD] = memory(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
-    return guarded(node_.describe(), [&] { prim_.execute(stream_of(ctx), args); });
-  }
-  size_t scratch_bytes() const override { return scratch_; }
-
- private:
-  const ir::Node& node_;
-  dnnl::concat::primitive_desc pd_;
-  dnnl::concat prim_;
-  size_t scratch_;
-};
-
 Expected<dnnl::concat::primitive_desc> concat_pd(const ir::Node& node, int64_t batch) {
   const ir::Value* y = node.output(0);
   const Shape ys = at_batch(y->shape, batch);
@@ -69,7 +40,12 @@ class ConcatKernel final : public Kernel {
   }
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override {
     MIXQ_ASSIGN_OR_RETURN(auto pd, concat_pd(node_, batch));
-    return std::unique_ptr<KernelInstance>(new ConcatInstance(node_, pd));
+    std::vector<PrimitiveInstance::Arg> inputs;
+    for (size_t i = 0; i < node_.inputs.size(); ++i)
+      inputs.push_back({DNNL_ARG_MULTIPLE_SRC + int(i), pd.src_desc(int(i))});
+    return std::unique_ptr<KernelInstance>(
+        new PrimitiveInstance(node_, dnnl::concat(pd), std::move(inputs),
+                              {DNNL_ARG_DST, pd.dst_desc()}, pd.scratchpad_desc()));
   }
   std::string implementation() const override { return impl_; }
 
@@ -80,8 +56,7 @@ class ConcatKernel final : public Kernel {
 
 class Int8ReluInstance final : public KernelInstance {
  public:
-  Int8ReluInstance(uint8_t zero, size_t bytes_per_sample)
-      : zero_(zero), per_sample_(bytes_per_sample) {}
+  explicit Int8ReluInstance(uint8_t zero) : zero_(zero) {}
   Status execute(const ExecContext& ctx) const override {
     const auto* in = static_cast<const uint8_t*>(ctx.inputs[0].data);
     auto* out = static_cast<uint8_t*>(ctx.outputs[0].data);
@@ -93,7 +68,6 @@ class Int8ReluInstance final : public KernelInstance {
 
  private:
   uint8_t zero_;
-  size_t per_sample_;
 };
 
 class Int8ReluKernel final : public Kernel {
@@ -106,7 +80,7 @@ class Int8ReluKernel final : public Kernel {
   }
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t) const override {
     return std::unique_ptr<KernelInstance>(
-        new Int8ReluInstance(uint8_t(node_.input(0)->quant->zero_point_at(0)), 0));
+        new Int8ReluInstance(uint8_t(node_.input(0)->quant->zero_point_at(0))));
   }
   std::string implementation() const override { return "mixq int8 relu (max with zero point)"; }
 

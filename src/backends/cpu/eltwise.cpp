@@ -7,13 +7,6 @@ namespace {
 
 using dnnl::memory;
 
-Shape at_batch(const Shape& s, int64_t batch) {
-  Shape r = s;
-  for (auto& d : r)
-    if (d < 0) d = batch;
-  return r;
-}
-
 struct EltwiseSpec {
   dnnl::algorithm algorithm;
   float alpha = 0, beta = 0;
@@ -61,31 +54,6 @@ std::optional<dnnl::algorithm> binary_algorithm(ir::OpKind op) {
   }
 }
 
-class EltwiseInstance final : public KernelInstance {
- public:
-  EltwiseInstance(const ir::Node& node, dnnl::primitive prim, memory::desc src, memory::desc src1,
-                  memory::desc dst, memory::desc scratch)
-      : node_(node), prim_(prim), src_(src), src1_(src1), dst_(dst), scratch_desc_(scratch) {}
-  Status execute(const ExecContext& ctx) const override {
-    std::unordered_map<int, memory> args;
-    if (src1_ != memory::desc()) {
-      args[DNNL_ARG_SRC_0] = memory(src_, cpu_engine(), ctx.inputs[0].data);
-      args[DNNL_ARG_SRC_1] = memory(src1_, cpu_engine(), ctx.inputs[1].data);
-    } else {
-      args[DNNL_ARG_SRC] = memory(src_, cpu_engine(), ctx.inputs[0].data);
-    }
-    args[DNNL_ARG_DST] = memory(dst_, cpu_engine(), ctx.outputs[0].data);
-    args[DNNL_ARG_SCRATCHPAD] = memory(scratch_desc_, cpu_engine(), ctx.scratch);
-    return guarded(node_.describe(), [&] { prim_.execute(stream_of(ctx), args); });
-  }
-  size_t scratch_bytes() const override { return scratch_desc_.get_size(); }
-
- private:
-  const ir::Node& node_;
-  dnnl::primitive prim_;
-  memory::desc src_, src1_, dst_, scratch_desc_;
-};
-
 // The input's dims broadcast to the output's rank (numpy aligns trailing dimensions).
 memory::desc broadcast_desc(const ir::Value& v, const Shape& shape, size_t rank) {
   Shape s(rank - shape.size(), 1);
@@ -108,8 +76,9 @@ Expected<std::unique_ptr<KernelInstance>> make_instance(const ir::Node& n, int64
                                     spec->alpha, spec->beta);
       dnnl::eltwise_forward::primitive_desc pd(d, base_attr(), cpu_engine());
       if (impl) *impl = std::string("onednn eltwise ") + pd.impl_info_str();
-      inst.reset(new EltwiseInstance(n, dnnl::eltwise_forward(pd), pd.src_desc(), memory::desc(),
-                                     pd.dst_desc(), pd.scratchpad_desc()));
+      inst.reset(new PrimitiveInstance(n, dnnl::eltwise_forward(pd),
+                                       {{DNNL_ARG_SRC, pd.src_desc()}},
+                                       {DNNL_ARG_DST, pd.dst_desc()}, pd.scratchpad_desc()));
     } else {
       const memory::desc ad = broadcast_desc(*x, at_batch(x->shape, batch), ys.size());
       const memory::desc bd =
@@ -117,8 +86,9 @@ Expected<std::unique_ptr<KernelInstance>> make_instance(const ir::Node& n, int64
       dnnl::binary::desc d(*binary_algorithm(n.op), ad, bd, yd);
       dnnl::binary::primitive_desc pd(d, base_attr(), cpu_engine());
       if (impl) *impl = std::string("onednn binary ") + pd.impl_info_str();
-      inst.reset(new EltwiseInstance(n, dnnl::binary(pd), pd.src_desc(0), pd.src_desc(1),
-                                     pd.dst_desc(), pd.scratchpad_desc()));
+      inst.reset(new PrimitiveInstance(
+          n, dnnl::binary(pd), {{DNNL_ARG_SRC_0, pd.src_desc(0)}, {DNNL_ARG_SRC_1, pd.src_desc(1)}},
+          {DNNL_ARG_DST, pd.dst_desc()}, pd.scratchpad_desc()));
     }
   });
   if (!s.ok()) return s;

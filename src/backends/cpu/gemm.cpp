@@ -1,8 +1,5 @@
 // CPU linear layers on oneDNN matmul: FusedGemm y[M,N] = x[M,K] * W[N,K]^T + b, relu/clip, in
 // fp32 and int8 (u8 x with zero point, s8 W with per-N scales, u8 or f32 y).
-#include <cmath>
-#include <cstring>
-
 #include "backends/cpu/onednn.h"
 
 namespace mixq::backends::cpu {
@@ -27,35 +24,6 @@ class GemmKernel final : public Kernel {
   memory::desc weights_desc_;
   memory weights_, bias_;
   std::string impl_ = "onednn matmul";
-};
-
-class GemmInstance final : public KernelInstance {
- public:
-  GemmInstance(const GemmKernel& k, dnnl::matmul::primitive_desc pd, memory weights)
-      : kernel_(k),
-        pd_(pd),
-        prim_(pd),
-        weights_(weights),
-        scratch_(pd.scratchpad_desc().get_size()) {}
-  Status execute(const ExecContext& ctx) const override {
-    memory src(pd_.src_desc(), cpu_engine(), ctx.inputs[0].data);
-    memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
-    memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
-                                            {DNNL_ARG_WEIGHTS, weights_},
-                                            {DNNL_ARG_DST, dst},
-                                            {DNNL_ARG_SCRATCHPAD, scratch}};
-    if (kernel_.bias_) args[DNNL_ARG_BIAS] = kernel_.bias_;
-    return guarded(kernel_.node_.describe(), [&] { prim_.execute(stream_of(ctx), args); });
-  }
-  size_t scratch_bytes() const override { return scratch_; }
-
- private:
-  const GemmKernel& kernel_;
-  dnnl::matmul::primitive_desc pd_;
-  dnnl::matmul prim_;
-  memory weights_;
-  size_t scratch_;
 };
 
 Expected<dnnl::matmul::primitive_desc> GemmKernel::make_pd(int64_t m,
@@ -85,7 +53,6 @@ Status GemmKernel::prepare(int64_t max_batch) {
   const ir::Value* x = node_.input(0);
   const ir::Value* w = node_.input(1);
   const ir::Value* b = node_.input(2);
-  const ir::Value* y = node_.output(0);
   if (!w || !w->is_constant() || w->constant.rank() != 2)
     return Unsupported("weights must be a constant matrix");
   if (node_.input(3)) return Unsupported("a residual input on a linear layer");
@@ -95,70 +62,35 @@ Status GemmKernel::prepare(int64_t max_batch) {
     return InvalidArgument("input " + shape_to_string(x->shape) + " does not match weights [" +
                            std::to_string(n_) + "," + std::to_string(k_) + "]");
   const bool int8 = precision_ == Precision::kINT8;
-  const bool y_quantized = y->dtype != DType::kFloat32;
   attr_ = base_attr();
   std::vector<float> bias_values;
   if (b) bias_values = b->constant.to_float_vector();
   float act_scale = 1.0f;
   if (int8) {
-    if (!x->quant || !w->quant || w->dtype != DType::kInt8)
-      return Internal("int8 linear layer without parameters");
-    const float sx = x->quant->scale[0];
-    const float sy = y_quantized ? y->quant->scale[0] : 1.0f;
-    std::vector<float> scales(static_cast<size_t>(n_));
-    for (int64_t c = 0; c < n_; ++c) {
-      const float sw = w->quant->scale[w->quant->per_tensor() ? 0 : size_t(c)];
-      scales[size_t(c)] = sx * sw / sy;
-      // oneDNN 2.x adds the bias before the output scale: keep it in accumulator units.
-      if (b) bias_values[size_t(c)] /= sx * sw;
-    }
-    attr_.set_output_scales(1 << 1, scales);
-    if (x->quant->zero_point_at(0) != 0)
-      attr_.set_zero_points(DNNL_ARG_SRC, 0, {x->quant->zero_point_at(0)});
-    if (y_quantized && y->quant->zero_point_at(0) != 0)
-      attr_.set_zero_points(DNNL_ARG_DST, 0, {y->quant->zero_point_at(0)});
-    act_scale = 1.0f / sy;
+    MIXQ_ASSIGN_OR_RETURN(act_scale, set_int8_epilogue(node_, attr_, bias_values));
   }
   dnnl::post_ops ops;
-  const std::string act = node_.attr_string("mixq.activation", "none");
-  if (act == "relu")
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-  else if (act == "clip") {
-    const float lo = node_.attr_float("mixq.clip_min", -INFINITY) * act_scale;
-    const float hi = node_.attr_float("mixq.clip_max", INFINITY) * act_scale;
-    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, std::isfinite(lo) ? lo : -3.4e38f,
-                       std::isfinite(hi) ? hi : 3.4e38f);
-  }
+  append_activation(node_, act_scale, ops);
   attr_.set_post_ops(ops);
   MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(max_batch, nullptr));
   impl_ = std::string("onednn matmul ") + pd.impl_info_str() + (int8 ? " int8" : " fp32");
   weights_desc_ = pd.weights_desc();
   MIXQ_ASSIGN_OR_RETURN(weights_, pack_weights(weights_desc_));
-  return guarded(node_.describe() + " weights", [&] {
-    if (b) {
-      bias_ = memory(memory::desc({1, n_}, memory::data_type::f32, memory::format_tag::ab),
-                     cpu_engine());
-      std::memcpy(bias_.get_data_handle(), bias_values.data(), size_t(n_) * sizeof(float));
-    }
-  });
+  if (b) {
+    const memory::desc bd({1, n_}, memory::data_type::f32, memory::format_tag::ab);
+    MIXQ_ASSIGN_OR_RETURN(bias_,
+                          reorder_constant(node_.describe() + " bias", bd, bias_values.data(), bd));
+  }
+  return Status::Ok();
 }
 
 Expected<memory> GemmKernel::pack_weights(const memory::desc& desc) const {
-  const ir::Value* w = node_.input(1);
-  memory packed;
-  Status s = guarded(node_.describe() + " weights", [&] {
-    // W is [N, K] row-major, i.e. the K x N matrix B in column-major ("ba").
-    const memory::desc plain(
-        {k_, n_}, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
-        memory::format_tag::ba);
-    memory src(plain, cpu_engine(), const_cast<void*>(w->constant.raw()));
-    packed = memory(desc, cpu_engine());
-    dnnl::stream stream(cpu_engine());
-    dnnl::reorder(src, packed).execute(stream, src, packed);
-    stream.wait();
-  });
-  if (!s.ok()) return s;
-  return packed;
+  // W is [N, K] row-major, i.e. the K x N matrix B in column-major ("ba").
+  const memory::desc plain(
+      {k_, n_}, precision_ == Precision::kINT8 ? memory::data_type::s8 : memory::data_type::f32,
+      memory::format_tag::ba);
+  return reorder_constant(node_.describe() + " weights", plain, node_.input(1)->constant.raw(),
+                          desc);
 }
 
 Expected<std::unique_ptr<KernelInstance>> GemmKernel::instantiate(int64_t batch) const {
@@ -170,7 +102,11 @@ Expected<std::unique_ptr<KernelInstance>> GemmKernel::instantiate(int64_t batch)
   if (pd.weights_desc() != weights_desc_) {
     MIXQ_ASSIGN_OR_RETURN(weights, pack_weights(pd.weights_desc()));
   }
-  return std::unique_ptr<KernelInstance>(new GemmInstance(*this, pd, weights));
+  std::unordered_map<int, memory> constants = {{DNNL_ARG_WEIGHTS, weights}};
+  if (bias_) constants[DNNL_ARG_BIAS] = bias_;
+  return std::unique_ptr<KernelInstance>(
+      new PrimitiveInstance(node_, dnnl::matmul(pd), {{DNNL_ARG_SRC, pd.src_desc()}},
+                            {DNNL_ARG_DST, pd.dst_desc()}, pd.scratchpad_desc(), constants));
 }
 
 }  // namespace

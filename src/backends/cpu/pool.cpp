@@ -67,35 +67,6 @@ Status pool_geometry(const ir::Node& n, const Shape& x, const Shape& y, PoolGeom
   return Status::Ok();
 }
 
-Shape at_batch(const Shape& s, int64_t batch) {
-  Shape r = s;
-  for (auto& d : r)
-    if (d < 0) d = batch;
-  return r;
-}
-
-class PoolInstance final : public KernelInstance {
- public:
-  PoolInstance(const ir::Node& node, dnnl::pooling_v2_forward::primitive_desc pd)
-      : node_(node), pd_(pd), prim_(pd), scratch_(pd.scratchpad_desc().get_size()) {}
-  Status execute(const ExecContext& ctx) const override {
-    memory src(pd_.src_desc(), cpu_engine(), ctx.inputs[0].data);
-    memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
-    memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
-    return guarded(node_.describe(), [&] {
-      prim_.execute(stream_of(ctx),
-                    {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    });
-  }
-  size_t scratch_bytes() const override { return scratch_; }
-
- private:
-  const ir::Node& node_;
-  dnnl::pooling_v2_forward::primitive_desc pd_;
-  dnnl::pooling_v2_forward prim_;
-  size_t scratch_;
-};
-
 Expected<dnnl::pooling_v2_forward::primitive_desc> make_pd(const ir::Node& node, int64_t batch,
                                                            DType x_dtype, DType y_dtype) {
   const ir::Value* x = node.input(0);
@@ -126,7 +97,9 @@ class PoolKernel final : public Kernel {
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override {
     MIXQ_ASSIGN_OR_RETURN(auto pd,
                           make_pd(node_, batch, node_.input(0)->dtype, node_.output(0)->dtype));
-    return std::unique_ptr<KernelInstance>(new PoolInstance(node_, pd));
+    return std::unique_ptr<KernelInstance>(
+        new PrimitiveInstance(node_, dnnl::pooling_v2_forward(pd), {{DNNL_ARG_SRC, pd.src_desc()}},
+                              {DNNL_ARG_DST, pd.dst_desc()}, pd.scratchpad_desc()));
   }
   std::string implementation() const override { return impl_; }
 

@@ -7,13 +7,6 @@ namespace {
 
 using dnnl::memory;
 
-Shape at_batch(const Shape& s, int64_t batch) {
-  Shape r = s;
-  for (auto& d : r)
-    if (d < 0) d = batch;
-  return r;
-}
-
 dnnl::primitive_attr reformat_attr(const ir::Value& x, const ir::Value& y) {
   dnnl::primitive_attr attr = base_attr();
   const bool xq = x.quant && x.dtype != DType::kFloat32;
@@ -28,28 +21,6 @@ dnnl::primitive_attr reformat_attr(const ir::Value& x, const ir::Value& y) {
     attr.set_zero_points(DNNL_ARG_DST, 0, {y.quant->zero_point_at(0)});
   return attr;
 }
-
-class ReorderInstance final : public KernelInstance {
- public:
-  ReorderInstance(const ir::Node& node, dnnl::reorder::primitive_desc pd)
-      : node_(node), pd_(pd), prim_(pd), scratch_(pd.scratchpad_desc().get_size()) {}
-  Status execute(const ExecContext& ctx) const override {
-    memory src(pd_.src_desc(), cpu_engine(), ctx.inputs[0].data);
-    memory dst(pd_.dst_desc(), cpu_engine(), ctx.outputs[0].data);
-    memory scratch(pd_.scratchpad_desc(), cpu_engine(), ctx.scratch);
-    return guarded(node_.describe(), [&] {
-      prim_.execute(stream_of(ctx),
-                    {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    });
-  }
-  size_t scratch_bytes() const override { return scratch_; }
-
- private:
-  const ir::Node& node_;
-  dnnl::reorder::primitive_desc pd_;
-  dnnl::reorder prim_;
-  size_t scratch_;
-};
 
 Expected<dnnl::reorder::primitive_desc> make_pd(const ir::Node& node, int64_t batch) {
   const ir::Value* x = node.input(0);
@@ -73,7 +44,9 @@ class ReorderKernel final : public Kernel {
   }
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override {
     MIXQ_ASSIGN_OR_RETURN(auto pd, make_pd(node_, batch));
-    return std::unique_ptr<KernelInstance>(new ReorderInstance(node_, pd));
+    return std::unique_ptr<KernelInstance>(
+        new PrimitiveInstance(node_, dnnl::reorder(pd), {{DNNL_ARG_FROM, pd.src_desc()}},
+                              {DNNL_ARG_TO, pd.dst_desc()}, pd.scratchpad_desc()));
   }
   std::string implementation() const override { return impl_; }
 
