@@ -5,32 +5,13 @@
 #include <fstream>
 #include <iterator>
 
+#include "frontend/onnx/tensor_proto.h"
 #include "support/test_util.h"
 
 namespace mixq::testing {
 
 int onnx_elem_type(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return onnx::TensorProto::FLOAT;
-    case DType::kFloat16:
-      return onnx::TensorProto::FLOAT16;
-    case DType::kBFloat16:
-      return onnx::TensorProto::BFLOAT16;
-    case DType::kFloat8E4M3:
-      return 17;  // FLOAT8E4M3FN (onnx 1.14+)
-    case DType::kInt8:
-      return onnx::TensorProto::INT8;
-    case DType::kUInt8:
-      return onnx::TensorProto::UINT8;
-    case DType::kInt32:
-      return onnx::TensorProto::INT32;
-    case DType::kInt64:
-      return onnx::TensorProto::INT64;
-    case DType::kBool:
-      return onnx::TensorProto::BOOL;
-  }
-  return onnx::TensorProto::UNDEFINED;
+  return onnx_frontend::dtype_to_onnx(dtype);
 }
 
 onnx::TensorProto make_tensor_proto(const std::string& name, const Tensor& tensor) {
@@ -214,6 +195,23 @@ void write_file(const std::string& path, const std::string& bytes) {
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void append_conv_epilogue(OnnxBuilder& b, const std::string& epilogue, const std::string& out,
+                          const std::string& add_node) {
+  std::string last = out;
+  if (epilogue.rfind("add", 0) == 0) {
+    const std::string sum = epilogue == "add" ? "y" : "sum";
+    b.node("Add", {last, "r"}, {sum}, add_node);
+    last = sum;
+  }
+  if (epilogue == "relu" || epilogue == "add_relu") {
+    b.node("Relu", {last}, {"y"}, "/relu/Relu");
+  } else if (epilogue == "clip") {
+    b.initializer("clip.min", Tensor::scalar<float>(-0.5f));
+    b.initializer("clip.max", Tensor::scalar<float>(0.7f));
+    b.node("Clip", {last, "clip.min", "clip.max"}, {"y"}, "/clip/Clip");
+  }
 }
 
 OnnxBuilder small_classifier(uint64_t seed, int opset) {

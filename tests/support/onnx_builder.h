@@ -96,6 +96,11 @@ class OnnxBuilder {
   onnx::ModelProto model_;
 };
 
+// The epilogue a conv test case names after the layer's output `out`: "" (none), "relu", "clip"
+// ([-0.5, 0.7]), "add" (+ graph input "r", named `add_node`) or "add_relu". Writes "y".
+void append_conv_epilogue(OnnxBuilder& b, const std::string& epilogue, const std::string& out,
+                          const std::string& add_node);
+
 // Writes `bytes` to `path` exactly (for truncated and corrupt files).
 void write_file(const std::string& path, const std::string& bytes);
 std::string read_file(const std::string& path);

@@ -41,6 +41,7 @@
 namespace mixq {
 namespace {
 
+using testing::append_conv_epilogue;
 using testing::build_engine;
 using testing::infer_once;
 using testing::load_model;
@@ -205,24 +206,13 @@ std::shared_ptr<const Model> conv_model(const ConvCase& c, uint64_t seed) {
     b.initializer("layer.bias", random_tensor({c.cout}, seed + 1, -0.2f, 0.2f));
     ins.push_back("layer.bias");
   }
-  std::string out = c.epilogue.empty() ? "y" : "conv_out";
+  const std::string out = c.epilogue.empty() ? "y" : "conv_out";
   b.node("Conv", ins, {out}, "/layer/Conv")
       .attr("kernel_shape", {c.k, c.k})
       .attr("strides", {c.stride, c.stride})
       .attr("pads", {c.pad, c.pad, c.pad, c.pad})
       .attr("group", c.group);
-  if (residual) {
-    const std::string sum = c.epilogue == "add" ? "y" : "sum";
-    b.node("Add", {out, "r"}, {sum}, "/add/Add");
-    out = sum;
-  }
-  if (c.epilogue == "relu" || c.epilogue == "add_relu") {
-    b.node("Relu", {out}, {"y"}, "/relu/Relu");
-  } else if (c.epilogue == "clip") {
-    b.initializer("clip.min", Tensor::scalar<float>(-0.5f));
-    b.initializer("clip.max", Tensor::scalar<float>(0.7f));
-    b.node("Clip", {out, "clip.min", "clip.max"}, {"y"}, "/clip/Clip");
-  }
+  append_conv_epilogue(b, c.epilogue, out, "/add/Add");
   return load_model(b, "conv_" + c.name);
 }
 
