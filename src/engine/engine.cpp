@@ -217,31 +217,11 @@ namespace {
 Expected<int64_t> check_engine_inputs(const Engine::Impl& e, const TensorMap& inputs,
                                       const backends::DeviceOps* dev) {
   const ir::Graph& g = *e.graph;
-  std::string names;
-  for (const ir::Value* in : g.inputs()) names += (names.empty() ? "'" : ", '") + in->name + "'";
-  for (const auto& [name, t] : inputs) {
-    const ir::Value* v = g.find_value(name);
-    if (!v || !g.is_graph_input(v))
-      return NotFound("the engine has no input named '" + name + "'; its inputs are " + names);
-  }
+  MIXQ_RETURN_IF_ERROR(
+      runtime::check_inputs(g, inputs, "engine", "batch 1 to " + std::to_string(e.max_batch)));
   int64_t batch = -1;
   for (const ir::Value* in : g.inputs()) {
-    auto it = inputs.find(in->name);
-    if (it == inputs.end()) return InvalidArgument("input '" + in->name + "' is not given");
-    const Tensor& t = it->second;
-    if (!t.defined()) return InvalidArgument("input '" + in->name + "' is empty");
-    if (t.dtype() != in->dtype)
-      return InvalidArgument("input '" + in->name + "' has dtype " +
-                             std::string(dtype_name(t.dtype())) + "; the engine expects " +
-                             std::string(dtype_name(in->dtype)));
-    bool ok = t.rank() == int(in->shape.size());
-    for (size_t i = 1; ok && i < in->shape.size(); ++i)
-      ok = in->shape[i] < 0 || in->shape[i] == t.shape()[i];
-    if (ok && !in->shape.empty() && in->shape[0] >= 0) ok = t.shape()[0] == in->shape[0];
-    if (!ok)
-      return InvalidArgument("input '" + in->name + "' has shape " + shape_to_string(t.shape()) +
-                             "; the engine expects " + shape_to_string(in->shape) +
-                             " (N: batch 1 to " + std::to_string(e.max_batch) + ")");
+    const Tensor& t = inputs.at(in->name);
     const int64_t b = t.rank() ? t.shape()[0] : 1;
     if (batch < 0)
       batch = b;

@@ -6,14 +6,15 @@
 
 namespace mixq::runtime {
 
-Status check_inputs(const ir::Graph& graph, const TensorMap& inputs) {
+Status check_inputs(const ir::Graph& graph, const TensorMap& inputs, const std::string& owner,
+                    const std::string& batch_hint) {
   std::string expected_names;
   for (const ir::Value* in : graph.inputs())
     expected_names += (expected_names.empty() ? "'" : ", '") + in->name + "'";
   for (const auto& [name, tensor] : inputs) {
     const ir::Value* v = graph.find_value(name);
     if (!v || !graph.is_graph_input(v))
-      return NotFound("the model has no input named '" + name + "'; its inputs are " +
+      return NotFound("the " + owner + " has no input named '" + name + "'; its inputs are " +
                       expected_names);
   }
   for (const ir::Value* in : graph.inputs()) {
@@ -23,7 +24,7 @@ Status check_inputs(const ir::Graph& graph, const TensorMap& inputs) {
     if (!t.defined()) return InvalidArgument("input '" + in->name + "' is empty");
     if (t.dtype() != in->dtype)
       return InvalidArgument("input '" + in->name + "' has dtype " +
-                             std::string(dtype_name(t.dtype())) + "; the model expects " +
+                             std::string(dtype_name(t.dtype())) + "; the " + owner + " expects " +
                              std::string(dtype_name(in->dtype)));
     if (!in->shape_known) continue;
     bool match = t.rank() == int(in->shape.size());
@@ -31,8 +32,8 @@ Status check_inputs(const ir::Graph& graph, const TensorMap& inputs) {
       match = in->shape[i] < 0 || in->shape[i] == t.shape()[i];
     if (!match)
       return InvalidArgument("input '" + in->name + "' has shape " + shape_to_string(t.shape()) +
-                             "; the model expects " + shape_to_string(in->shape) +
-                             " (N: any size)");
+                             "; the " + owner + " expects " + shape_to_string(in->shape) +
+                             " (N: " + batch_hint + ")");
   }
   return Status::Ok();
 }

@@ -24,8 +24,10 @@ struct InterpreterOptions {
 };
 
 // Checks that `inputs` names every graph input (and nothing else) with the right dtype, rank and
-// static dimensions. The message names the input and what was expected.
-Status check_inputs(const ir::Graph& graph, const TensorMap& inputs);
+// static dimensions. The message names the input and what was expected; `owner` ("model",
+// "engine") is what expects it, `batch_hint` says what N may be ("any size").
+Status check_inputs(const ir::Graph& graph, const TensorMap& inputs,
+                    const std::string& owner = "model", const std::string& batch_hint = "any size");
 
 // Runs the graph; returns the graph outputs by name (plus intermediates if asked).
 Expected<TensorMap> run_reference(const ir::Graph& graph, const TensorMap& inputs,
