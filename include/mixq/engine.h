@@ -55,6 +55,10 @@ struct BuildOptions {
   std::string backend = "cpu";  // "cpu", "reference", "cuda"
   Precision default_precision = Precision::kFP32;
   bool allow_fallback = false;  // let a layer fall back to the nearest higher precision
+  // Only kernels that give the same bits on every run (GPU: no cuDNN engine that notes
+  // nondeterminism, e.g. split reductions with atomics); off, the fastest kernels run, as in
+  // PyTorch (cudnn.deterministic=False) and ONNX Runtime by default.
+  bool deterministic = false;
   int64_t max_batch = 128;
   CalibrationOptions calibration;
 };
@@ -110,6 +114,18 @@ struct InferenceResult {
   TensorMap captured;               // values asked for with Context::capture(), as f32
 };
 
+// Where one inference writes, and what it waits for (like ONNX Runtime's I/O binding).
+struct InferOptions {
+  // Outputs written in place instead of into new host tensors, by output name: host memory, or
+  // on a device backend device memory (a CUDA pointer wrapped with Tensor::wrap). Each has the
+  // output's dtype and its shape at this batch; InferenceResult::outputs holds these tensors.
+  TensorMap outputs;
+  // Device backends: a CUDA stream (cudaStream_t; 1 and 2 are the legacy and per-thread default
+  // streams, as in __cuda_array_interface__) whose queued work produces device-resident inputs.
+  // The engine's stream waits for it before reading them. nullptr: the inputs are ready.
+  void* input_stream = nullptr;
+};
+
 class Context;
 
 class Engine {
@@ -143,7 +159,10 @@ class Engine {
 class Context {
  public:
   // Inputs by name; any batch from 1 to the engine's max batch (the first dimension).
+  // On a device backend, inputs may be device pointers (Tensor::wrap): they are copied on the
+  // device, without a host round trip; they are not scanned for NaN on the host.
   Expected<InferenceResult> infer(const TensorMap& inputs);
+  Expected<InferenceResult> infer(const TensorMap& inputs, const InferOptions& options);
   // Per-layer timings in InferenceResult::layers (adds a clock read per layer).
   void set_profiling(bool on);
   // Return these values (names from the original model, e.g. a layer's output) as f32 in

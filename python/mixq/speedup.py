@@ -218,7 +218,9 @@ class ModelSpeedup:
 
     Keyword-only extras: opset_version (13), percentile (99.99, for "percentile"), calib_batch,
     calib_samples (at most this many calibration samples), progress (a progress bar while
-    calibrating), dynamic_batch (True).
+    calibrating), dynamic_batch (True), deterministic (False: the fastest kernels, which on a GPU
+    may differ in the last bits from run to run; True: only kernels that give the same bits on
+    every run).
     """
 
     def __init__(
@@ -246,6 +248,7 @@ class ModelSpeedup:
         calib_samples=None,
         progress=False,
         dynamic_batch=True,
+        deterministic=False,
         **kwargs,
     ):
         given = {}
@@ -310,6 +313,7 @@ class ModelSpeedup:
         self.calib_samples = calib_samples
         self.progress = progress
         self.dynamic_batch = dynamic_batch
+        self.deterministic = bool(deterministic)
         if len(self.input_names) != len(self.input_shape):
             raise _mixq.InvalidArgumentError(
                 f"{len(self.input_shape)} input shape(s) but input_names={self.input_names}: "
@@ -403,6 +407,7 @@ class ModelSpeedup:
             backend=backend,
             default_precision=_BITS_TO_PRECISION[self.extra_layer_bits],
             allow_fallback=self.allow_fallback,
+            deterministic=self.deterministic,
             max_batch=self.batchsize,
             calib_batch=self.calib_batch or self.batchsize,
             progress=self.progress,
@@ -454,9 +459,14 @@ class ModelSpeedup:
             try:
                 self.engine = builder.build()
                 break
-            except _mixq.NotFoundError as error:
-                if i + 1 < len(backends) and "unknown backend" in str(error):
-                    continue  # "auto": this build has no CUDA backend
+            except (_mixq.NotFoundError, _mixq.UnsupportedError) as error:
+                unavailable = ("unknown backend" in str(error)
+                               or "the cuda backend is not available" in str(error)
+                               or "the cuda backend cannot start" in str(error))
+                if i + 1 < len(backends) and unavailable:
+                    continue  # "auto": no CUDA backend in this build, or no GPU here
+                if not isinstance(error, _mixq.NotFoundError):
+                    raise
                 hint = self._layerless_modules_hint(plan)
                 if hint:
                     raise _mixq.NotFoundError(f"{error}. {hint}") from error
@@ -488,14 +498,47 @@ class ModelSpeedup:
                 f"{what} needs an engine: call compress() or load_quantized_model() first"
             )
 
+    def _on_gpu(self):
+        return self.engine is not None and self.engine.report.backend == "cuda"
+
     def _inputs(self, data):
-        """Host inputs for Context.infer: CUDA tensors are moved with a warning (NNI's
-        behaviour); everything else goes to the engine, which checks it."""
+        """Inputs for Context.infer. A cuda engine reads CUDA tensors where they are (no host
+        round trip); a CPU engine gets them moved with a warning (NNI's behaviour). Everything
+        else goes to the engine, which checks it."""
+        if self._on_gpu():
+            def prepare(v):
+                return v.detach() if _is_torch_tensor(v) and v.requires_grad else v
+        else:
+            def prepare(v):
+                return _host(v, "inference data")
         if isinstance(data, dict):
-            return {k: _host(v, "inference data") for k, v in data.items()}
+            return {k: prepare(v) for k, v in data.items()}
         if isinstance(data, (list, tuple)):
-            return [_host(v, "inference data") for v in data]
-        return _host(data, "inference data")
+            return [prepare(v) for v in data]
+        return prepare(data)
+
+    def _device_outputs(self, inputs, batch):
+        """Output tensors on the inputs' GPU when a cuda engine gets CUDA tensors (the result
+        then stays there), else None (host outputs)."""
+        if not self._on_gpu():
+            return None
+        values = inputs.values() if isinstance(inputs, dict) else (
+            inputs if isinstance(inputs, (list, tuple)) else [inputs])
+        device = next((v.device for v in values
+                       if _is_torch_tensor(v) and v.device.type == "cuda"), None)
+        if device is None:
+            return None
+        torch = _torch()
+        dtypes = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8,
+                  "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64,
+                  "bool": torch.bool}
+        outputs = {}
+        for spec in self.engine.outputs:
+            if spec.dtype not in dtypes:
+                return None  # an output type torch cannot hold on the device: host outputs
+            shape = [batch if d < 0 else d for d in spec.shape]
+            outputs[spec.name] = torch.empty(shape, dtype=dtypes[spec.dtype], device=device)
+        return outputs
 
     @staticmethod
     def _batch_of(inputs):
@@ -518,6 +561,11 @@ class ModelSpeedup:
         them for several outputs) and the end-to-end time of the call in seconds, as the
         engine measures it (input checks, conversions and compute).
 
+        A cuda engine also takes CUDA tensors: they are read on the GPU, after the work queued
+        on PyTorch's current stream, and the outputs come back as CUDA tensors on that GPU, so
+        the data never makes a host round trip. (A CPU engine moves CUDA tensors to the host,
+        with a warning, as NNI did.)
+
         Any batch from 1 to batchsize runs as one call. A larger batch is an error unless
         split_batches=True, which runs it in chunks of batchsize (as NNI 2.x did) and returns the
         concatenated output and the summed time. reset_context=True starts a fresh context."""
@@ -535,7 +583,8 @@ class ModelSpeedup:
                     "split_batches=True to run it in chunks of the maximum batch"
                 )
             return self._inference_split(inputs, batch, max_batch)
-        result = self.context.infer(inputs, as_torch=True)
+        outputs = self._device_outputs(inputs, batch if batch is not None else 1)
+        result = self.context.infer(inputs, as_torch=True, outputs=outputs)
         return self._outputs(result), result.timing["end_to_end_ms"] / 1e3
 
     def _inference_split(self, inputs, batch, max_batch):
@@ -548,7 +597,9 @@ class ModelSpeedup:
                 part = [v[start:start + max_batch] for v in inputs]
             else:
                 part = inputs[start:start + max_batch]
-            result = self.context.infer(part, as_torch=True)
+            rows = self._batch_of(part)
+            result = self.context.infer(part, as_torch=True,
+                                        outputs=self._device_outputs(part, rows))
             chunks.append([result.outputs[s.name] for s in self.engine.outputs])
             seconds += result.timing["end_to_end_ms"] / 1e3
         outputs = [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]

@@ -255,8 +255,8 @@ CalibrationOptions make_calibration_options(const std::string& algorithm, double
 
 // Builder.set_options keywords, named like the CLI's flags.
 const std::vector<std::string> kOptionKeywords = {
-    "backend",    "default_precision", "allow_fallback", "max_batch",   "calib_algo",
-    "percentile", "calib_batch",       "calib_samples",  "calib_cache", "progress"};
+    "backend",     "default_precision", "allow_fallback", "max_batch", "calib_algo",   "percentile",
+    "calib_batch", "calib_samples",     "calib_cache",    "progress",  "deterministic"};
 
 void apply_option(BuildOptions& o, const std::string& key, py::handle value) {
   if (key == "backend")
@@ -290,6 +290,8 @@ void apply_option(BuildOptions& o, const std::string& key, py::handle value) {
     o.calibration.cache_path = value.is_none() ? std::string() : path_string(value);
   else if (key == "progress")
     o.calibration.progress = value.cast<bool>();
+  else if (key == "deterministic")
+    o.deterministic = value.cast<bool>();
   else
     raise_error("InvalidArgumentError", "unknown build option '" + key + "'; the options are " +
                                             join_names(kOptionKeywords));
@@ -493,6 +495,7 @@ PYBIND11_MODULE(_mixq, m) {
             o.default_precision = parse_precision(name, "default_precision");
           })
       .def_readwrite("allow_fallback", &BuildOptions::allow_fallback)
+      .def_readwrite("deterministic", &BuildOptions::deterministic)
       .def_readwrite("max_batch", &BuildOptions::max_batch)
       .def_readwrite("calibration", &BuildOptions::calibration)
       .def("__repr__", [](const BuildOptions& o) {
@@ -637,19 +640,51 @@ PYBIND11_MODULE(_mixq, m) {
                             "Runs inference on an engine. One per thread; many per engine.")
       .def(
           "infer",
-          [](ContextHolder& c, py::handle inputs, bool as_torch) {
+          [](ContextHolder& c, py::handle inputs, bool as_torch, py::handle outputs) {
             std::vector<py::object> holders;
             Borrowed borrowed;
             borrowed.holders = &holders;
-            TensorMap in = to_tensor_map(inputs, c.engine->inputs(), "Context.infer", borrowed);
+            DeviceAccess device;
+            device.engine_backend = c.engine->report().backend;
+            device.allowed = device.engine_backend == "cuda";
+            TensorMap in =
+                to_tensor_map(inputs, c.engine->inputs(), "Context.infer", borrowed, &device);
+            InferOptions options;
+            options.input_stream = device.stream;
+            // Given outputs are filled in place and handed back as the same objects.
+            std::map<std::string, py::object> given;
+            if (!outputs.is_none()) {
+              DeviceAccess out_device = device;
+              options.outputs = to_tensor_map(outputs, c.engine->outputs(), "Context.infer outputs",
+                                              borrowed, &out_device, "output");
+              if (py::isinstance<py::dict>(outputs)) {
+                for (auto [k, v] : py::reinterpret_borrow<py::dict>(outputs))
+                  given[k.cast<std::string>()] = py::reinterpret_borrow<py::object>(v);
+              } else if (py::isinstance<py::list>(outputs) || py::isinstance<py::tuple>(outputs)) {
+                auto seq = py::reinterpret_borrow<py::sequence>(outputs);
+                for (size_t i = 0; i < seq.size(); ++i) given[c.engine->outputs()[i].name] = seq[i];
+              } else {
+                given[c.engine->outputs()[0].name] = py::reinterpret_borrow<py::object>(outputs);
+              }
+            }
             Expected<InferenceResult> r = [&] {
               py::gil_scoped_release release;
               std::lock_guard<std::mutex> lock(c.mutex);
-              return c.context.infer(in);
+              return c.context.infer(in, options);
             }();
             InferenceResult result = unwrap(std::move(r));
+            for (const auto& [name, obj] : given) result.outputs.erase(name);
             InferenceResultHolder out;
             out.outputs = ordered_outputs(result.outputs, c.engine->outputs(), as_torch);
+            if (!given.empty()) {
+              py::dict ordered;
+              for (const TensorSpec& spec : c.engine->outputs()) {
+                auto it = given.find(spec.name);
+                ordered[py::str(spec.name)] =
+                    it != given.end() ? it->second : out.outputs[py::str(spec.name)];
+              }
+              out.outputs = ordered;
+            }
             out.timing = py::dict("compute_ms"_a = result.timing.compute_ms,
                                   "end_to_end_ms"_a = result.timing.end_to_end_ms);
             for (const auto& l : result.layers)
@@ -658,11 +693,15 @@ PYBIND11_MODULE(_mixq, m) {
             out.captured = tensors_to_dict(result.captured, as_torch);
             return out;
           },
-          "inputs"_a, py::kw_only(), "as_torch"_a = false,
+          "inputs"_a, py::kw_only(), "as_torch"_a = false, "outputs"_a = py::none(),
           "Run a batch (1 to the engine's max_batch). Inputs: a dict {name: array}, a list in "
           "input order, or one array; C-contiguous NumPy arrays or CPU torch tensors, borrowed "
-          "without copying. Outputs are NumPy arrays, or torch tensors with as_torch=True. The "
-          "GIL is released while the engine runs.")
+          "without copying; for a cuda engine also CUDA tensors or other device arrays "
+          "(__cuda_array_interface__), read on the device after the work queued on their "
+          "stream. Outputs are NumPy arrays, or torch tensors with as_torch=True; or give "
+          "`outputs` (like the inputs: host arrays, or device arrays for a cuda engine, of each "
+          "output's dtype and shape at this batch) to have them written in place and returned. "
+          "The GIL is released while the engine runs.")
       .def_property(
           "profiling", [](const ContextHolder& c) { return c.profiling; },
           [](ContextHolder& c, bool on) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 namespace mixq::python {
 namespace {
@@ -157,7 +158,7 @@ void release_under_gil(void* p) {
 constexpr const char* kSupported = "float32, float16, int8, uint8, int32, int64, bool";
 
 Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borrowed,
-                  bool from_torch) {
+                  bool from_torch, bool writable) {
   if (!py::isinstance<py::array>(obj))
     raise_error("InvalidArgumentError",
                 what + " is a " + type_name(obj) + "; give a numpy.ndarray or a CPU torch.Tensor");
@@ -200,6 +201,8 @@ Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borro
                     " is not C-contiguous (a transposed, sliced or Fortran-ordered view): " +
                     (from_torch ? "make it contiguous with .contiguous()"
                                 : "make it contiguous with numpy.ascontiguousarray(x)"));
+  if (writable && !arr.writeable())
+    raise_error("InvalidArgumentError", what + " is a read-only array; give a writable one");
   Shape shape;
   for (ssize_t i = 0; i < arr.ndim(); ++i) shape.push_back(int64_t(arr.shape(i)));
   void* data = const_cast<void*>(arr.data());
@@ -211,16 +214,99 @@ Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borro
   return Tensor::wrap(*dtype, std::move(shape), data, nullptr);
 }
 
+// A device array through __cuda_array_interface__ (version 2 or 3): its pointer, shape and dtype;
+// C-contiguous only. `iface` is the interface's dict.
+Tensor from_cuda_array(py::handle obj, py::dict iface, const std::string& what,
+                       const Borrowed& borrowed, DeviceAccess& device, bool writable,
+                       bool from_torch) {
+  const std::string typestr = py::str(iface["typestr"]);
+  std::optional<DType> dtype;
+  const std::string code = typestr.size() == 3 ? typestr.substr(1) : typestr;
+  const bool native = typestr.size() == 3 && (typestr[0] == '<' || typestr[0] == '|');
+  if (native) {
+    if (code == "f4")
+      dtype = DType::kFloat32;
+    else if (code == "f2")
+      dtype = DType::kFloat16;
+    else if (code == "i1")
+      dtype = DType::kInt8;
+    else if (code == "u1")
+      dtype = DType::kUInt8;
+    else if (code == "i4")
+      dtype = DType::kInt32;
+    else if (code == "i8")
+      dtype = DType::kInt64;
+    else if (code == "b1")
+      dtype = DType::kBool;
+  }
+  if (!dtype)
+    raise_error("InvalidDTypeError", what + " is a device array of type '" + typestr +
+                                         "', which mixq does not take (supported: " + kSupported +
+                                         ")");
+  if (iface.contains("mask") && !iface["mask"].is_none())
+    raise_error("InvalidArgumentError", what + " is a masked device array; give a plain one");
+  Shape shape;
+  for (py::handle d : py::reinterpret_borrow<py::tuple>(iface["shape"]))
+    shape.push_back(d.cast<int64_t>());
+  if (iface.contains("strides") && !iface["strides"].is_none()) {
+    int64_t expect = int64_t(dtype_size(*dtype));
+    auto strides = py::reinterpret_borrow<py::tuple>(iface["strides"]);
+    for (size_t i = shape.size(); i-- > 0;) {
+      if (shape[i] != 1 && strides[i].cast<int64_t>() != expect)
+        raise_error("InvalidArgumentError",
+                    what + " with shape " + shape_to_string(shape) +
+                        " is not C-contiguous (a transposed or sliced view): make it contiguous " +
+                        (from_torch ? "with .contiguous()" : "first"));
+      expect *= std::max<int64_t>(shape[i], 1);
+    }
+  }
+  auto data = py::reinterpret_borrow<py::tuple>(iface["data"]);
+  if (writable && data[1].cast<bool>())
+    raise_error("InvalidArgumentError", what + " is a read-only device array; give a writable one");
+  void* ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  // Version 3: the stream whose work produces the data (None: ready; 1, 2: default streams).
+  if (iface.contains("stream") && !iface["stream"].is_none()) {
+    void* stream = reinterpret_cast<void*>(iface["stream"].cast<uintptr_t>());
+    if (device.stream && device.stream != stream)
+      raise_error("InvalidArgumentError", what +
+                                              " was produced on another CUDA stream than the "
+                                              "other device inputs: give inputs of one stream");
+    device.stream = stream;
+  }
+  device.any = true;
+  py::object holder = py::reinterpret_borrow<py::object>(obj);
+  if (borrowed.tensor_owns_reference) {
+    std::shared_ptr<void> keepalive(new py::object(holder), release_under_gil);
+    return Tensor::wrap(*dtype, std::move(shape), ptr, std::move(keepalive));
+  }
+  if (borrowed.holders) borrowed.holders->push_back(holder);
+  return Tensor::wrap(*dtype, std::move(shape), ptr, nullptr);
+}
+
 }  // namespace
 
-Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrowed) {
-  if (!is_torch_tensor(obj)) return from_numpy(obj, what, borrowed, false);
+Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrowed,
+                 DeviceAccess* device, bool writable) {
+  const bool torch = is_torch_tensor(obj);
+  const bool on_device = torch
+                             ? py::str(obj.attr("device").attr("type")).cast<std::string>() != "cpu"
+                             : py::hasattr(obj, "__cuda_array_interface__");
+  if (on_device && !(device && device->allowed)) {
+    const std::string backend = device ? device->engine_backend : std::string("cpu");
+    const std::string where = torch
+                                  ? "a torch tensor on " + std::string(py::str(obj.attr("device")))
+                                  : "a device array (" + type_name(obj) + ")";
+    raise_error("InvalidArgumentError",
+                what + " is " + where + ", but the engine runs on the " +
+                    (backend == "reference" ? "CPU (reference backend)" : "CPU") + ": " +
+                    (torch ? "move the tensor with .cpu()" : "copy it to host memory first"));
+  }
+  if (!torch) return from_numpy(obj, what, borrowed, false, writable);
   py::object t = py::reinterpret_borrow<py::object>(obj);
-  const std::string device = py::str(t.attr("device"));
-  if (py::str(t.attr("device").attr("type")).cast<std::string>() != "cpu")
-    raise_error("InvalidArgumentError", what + " is a torch tensor on " + device +
-                                            ", but the engine runs on the CPU: move the tensor "
-                                            "with .cpu()");
+  const std::string device_name = py::str(t.attr("device"));
+  if (on_device && device_name.rfind("cuda", 0) != 0)
+    raise_error("InvalidArgumentError", what + " is a torch tensor on " + device_name +
+                                            "; the engine takes CPU or CUDA tensors");
   const std::string dtype = py::str(t.attr("dtype"));
   if (dtype == "torch.float64" || dtype == "torch.bfloat16" || dtype == "torch.complex64" ||
       dtype == "torch.complex128")
@@ -236,7 +322,28 @@ Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrow
                 what + " with shape " + std::string(py::str(t.attr("shape"))) +
                     " is not contiguous (a transposed or sliced view): make it contiguous "
                     "with .contiguous()");
-  if (t.attr("requires_grad").cast<bool>()) t = t.attr("detach")();
+  if (t.attr("requires_grad").cast<bool>()) {
+    if (writable)
+      raise_error("InvalidArgumentError",
+                  what +
+                      " requires grad; the engine cannot write into it: give a tensor made "
+                      "under torch.no_grad() or detached");
+    t = t.attr("detach")();
+  }
+  if (on_device) {
+    py::dict iface(t.attr("__cuda_array_interface__"));
+    if (!iface.contains("stream")) {
+      // PyTorch's interface (version 2) names no stream: its work is queued on the current one
+      // (0, the legacy default stream, is 1 in the interface's terms).
+      const auto stream = py::module_::import("torch")
+                              .attr("cuda")
+                              .attr("current_stream")(t.attr("device"))
+                              .attr("cuda_stream")
+                              .cast<uintptr_t>();
+      iface["stream"] = stream == 0 ? uintptr_t(1) : stream;
+    }
+    return from_cuda_array(t, iface, what, borrowed, *device, writable, true);
+  }
   py::object arr;
   try {
     arr = t.attr("numpy")();  // shares the tensor's memory and keeps it alive
@@ -244,11 +351,13 @@ Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrow
     raise_error("InvalidDTypeError", what + " (a " + dtype + " tensor) cannot be read: " +
                                          e.what() + " (supported: " + kSupported + ")");
   }
-  return from_numpy(arr, what, borrowed, true);
+  return from_numpy(arr, what, borrowed, true, writable);
 }
 
 TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
-                        const std::string& what, const Borrowed& borrowed) {
+                        const std::string& what, const Borrowed& borrowed, DeviceAccess* device,
+                        const std::string& role) {
+  const bool writable = role == "output";
   TensorMap map;
   auto names = [&] {
     std::string s;
@@ -258,10 +367,11 @@ TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
   if (py::isinstance<py::dict>(obj)) {
     for (auto [key, value] : py::reinterpret_borrow<py::dict>(obj)) {
       if (!py::isinstance<py::str>(key))
-        raise_error("InvalidArgumentError", what + ": keys must be input names (str), got " +
-                                                type_name(key) + "; the inputs are " + names());
+        raise_error("InvalidArgumentError", what + ": keys must be " + role + " names (str), got " +
+                                                type_name(key) + "; the " + role + "s are " +
+                                                names());
       const std::string name = key.cast<std::string>();
-      map[name] = to_tensor(value, "input '" + name + "'", borrowed);
+      map[name] = to_tensor(value, role + " '" + name + "'", borrowed, device, writable);
     }
     return map;
   }
@@ -270,17 +380,19 @@ TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
     if (seq.size() != specs.size())
       raise_error("InvalidArgumentError",
                   what + ": got a sequence of " + std::to_string(seq.size()) +
-                      " tensors; the model has " + std::to_string(specs.size()) + " input(s) (" +
-                      names() + "), given in this order or as a dict");
+                      " tensors; the model has " + std::to_string(specs.size()) + " " + role +
+                      "(s) (" + names() + "), given in this order or as a dict");
     for (size_t i = 0; i < specs.size(); ++i)
-      map[specs[i].name] = to_tensor(seq[i], "input '" + specs[i].name + "'", borrowed);
+      map[specs[i].name] =
+          to_tensor(seq[i], role + " '" + specs[i].name + "'", borrowed, device, writable);
     return map;
   }
   if (specs.size() != 1)
     raise_error("InvalidArgumentError",
-                what + ": the model has " + std::to_string(specs.size()) + " inputs (" + names() +
-                    "): give a dict {name: tensor} or a list in this order");
-  map[specs[0].name] = to_tensor(obj, "input '" + specs[0].name + "'", borrowed);
+                what + ": the model has " + std::to_string(specs.size()) + " " + role + "s (" +
+                    names() + "): give a dict {name: tensor} or a list in this order");
+  map[specs[0].name] =
+      to_tensor(obj, role + " '" + specs[0].name + "'", borrowed, device, writable);
   return map;
 }
 

@@ -55,15 +55,31 @@ struct Borrowed {
   bool tensor_owns_reference = false;
 };
 
-// A C-contiguous NumPy array or CPU torch tensor as a mixq tensor, without copying. `what` names it
-// in messages ("input 'x'"). Refuses non-contiguous arrays, unsupported dtypes (float64, ...),
-// tensors on a GPU and anything that is neither.
-Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrowed);
+// Whether device arrays (__cuda_array_interface__: PyTorch CUDA tensors, CuPy, Numba) may be
+// given, i.e. the engine runs on a GPU, and what the conversion learnt about them.
+struct DeviceAccess {
+  bool allowed = false;
+  std::string engine_backend = "cpu";  // named in the refusal
+  // Out: the producer stream of the device arrays (the interface's "stream"; nullptr if none
+  // was given), and whether any array was on the device.
+  void* stream = nullptr;
+  bool any = false;
+};
+
+// A C-contiguous NumPy array or CPU torch tensor as a mixq tensor, without copying; with
+// `device` allowed, also a C-contiguous device array (its device pointer). `what` names it in
+// messages ("input 'x'"). Refuses non-contiguous arrays, unsupported dtypes (float64, ...),
+// device arrays for a CPU engine and anything else. `writable`: the memory will be written
+// (outputs), so read-only arrays are refused.
+Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrowed,
+                 DeviceAccess* device = nullptr, bool writable = false);
 
 // Inputs of a model or engine: a dict {name: array}, a list/tuple in the order of `specs`, or one
-// array when there is one input (calibration data may also use the name "" for it).
+// array when there is one input (calibration data may also use the name "" for it). `role`
+// names the tensors in messages ("input", "output").
 TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
-                        const std::string& what, const Borrowed& borrowed);
+                        const std::string& what, const Borrowed& borrowed,
+                        DeviceAccess* device = nullptr, const std::string& role = "input");
 
 // --- tensors out
 // ----------------------------------------------------------------------------------

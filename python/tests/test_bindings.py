@@ -189,6 +189,56 @@ def test_cuda_tensor_with_cpu_engine(engine):
         ctx.infer(torch.zeros(2, 1, 28, 28, device="cuda"))
 
 
+class FakeDeviceArray:
+    """Any device array a library hands over through __cuda_array_interface__ (CuPy, Numba)."""
+
+    __cuda_array_interface__ = {"shape": (2, 1, 28, 28), "typestr": "<f4", "data": (1 << 40, False),
+                                "version": 3, "strides": None, "stream": None}
+
+
+def test_device_array_with_cpu_engine(engine):
+    with pytest.raises(mixq.InvalidArgumentError,
+                       match="is a device array .*FakeDeviceArray.*the engine runs on the CPU"):
+        engine.create_context().infer(FakeDeviceArray())
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_outputs_written_in_place(engine, x, kind):
+    ctx = engine.create_context()
+    expected = ctx.infer(x)["output1"]
+    out = np.full((4, 10), np.nan, np.float32)
+    given = out if kind == "numpy" else torch.from_numpy(out)
+    result = ctx.infer(x, outputs={"output1": given})
+    assert result["output1"] is given
+    np.testing.assert_array_equal(out, expected)
+    # a list in output order, or one array, as for the inputs
+    out[:] = 0
+    assert ctx.infer(x, outputs=[given])["output1"] is given
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_bad_outputs_raise_clear_errors(engine, x):
+    ctx = engine.create_context()
+    with pytest.raises(mixq.InvalidArgumentError, match=r"output 'output1' has shape \[3,10\]; "
+                                                        r"the output at batch 4 has shape \[4,10\]"):
+        ctx.infer(x, outputs=np.zeros((3, 10), np.float32))
+    with pytest.raises(mixq.InvalidArgumentError, match="output 'output1' is f16; the output is f32"):
+        ctx.infer(x, outputs=np.zeros((4, 10), np.float16))
+    ro = np.zeros((4, 10), np.float32)
+    ro.setflags(write=False)
+    with pytest.raises(mixq.InvalidArgumentError, match="output 'output1' is a read-only array"):
+        ctx.infer(x, outputs=ro)
+    with pytest.raises(mixq.InvalidArgumentError, match="not C-contiguous"):
+        ctx.infer(x, outputs=np.zeros((10, 4), np.float32).T)
+    with pytest.raises(mixq.NotFoundError, match="no output named 'logits'"):
+        ctx.infer(x, outputs={"logits": np.zeros((4, 10), np.float32)})
+    with pytest.raises(mixq.InvalidArgumentError, match="requires grad"):
+        ctx.infer(x, outputs=torch.zeros(4, 10, requires_grad=True))
+    with pytest.raises(mixq.InvalidArgumentError, match="is a device array"):
+        ctx.infer(x, outputs=FakeDeviceArray())
+    assert ctx.infer(x)["output1"].shape == (4, 10)
+
+
 def test_requires_grad_tensor_is_accepted(engine, lenet, x):
     t = torch.from_numpy(x).requires_grad_(True)
     out = engine.create_context().infer(t)["output1"]
@@ -257,3 +307,16 @@ def test_compare_engine(model, int8_speedup, x):
             "max_abs_reference", "elements"} <= set(rows[0])
     assert all(r["precision"] == "int8" for r in rows if r["module"].startswith(("conv", "fc")))
     assert all(r["sqnr_db"] > 20 for r in rows)
+
+
+def test_deterministic_build_option(model, x):
+    options = mixq.BuildOptions(max_batch=4)
+    assert options.deterministic is False
+    options.deterministic = True
+    engine = mixq.Builder(model).set_options(options).build()
+    again = mixq.Builder(model).set_options(max_batch=4, deterministic=True).build()
+    a = engine.create_context().infer(x)["output1"]
+    np.testing.assert_array_equal(a, engine.create_context().infer(x)["output1"])
+    np.testing.assert_array_equal(a, again.create_context().infer(x)["output1"])
+    with pytest.raises(mixq.InvalidArgumentError, match="unknown build option 'determinstic'"):
+        mixq.Builder(model).set_options(determinstic=True)

@@ -84,9 +84,26 @@ class DeviceOps {
   // Device-side timing: record event `slot` (0..3) on the stream; elapsed_ms waits for `to`.
   virtual Status record(ExecResources* r, int slot) const = 0;
   virtual Expected<double> elapsed_ms(ExecResources* r, int from, int to) const = 0;
+  // Per-step marks for profiling, recorded inside captured graphs too (so layer times are those
+  // of the replayed graph, without host launch gaps): make room for `count` marks before a
+  // capture, record mark `index`, then read the times between consecutive marks.
+  virtual Status reserve_step_marks(ExecResources* r, size_t count) const = 0;
+  virtual Status record_step(ExecResources* r, size_t index) const = 0;
+  virtual Expected<std::vector<double>> step_times_ms(ExecResources* r, size_t count) const = 0;
   // Whether `p` points into device memory (inputs handed over as device tensors).
   virtual bool is_device_pointer(const void* p) const = 0;
+  // Orders the context's stream after the work queued so far on `stream` (a foreign stream
+  // handle, e.g. the producer's of a device-resident input).
+  virtual Status wait_for_stream(void* stream, ExecResources* r) const = 0;
 };
+
+// Node attribute (int, non-zero) of builds that need working kernels but no tuned ones: the
+// calibration engine, which runs a few fp32 batches. A backend that times candidate algorithms
+// takes the first one that works for such nodes.
+inline constexpr const char* kNoTuningAttr = "mixq.no_tuning";
+// Node attribute (int, non-zero) of builds with BuildOptions::deterministic: only kernels that
+// give the same bits on every run.
+inline constexpr const char* kDeterministicAttr = "mixq.deterministic";
 
 // How a backend stores quantised data.
 struct QuantPolicy {

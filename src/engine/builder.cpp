@@ -88,7 +88,11 @@ Expected<std::shared_ptr<Engine::Impl>> make_fp32_engine(const ir::Graph& graph,
                                                          int64_t max_batch) {
   auto impl = std::make_shared<Engine::Impl>();
   impl->graph = graph.clone();
-  for (ir::Node* n : impl->graph->nodes()) n->precision = Precision::kFP32;
+  for (ir::Node* n : impl->graph->nodes()) {
+    n->precision = Precision::kFP32;
+    // It runs a few calibration batches: tuning its kernels would cost more than it saves.
+    n->attrs[backends::kNoTuningAttr] = int64_t(1);
+  }
   MIXQ_ASSIGN_OR_RETURN(impl->backend, backends::make_backend(backend_name));
   MIXQ_RETURN_IF_ERROR(impl->backend->assign_layouts(*impl->graph));
   MIXQ_RETURN_IF_ERROR(engine::insert_reformats(*impl->graph, *impl->backend));
@@ -166,6 +170,8 @@ Expected<Engine> Builder::build() {
   MIXQ_RETURN_IF_ERROR(backend->assign_layouts(*graph));
   MIXQ_RETURN_IF_ERROR(engine::insert_reformats(*graph, *backend));
   MIXQ_RETURN_IF_ERROR(ir::verify(*graph));
+  if (options.deterministic)
+    for (ir::Node* n : graph->nodes()) n->attrs[backends::kDeterministicAttr] = int64_t(1);
 
   auto impl = std::make_shared<Engine::Impl>();
   impl->graph = std::move(graph);

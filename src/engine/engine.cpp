@@ -43,6 +43,53 @@ Status Engine::Impl::finalize() {
   return Status::Ok();
 }
 
+namespace {
+
+bool same_quant(const ir::Value& a, const ir::Value& b) {
+  if (a.quant.has_value() != b.quant.has_value()) return false;
+  if (!a.quant) return true;
+  return a.quant->dtype == b.quant->dtype && a.quant->scale == b.quant->scale &&
+         a.quant->zero_point == b.quant->zero_point && a.quant->axis == b.quant->axis;
+}
+
+// Whether step `n` only reinterprets its input's bytes: a shape-only op (Flatten, Reshape,
+// Squeeze, Unsqueeze, Identity, Dropout) or a Reformat that changes nothing but the layout of an
+// image with one pixel (NCHW and NHWC bytes agree), with dtype, quantisation and size unchanged.
+// Values that cross the engine's boundary keep their own buffers.
+bool is_view_step(const ir::Graph& g, const ir::Node& n, const backends::Backend& backend,
+                  const Shape& in_shape, const Shape& out_shape) {
+  if (n.inputs.empty() || n.outputs.size() != 1) return false;
+  const ir::Value* in = n.input(0);
+  const ir::Value* out = n.output(0);
+  if (!in || !out || in->is_constant() || g.is_graph_output(out) || g.is_graph_input(in))
+    return false;
+  for (size_t i = 1; i < n.inputs.size(); ++i)
+    if (n.inputs[i] && !n.inputs[i]->is_constant()) return false;
+  if (in->dtype != out->dtype || !same_quant(*in, *out)) return false;
+  if (backend.buffer_bytes(*in, in_shape) != backend.buffer_bytes(*out, out_shape)) return false;
+  switch (n.op) {
+    case ir::OpKind::kFlatten:
+    case ir::OpKind::kReshape:
+    case ir::OpKind::kSqueeze:
+    case ir::OpKind::kUnsqueeze:
+    case ir::OpKind::kIdentity:
+    case ir::OpKind::kDropout:
+      return in->layout == ir::Layout::kPlain && out->layout == ir::Layout::kPlain;
+    case ir::OpKind::kReformat: {
+      const auto one_pixel = [](const Shape& s) { return s.size() == 4 && s[2] == 1 && s[3] == 1; };
+      const auto nchw_like = [](ir::Layout l) {
+        return l == ir::Layout::kPlain || l == ir::Layout::kNHWC;
+      };
+      return nchw_like(in->layout) && nchw_like(out->layout) && in_shape == out_shape &&
+             (in->layout == out->layout || one_pixel(in_shape));
+    }
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
 Expected<std::shared_ptr<const BatchPlan>> Engine::Impl::plan_for(int64_t batch) const {
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = plans.find(batch); it != plans.end()) return it->second;
@@ -70,20 +117,40 @@ Expected<std::shared_ptr<const BatchPlan>> Engine::Impl::plan_for(int64_t batch)
     plan->scratch_bytes = std::max(plan->scratch_bytes, (*inst)->scratch_bytes());
     plan->instances.push_back(std::move(inst).value());
   }
+  // Views share their input's buffer (followed to the value that owns it).
+  plan->alias_root.assign(values.size(), -1);
+  plan->is_view.assign(steps.size(), false);
+  auto root_of = [&](const ir::Value* v) -> const ir::Value* {
+    const int idx = value_index.at(v);
+    return plan->alias_root[size_t(idx)] >= 0 ? values[size_t(plan->alias_root[size_t(idx)])] : v;
+  };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const ir::Node& n = *steps[i];
+    if (!n.outputs.empty() && n.output(0) && !n.inputs.empty() && n.input(0) &&
+        kernels[i]->accumulates_into_output_from() < 0 &&
+        is_view_step(*graph, n, *backend, plan->shapes[size_t(value_index.at(n.input(0)))],
+                     plan->shapes[size_t(value_index.at(n.output(0)))])) {
+      plan->is_view[i] = true;
+      plan->alias_root[size_t(value_index.at(n.output(0)))] = value_index.at(root_of(n.input(0)));
+    }
+  }
   // Arena: intermediates only (inputs are bound to the caller's tensors, outputs are returned).
+  // A view extends the life of the buffer it shares.
   std::unordered_map<const ir::Value*, int> first, last;
   for (size_t i = 0; i < steps.size(); ++i) {
     for (const ir::Value* out : steps[i]->outputs)
-      if (out) first.emplace(out, int(i)), last[out] = int(i);
+      if (out)
+        first.emplace(root_of(out), int(i)),
+            last[root_of(out)] = std::max(last[root_of(out)], int(i));
     for (const ir::Value* in : steps[i]->inputs)
-      if (in) last[in] = int(i);
+      if (in) last[root_of(in)] = std::max(last[root_of(in)], int(i));
   }
   std::vector<runtime::BufferRequest> requests;
   std::vector<size_t> requested_values;
   for (size_t i = 0; i < values.size(); ++i) {
     const ir::Value* v = values[i];
     if (v->is_constant() || graph->is_graph_input(v) || graph->is_graph_output(v) ||
-        !first.count(v))
+        !first.count(v) || plan->alias_root[i] >= 0)
       continue;
     requests.push_back({backend->buffer_bytes(*v, plan->shapes[i]), first[v], last[v]});
     requested_values.push_back(i);
@@ -92,6 +159,8 @@ Expected<std::shared_ptr<const BatchPlan>> Engine::Impl::plan_for(int64_t batch)
   plan->offsets.assign(values.size(), -1);
   for (size_t k = 0; k < requested_values.size(); ++k)
     plan->offsets[requested_values[k]] = int64_t(mp.offsets[k]);
+  for (size_t i = 0; i < values.size(); ++i)
+    if (plan->alias_root[i] >= 0) plan->offsets[i] = plan->offsets[size_t(plan->alias_root[i])];
   plan->arena_bytes = mp.arena_bytes;
   plans[batch] = plan;
   return std::shared_ptr<const BatchPlan>(plan);
@@ -164,8 +233,10 @@ struct Context::Impl {
   };
   std::shared_ptr<void> device_arena, device_scratch;
   size_t device_arena_bytes = 0, device_scratch_bytes = 0;
-  std::map<std::string, DeviceIo> device_io;        // by graph input/output name
-  std::map<int64_t, std::shared_ptr<void>> graphs;  // captured step loops by batch
+  std::map<std::string, DeviceIo> device_io;  // by graph input/output name
+  // Captured step loops by batch and by which inputs come from, and outputs go to, the host
+  // (their copies through the pinned buffers are part of the graph; device-side ones are not).
+  std::map<std::pair<int64_t, std::vector<bool>>, std::shared_ptr<void>> graphs;
   bool graphs_disabled = false;
   bool profiling = false;
   std::unordered_set<std::string> capture_names;
@@ -238,6 +309,33 @@ Expected<int64_t> check_engine_inputs(const Engine::Impl& e, const TensorMap& in
   return batch;
 }
 
+// Validates InferOptions::outputs against the engine's outputs at this batch.
+Status check_engine_outputs(const Engine::Impl& e, const BatchPlan& plan, const TensorMap& given) {
+  const ir::Graph& g = *e.graph;
+  for (const auto& [name, t] : given) {
+    const ir::Value* out = nullptr;
+    std::string names;
+    for (const ir::Value* v : g.outputs()) {
+      if (v->name == name) out = v;
+      names += (names.empty() ? "'" : ", '") + v->name + "'";
+    }
+    if (!out)
+      return NotFound("no output named '" + name + "' to write into; the outputs are " + names);
+    const Shape& want = plan.shapes[size_t(e.value_index.at(out))];
+    if (!t.defined() && shape_numel(want) > 0)
+      return InvalidArgument("the buffer given for output '" + name + "' has no memory");
+    if (t.dtype() != out->dtype)
+      return InvalidArgument("the buffer given for output '" + name + "' is " +
+                             std::string(dtype_name(t.dtype())) + "; the output is " +
+                             std::string(dtype_name(out->dtype)));
+    if (t.shape() != want)
+      return InvalidArgument("the buffer given for output '" + name + "' has shape " +
+                             shape_to_string(t.shape()) + "; the output at batch " +
+                             std::to_string(plan.batch) + " has shape " + shape_to_string(want));
+  }
+  return Status::Ok();
+}
+
 // Runs every step with buffers from `ptr` (per value index). `after_step` sees each step's
 // outputs (capture, profiling).
 Status run_steps(
@@ -276,9 +374,11 @@ Status run_steps(
       else
         std::memcpy(outs[0].data, ins[size_t(acc)].data, bytes);
     }
-    backends::ExecContext ctx{ins, outs, c.resources.get(), scratch};
-    Status st = plan.instances[s]->execute(ctx);
-    if (!st.ok()) return st.with_context(node.describe());
+    if (!plan.is_view[s]) {
+      backends::ExecContext ctx{ins, outs, c.resources.get(), scratch};
+      Status st = plan.instances[s]->execute(ctx);
+      if (!st.ok()) return st.with_context(node.describe());
+    }
     if (after_step) MIXQ_RETURN_IF_ERROR(after_step(s, outs));
   }
   return Status::Ok();
@@ -307,7 +407,8 @@ Expected<std::shared_ptr<void>> grow(const backends::DeviceOps& dev, std::shared
 }
 
 Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& plan,
-                                          const TensorMap& inputs, Clock::time_point start) {
+                                          const TensorMap& inputs, const InferOptions& options,
+                                          Clock::time_point start) {
   const Engine::Impl& e = *c.engine;
   const ir::Graph& g = *e.graph;
   const backends::DeviceOps& dev = *e.backend->device_ops();
@@ -332,23 +433,35 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
   std::vector<void*>& ptr = c.pointers;
   bind_arena(e, plan, static_cast<char*>(c.device_arena.get()), ptr);
   InferenceResult result;
-  std::vector<std::pair<const ir::Value*, Context::Impl::DeviceIo*>> in_io, out_io;
+  std::vector<std::pair<const ir::Value*, Context::Impl::DeviceIo*>> in_io, out_io, device_out_io;
+  std::vector<bool> on_host;  // per input, then per output: staged through pinned memory
+  bool waited = false;
   for (const ir::Value* in : g.inputs()) {
     MIXQ_ASSIGN_OR_RETURN(auto* io, io_for(in));
     const Tensor& t = inputs.at(in->name);
-    if (dev.is_device_pointer(t.raw())) {
+    const bool host = !dev.is_device_pointer(t.raw());
+    if (!host) {
+      // Device-resident input: one copy on the device, ordered after the work that produced it.
+      if (options.input_stream && !waited) {
+        MIXQ_RETURN_IF_ERROR(dev.wait_for_stream(options.input_stream, r));
+        waited = true;
+      }
       MIXQ_RETURN_IF_ERROR(dev.copy_device_to_device(io->device.get(), t.raw(), t.nbytes(), r));
     } else {
       std::memcpy(io->pinned.get(), t.raw(), t.nbytes());
       in_io.push_back({in, io});
     }
+    on_host.push_back(host);
     ptr[size_t(e.value_index.at(in))] = io->device.get();
   }
   for (const ir::Value* out : g.outputs()) {
     if (out->is_constant() || g.is_graph_input(out)) continue;
     MIXQ_ASSIGN_OR_RETURN(auto* io, io_for(out));
     ptr[size_t(e.value_index.at(out))] = io->device.get();
-    out_io.push_back({out, io});
+    auto given = options.outputs.find(out->name);
+    const bool host = given == options.outputs.end() || !dev.is_device_pointer(given->second.raw());
+    (host ? out_io : device_out_io).push_back({out, io});
+    on_host.push_back(host);
   }
   auto bytes_of = [&](const ir::Value* v) {
     return e.backend->buffer_bytes(*v, plan.shapes[size_t(e.value_index.at(v))]);
@@ -359,25 +472,23 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
     for (auto& [v, io] : in_io)
       MIXQ_RETURN_IF_ERROR(dev.copy_to_device(io->device.get(), io->pinned.get(), bytes_of(v), r));
     MIXQ_RETURN_IF_ERROR(dev.record(r, 0));
+    if (c.profiling) MIXQ_RETURN_IF_ERROR(dev.record_step(r, 0));
     MIXQ_RETURN_IF_ERROR(run_steps(c, plan, ptr, c.device_scratch.get(), hook));
     MIXQ_RETURN_IF_ERROR(dev.record(r, 1));
     for (auto& [v, io] : out_io)
       MIXQ_RETURN_IF_ERROR(dev.copy_to_host(io->pinned.get(), io->device.get(), bytes_of(v), r));
     return Status::Ok();
   };
-  const bool direct = c.profiling || c.capture_all || !c.capture_names.empty() || c.graphs_disabled;
+  // Profiling: a mark after every step, recorded inside the replayed graph too, so each layer's
+  // time is its time in the graph (no host launch gaps, no synchronisation between steps).
+  if (c.profiling) MIXQ_RETURN_IF_ERROR(dev.reserve_step_marks(r, e.steps.size() + 1));
+  const std::function<Status(size_t, std::span<const backends::Buffer>)> mark =
+      [&](size_t s, std::span<const backends::Buffer>) { return dev.record_step(r, s + 1); };
+  const bool direct = c.capture_all || !c.capture_names.empty() || c.graphs_disabled;
   if (direct) {
     std::function<Status(size_t, std::span<const backends::Buffer>)> hook;
     hook = [&](size_t s, std::span<const backends::Buffer> outs) -> Status {
-      const ir::Node& node = *e.steps[s];
-      if (c.profiling) {
-        // Per-layer device time: a mark after every step (slots 2/3 alternate).
-        MIXQ_RETURN_IF_ERROR(dev.record(r, 3));
-        MIXQ_ASSIGN_OR_RETURN(double ms, dev.elapsed_ms(r, 2, 3));
-        result.layers.push_back({node.name, std::string(ir::op_name(node.op)),
-                                 node.precision.value_or(Precision::kFP32), s == 0 ? 0.0 : ms});
-        MIXQ_RETURN_IF_ERROR(dev.record(r, 2));
-      }
+      if (c.profiling) MIXQ_RETURN_IF_ERROR(dev.record_step(r, s + 1));
       if (c.capture_all || !c.capture_names.empty()) {
         for (const backends::Buffer& b : outs) {
           if (!b.value || (!c.capture_all && !c.capture_names.count(b.value->name))) continue;
@@ -388,37 +499,71 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
       }
       return Status::Ok();
     };
-    if (c.profiling) MIXQ_RETURN_IF_ERROR(dev.record(r, 2));
     MIXQ_RETURN_IF_ERROR(issue(hook));
   } else {
-    auto it = c.graphs.find(plan.batch);
+    std::vector<bool> variant = on_host;
+    variant.push_back(c.profiling);  // a profiling graph carries the step marks
+    const auto key = std::make_pair(plan.batch, variant);
+    auto it = c.graphs.find(key);
     if (it == c.graphs.end()) {
       Status s = dev.begin_capture(r);
-      if (s.ok()) s = issue(nullptr);
+      if (s.ok()) s = issue(c.profiling ? mark : nullptr);
       Expected<std::shared_ptr<void>> graph =
           s.ok() ? dev.end_capture(r) : Expected<std::shared_ptr<void>>(s);
       if (!graph.ok()) {
         // Not capturable (a kernel synchronises or allocates): run directly from now on.
         c.graphs_disabled = true;
         MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
-        MIXQ_RETURN_IF_ERROR(issue(nullptr));
+        MIXQ_RETURN_IF_ERROR(issue(c.profiling ? mark : nullptr));
       } else {
-        it = c.graphs.emplace(plan.batch, std::move(graph).value()).first;
+        it = c.graphs.emplace(key, std::move(graph).value()).first;
       }
     }
     if (it != c.graphs.end()) MIXQ_RETURN_IF_ERROR(dev.replay(it->second, r));
   }
+  // Outputs that stay on the device: one copy there (the caller's pointer changes between calls,
+  // so it is not part of a graph).
+  for (auto& [v, io] : device_out_io)
+    MIXQ_RETURN_IF_ERROR(dev.copy_device_to_device(
+        const_cast<void*>(options.outputs.at(v->name).raw()), io->device.get(), bytes_of(v), r));
   MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
   MIXQ_ASSIGN_OR_RETURN(result.timing.compute_ms, dev.elapsed_ms(r, 0, 1));
+  if (c.profiling) {
+    MIXQ_ASSIGN_OR_RETURN(std::vector<double> ms, dev.step_times_ms(r, e.steps.size()));
+    for (size_t s = 0; s < e.steps.size(); ++s) {
+      const ir::Node& node = *e.steps[s];
+      result.layers.push_back({node.name, std::string(ir::op_name(node.op)),
+                               node.precision.value_or(Precision::kFP32), ms[s]});
+    }
+  }
   for (const ir::Value* out : g.outputs()) {
     const size_t idx = size_t(e.value_index.at(out));
-    Tensor t = Tensor::empty(out->dtype, plan.shapes[idx]);
-    if (out->is_constant())
-      std::memcpy(t.raw(), out->constant.raw(), t.nbytes());
-    else if (g.is_graph_input(out))
-      std::memcpy(t.raw(), inputs.at(out->name).raw(), t.nbytes());
-    else
-      std::memcpy(t.raw(), c.device_io.at(out->name).pinned.get(), t.nbytes());
+    auto given = options.outputs.find(out->name);
+    const bool to_device =
+        given != options.outputs.end() && dev.is_device_pointer(given->second.raw());
+    const bool computed = !out->is_constant() && !g.is_graph_input(out);
+    if (to_device && computed) {  // copied above
+      result.outputs[out->name] = given->second;
+      continue;
+    }
+    Tensor t = given != options.outputs.end() ? given->second
+                                              : Tensor::empty(out->dtype, plan.shapes[idx]);
+    const void* src = out->is_constant()      ? out->constant.raw()
+                      : g.is_graph_input(out) ? inputs.at(out->name).raw()
+                                              : c.device_io.at(out->name).pinned.get();
+    // A graph input or constant passed straight through may sit on either side.
+    const bool from_device = !computed && dev.is_device_pointer(src);
+    if (t.nbytes() == 0) {
+    } else if (to_device || from_device) {
+      void* dst = t.raw();
+      MIXQ_RETURN_IF_ERROR(to_device && from_device
+                               ? dev.copy_device_to_device(dst, src, t.nbytes(), r)
+                           : to_device ? dev.copy_to_device(dst, src, t.nbytes(), r)
+                                       : dev.copy_to_host(dst, src, t.nbytes(), r));
+      MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
+    } else {
+      std::memcpy(t.raw(), src, t.nbytes());
+    }
     result.outputs[out->name] = t;
   }
   result.timing.end_to_end_ms = ms_since(start);
@@ -428,13 +573,18 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
 }  // namespace
 
 Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
+  return infer(inputs, InferOptions{});
+}
+
+Expected<InferenceResult> Context::infer(const TensorMap& inputs, const InferOptions& options) {
   const auto start = Clock::now();
   const Engine::Impl& e = *impl_->engine;
   const ir::Graph& g = *e.graph;
   const backends::DeviceOps* dev = e.backend->device_ops();
   MIXQ_ASSIGN_OR_RETURN(int64_t batch, check_engine_inputs(e, inputs, dev));
   MIXQ_ASSIGN_OR_RETURN(auto plan, e.plan_for(batch));
-  if (dev) return infer_on_device(*impl_, *plan, inputs, start);
+  MIXQ_RETURN_IF_ERROR(check_engine_outputs(e, *plan, options.outputs));
+  if (dev) return infer_on_device(*impl_, *plan, inputs, options, start);
 
   if (size_t(impl_->arena.numel()) < plan->arena_bytes)
     impl_->arena = Tensor::empty(DType::kUInt8, {int64_t(plan->arena_bytes)});
@@ -450,7 +600,9 @@ Expected<InferenceResult> Context::infer(const TensorMap& inputs) {
   for (const ir::Value* out : g.outputs()) {
     const size_t idx = size_t(e.value_index.at(out));
     if (result.outputs.count(out->name)) continue;
-    Tensor t = Tensor::empty(out->dtype, plan->shapes[idx]);
+    auto given = options.outputs.find(out->name);
+    Tensor t = given != options.outputs.end() ? given->second
+                                              : Tensor::empty(out->dtype, plan->shapes[idx]);
     if (out->is_constant() || g.is_graph_input(out))
       std::memcpy(t.raw(), ptr[idx], t.nbytes());
     else

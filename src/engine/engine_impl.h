@@ -23,6 +23,10 @@ struct BatchPlan {
   std::vector<int64_t> offsets;  // per value index: arena offset, -1 when not in the arena
   size_t arena_bytes = 0;
   size_t scratch_bytes = 0;
+  // Views: steps whose output is its input's bytes under another shape (Flatten, Reshape, a
+  // layout change of a 1x1 image...). Their output shares the input's buffer and they do not run.
+  std::vector<int> alias_root;  // per value index: the value whose buffer it shares, or -1
+  std::vector<bool> is_view;    // per step
 };
 
 struct Engine::Impl {

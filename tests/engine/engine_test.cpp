@@ -442,6 +442,87 @@ TEST(EngineBatch, BadBatchesAndInputsAreRefused) {
   EXPECT_TRUE(ctx->infer(inputs(1, 1)).ok());
 }
 
+TEST(EngineOutputs, GivenOutputBuffersAreWrittenInPlace) {
+  auto model = small_cnn();
+  ASSERT_TRUE(model);
+  for (Engine engine : {fp32_engine(model), int8_engine(model)}) {
+    auto ctx = engine.create_context();
+    ASSERT_TRUE(ctx.ok());
+    const TensorMap in{{"x", random_tensor({3, 3, 12, 12}, 1)}, {"z", random_tensor({3, 10}, 2)}};
+    auto plain = ctx->infer(in);
+    ASSERT_TRUE(plain.ok()) << plain.status().to_string();
+    InferOptions options;
+    Tensor y = Tensor::zeros(DType::kFloat32, {3, 10});
+    options.outputs["y"] = y;
+    auto given = ctx->infer(in, options);
+    ASSERT_TRUE(given.ok()) << given.status().to_string();
+    EXPECT_EQ(given->outputs.at("y").raw(), y.raw());
+    EXPECT_TRUE(bit_equal(y, plain->outputs.at("y")));
+  }
+}
+
+TEST(EngineOutputs, WrongOutputBuffersAreRefused) {
+  auto model = small_cnn();
+  ASSERT_TRUE(model);
+  Engine engine = fp32_engine(model);
+  auto ctx = engine.create_context();
+  ASSERT_TRUE(ctx.ok());
+  const TensorMap in{{"x", random_tensor({2, 3, 12, 12}, 1)}, {"z", random_tensor({2, 10}, 2)}};
+  InferOptions options;
+  options.outputs["y"] = Tensor::zeros(DType::kFloat32, {3, 10});
+  EXPECT_TRUE(status_is(ctx->infer(in, options), StatusCode::kInvalidArgument,
+                        {"output 'y'", "[3,10]", "batch 2", "[2,10]"}));
+  options.outputs["y"] = Tensor::zeros(DType::kFloat16, {2, 10});
+  EXPECT_TRUE(status_is(ctx->infer(in, options), StatusCode::kInvalidArgument,
+                        {"output 'y'", "f16", "f32"}));
+  options.outputs.clear();
+  options.outputs["c3"] = Tensor::zeros(DType::kFloat32, {2, 10});
+  EXPECT_TRUE(
+      status_is(ctx->infer(in, options), StatusCode::kNotFound, {"'c3'", "outputs are", "'y'"}));
+  EXPECT_TRUE(ctx->infer(in).ok());
+}
+
+// Flatten only reinterprets bytes: its output shares the pooled value's buffer and the step does
+// not run (nor does a layout change of the 1x1 pooled image); the values read back agree.
+TEST(EngineViews, FlattenSharesItsInputBufferAndDoesNotRun) {
+  auto model = small_cnn();
+  ASSERT_TRUE(model);
+  for (Engine engine : {fp32_engine(model), int8_engine(model)}) {
+    const Engine::Impl& impl = engine.impl();
+    for (int64_t batch : {int64_t(1), kMaxBatch}) {
+      auto plan = impl.plan_for(batch);
+      ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+      int flattens = 0;
+      for (size_t s = 0; s < impl.steps.size(); ++s) {
+        const ir::Node& n = *impl.steps[s];
+        if (!(*plan)->is_view[s]) continue;
+        // The Flatten, and a layout change of the pooled 1x1 image where one remains.
+        flattens += n.op == ir::OpKind::kFlatten;
+        if (n.op != ir::OpKind::kFlatten) {
+          EXPECT_EQ(n.op, ir::OpKind::kReformat) << n.describe();
+          EXPECT_EQ((*plan)->shapes[size_t(impl.value_index.at(n.input(0)))],
+                    (Shape{batch, 16, 1, 1}));
+        }
+        const size_t in = size_t(impl.value_index.at(n.input(0)));
+        const size_t out = size_t(impl.value_index.at(n.output(0)));
+        EXPECT_EQ((*plan)->offsets[out], (*plan)->offsets[in]);
+        EXPECT_GE((*plan)->offsets[out], 0);
+      }
+      EXPECT_EQ(flattens, 1) << "batch " << batch;
+    }
+    const TensorMap in{{"x", random_tensor({3, 3, 12, 12}, 1)}, {"z", random_tensor({3, 10}, 2)}};
+    auto ctx = engine.create_context();
+    ASSERT_TRUE(ctx.ok());
+    ctx->capture({"f", "p"});
+    auto r = ctx->infer(in);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    const Tensor& f = r->captured.at("f");
+    const Tensor& p = r->captured.at("p");
+    ASSERT_EQ(f.numel(), p.numel());
+    EXPECT_EQ(std::memcmp(f.raw(), p.raw(), f.nbytes()), 0);
+  }
+}
+
 // --- concurrency ---------------------------------------------------------------------------------
 
 void check_threads(const Engine& engine, const TensorMap& in) {

@@ -82,7 +82,7 @@ struct BuildArgs {
                                     backend = "cpu", calib_cache;
   double percentile = 99.99;
   int64_t max_batch = 128, calib_batch = 32, calib_samples = 0;
-  bool allow_fallback = false, quiet = false;
+  bool allow_fallback = false, quiet = false, deterministic = false;
 };
 
 int run_build(const BuildArgs& a) {
@@ -90,6 +90,7 @@ int run_build(const BuildArgs& a) {
   options.backend = a.backend;
   options.max_batch = a.max_batch;
   options.allow_fallback = a.allow_fallback;
+  options.deterministic = a.deterministic;
   auto precision = precision_from_name(a.default_precision);
   if (!precision)
     return report(InvalidArgument("--default-precision '" + a.default_precision +
@@ -305,6 +306,21 @@ int run_bench(const BenchArgs& a) {
                         {"threads", omp_get_max_threads()},
                         {"gmac_per_s", gmacs},
                         {"average_bits_by_macs", engine->report().average_bits_by_macs}};
+    if (a.profile) {
+      // Per layer: the median time and what the build report says about it (module, precision).
+      std::map<std::string, const LayerReport*> by_name;
+      for (const auto& l : engine->report().layers) by_name[l.name] = &l;
+      nlohmann::json layers = nlohmann::json::array();
+      for (const auto& l : layer_order) {
+        const LayerReport* r = by_name.count(l.name) ? by_name[l.name] : nullptr;
+        layers.push_back({{"name", l.name},
+                          {"op", l.op},
+                          {"module", r ? r->module : std::string()},
+                          {"precision", std::string(precision_name(l.precision))},
+                          {"ms_median", percentile_of(layer_ms[l.name], 50)}});
+      }
+      j["layers"] = layers;
+    }
     std::cout << j.dump(2) << "\n";
     return kExitOk;
   }
@@ -388,6 +404,8 @@ void add_engine_commands(CLI::App& app, int& exit_code) {
                     "Calibration cache file (reused when it matches)");
   build->add_option("--default-precision", b->default_precision,
                     "Precision of layers the plan does not name (default fp32)");
+  build->add_flag("--deterministic", b->deterministic,
+                  "Only kernels that give the same bits on every run (GPU: may be slower)");
   build->add_flag("--allow-fallback", b->allow_fallback,
                   "Let a layer run at the nearest higher precision when its own is unavailable");
   build->add_option("--max-batch", b->max_batch, "Largest batch the engine accepts (default 128)");

@@ -31,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "backends/cuda/cuda_common.h"
@@ -415,6 +416,7 @@ struct EngineChoice {
   int64_t engine = -1;
   std::vector<std::pair<int64_t, int64_t>> knobs;  // (cudnnBackendKnobType_t, value)
   bool tensor_core = false, runtime_compiled = false;
+  bool nondeterministic = false;  // results may vary between runs (atomics)
 
   std::string str() const {
     std::string s = "e" + std::to_string(engine);
@@ -459,10 +461,12 @@ Expected<EngineChoice> describe_config(const Desc& cfg) {
   if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
                                CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn,
                                notes) == CUDNN_STATUS_SUCCESS)
-    for (int64_t i = 0; i < nn; ++i)
+    for (int64_t i = 0; i < nn; ++i) {
       c.tensor_core |= notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE ||
                        notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
                        notes[i] == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION;
+      c.nondeterministic |= notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+    }
   cudnnBackendBehaviorNote_t behavior[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
   int64_t nb = 0;
   if (cudnnBackendGetAttribute(eng.get(), CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
@@ -631,7 +635,16 @@ struct Layer {
   bool residual_fusable = true;
   float out_scale = 1.0f;          // s_r / s_y
   float clip_lo = 0, clip_hi = 0;  // real units (activation attribute)
+  // int8/fp8 with input channels that are no multiple of what cuDNN's engines take (an RGB stem
+  // conv): the input is padded with zero channels up to base.c before the convolution, and the
+  // weights with zeros. 0: no padding.
+  int64_t unpadded_c = 0;
 };
+
+// Channel multiple cuDNN's int8 / fp8 convolution engines take (input and output, per group).
+int64_t channel_multiple(Precision p) {
+  return p == Precision::kINT8 ? 4 : p == Precision::kFP8 ? 16 : 1;
+}
 
 // Everything about the layer that does not need data: shapes, types, epilogue structure.
 // `y_dtype`/`r_dtype` override the values' dtypes (supports() probes before dtypes are final).
@@ -663,6 +676,11 @@ Expected<Layer> describe_layer(const ir::Node& node, Precision p, DType y_dtype,
   if (ys[1] != s.k)
     return InvalidArgument("output channels " + std::to_string(ys[1]) +
                            " differ from the weights'");
+  const int64_t multiple = channel_multiple(p);
+  if (s.geo.groups == 1 && s.c % multiple != 0) {
+    L.unpadded_c = s.c;
+    s.c = s.cg = (s.c + multiple - 1) / multiple * multiple;
+  }
   const DType in = input_dtype(p);
   s.xt = s.wt = cudnn_type(in);
   s.comp = p == Precision::kINT8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT;
@@ -726,13 +744,15 @@ Status static_checks(const ir::Node& node, Precision p) {
   Geometry g;
   MIXQ_RETURN_IF_ERROR(conv_geometry(node, at_batch(x->shape, 1), w->constant.shape(), g));
   const int64_t cg = x->shape[1] / g.groups, kg = w->constant.dim(0) / g.groups;
-  const int64_t multiple = p == Precision::kINT8 ? 4 : p == Precision::kFP8 ? 16 : 1;
-  if (cg % multiple != 0 || kg % multiple != 0)
+  const int64_t multiple = channel_multiple(p);
+  // Input channels of an ungrouped convolution are padded (see Layer::unpadded_c).
+  if ((g.groups != 1 && cg % multiple != 0) || kg % multiple != 0)
     return Unsupported(
-        std::string(precision_name(p)) + " convolutions need input and output channels per group " +
-        "in multiples of " + std::to_string(multiple) + " (cuDNN's " +
-        std::string(precision_name(p)) + " engines); this layer has " + std::to_string(cg) +
-        " and " + std::to_string(kg) + " (groups " + std::to_string(g.groups) + ")");
+        std::string(precision_name(p)) + " convolutions need output channels per group " +
+        "in multiples of " + std::to_string(multiple) +
+        ", and grouped ones input channels too (cuDNN's " + std::string(precision_name(p)) +
+        " engines); this layer has " + std::to_string(cg) + " and " + std::to_string(kg) +
+        " (groups " + std::to_string(g.groups) + ")");
   return Status::Ok();
 }
 
@@ -782,6 +802,17 @@ Expected<DeviceBuffer> pack_weights(const Tensor& w, DType dtype) {
           std::memcpy(out + size_t(((k * R + r) * S + s) * C + c) * es,
                       in + size_t(((k * C + c) * R + r) * S + s) * es, es);
   return upload(dst.raw(), dst.nbytes());
+}
+
+// Weights [K, C, R, S] -> [K, Cp, R, S] with zero weights for the padded input channels.
+Tensor pad_input_channels(const Tensor& w, int64_t padded_c) {
+  const int64_t K = w.dim(0), C = w.dim(1), RS = w.dim(2) * w.dim(3);
+  Tensor out = Tensor::zeros(w.dtype(), {K, padded_c, w.dim(2), w.dim(3)});
+  const size_t block = size_t(C * RS) * dtype_size(w.dtype());
+  for (int64_t k = 0; k < K; ++k)
+    std::memcpy(static_cast<char*>(out.raw()) + size_t(k * padded_c * RS) * dtype_size(w.dtype()),
+                static_cast<const char*>(w.raw()) + size_t(k) * block, block);
+  return out;
 }
 
 // --- the kernel
@@ -836,6 +867,13 @@ class ConvInstance final : public KernelInstance {
     const Spec& s = k.layer_.base;
     rows_ = batch * s.oh * s.ow;
     cols_ = s.k;
+    if (k.layer_.unpadded_c) {
+      pixels_ = batch * s.h * s.w;
+      c_ = k.layer_.unpadded_c;
+      padded_c_ = s.c;
+      padded_bytes_ = align256(size_t(pixels_ * padded_c_) * type_bytes(s.xt));
+      x_bytes_ = type_bytes(s.xt);
+    }
     if (mode_ == Mode::kSplit) {
       const Spec split = split_spec(s, k.precision_);
       inter_bytes_ = align256(size_t(rows_ * cols_) * type_bytes(split.yt));
@@ -853,17 +891,28 @@ class ConvInstance final : public KernelInstance {
     }
   }
 
-  size_t scratch_bytes() const override { return inter_bytes_ + size_t(plan_->workspace); }
+  size_t scratch_bytes() const override {
+    return padded_bytes_ + inter_bytes_ + size_t(plan_->workspace);
+  }
 
   Status execute(const ExecContext& ctx) const override {
     CudaResources& res = resources_of(ctx);
+    // Scratch: [padded input][split-mode intermediate][cuDNN workspace].
     char* scratch = static_cast<char*>(ctx.scratch);
+    void* x = ctx.inputs[0].data;
+    if (padded_bytes_) {
+      const cudaError_t e =
+          kernels::pad_channels(x, scratch, pixels_, c_, padded_c_, x_bytes_, res.stream);
+      if (e != cudaSuccess) return cuda_status(e, "input channel padding", __FILE__, __LINE__);
+      x = scratch;
+    }
+    char* rest = scratch ? scratch + padded_bytes_ : nullptr;
     void* y = ctx.outputs[0].data;
-    void* conv_out = mode_ == Mode::kSplit ? scratch : y;
-    void* workspace = scratch ? scratch + inter_bytes_ : nullptr;
+    void* conv_out = mode_ == Mode::kSplit ? rest : y;
+    void* workspace = rest ? rest + inter_bytes_ : nullptr;
     const void* residual = ctx.inputs.size() > 3 ? ctx.inputs[3].data : nullptr;
     std::array<void*, kRoles> ptr{};
-    ptr[kRoleX] = ctx.inputs[0].data;
+    ptr[kRoleX] = x;
     ptr[kRoleW] = packed_->weights.get();
     ptr[kRoleY] = conv_out;
     ptr[kRoleScale] = (mode_ == Mode::kSplit ? packed_->split_scale : packed_->scale).get();
@@ -901,6 +950,9 @@ class ConvInstance final : public KernelInstance {
   Mode mode_;
   int64_t rows_ = 0, cols_ = 0;
   size_t inter_bytes_ = 0;
+  // Input channel padding (Layer::unpadded_c): pixels, channels before and after, bytes.
+  int64_t pixels_ = 0, c_ = 0, padded_c_ = 0;
+  size_t padded_bytes_ = 0, x_bytes_ = 0;
   kernels::EpilogueParams ep_;
   kernels::Grid y_grid_;
   mutable std::mutex mutex_;
@@ -1011,63 +1063,111 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   std::shared_ptr<Plan> best;
   int tried = 0, working = 0;
   std::string errors;
-  for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-    auto h = heuristic_configs(g, mode);
-    if (!h.ok()) {
-      errors += " heuristics: " + h.status().message().substr(0, 160);
-      continue;
-    }
-    for (const Desc& cfg : h->configs) {
-      if (tried >= tune_max_candidates() && best) break;
-      if (best && std::chrono::duration<double>(Clock::now() - start).count() > tune_seconds())
-        break;
-      auto info = describe_config(cfg);
-      if (!info.ok()) continue;
-      if (spec.no_tensor_cores && info->tensor_core) continue;
-      ++tried;
-      auto plan = finalize_plan(g, cfg, b.res->cudnn, {h->heur});
-      if (!plan.ok()) {
-        errors += " e" + std::to_string(info->engine) + ":plan";
+  // Deterministic builds (BuildOptions::deterministic) skip engines that note nondeterminism
+  // (atomics), unless no other engine runs the layer.
+  bool skipped_nondeterministic = false;
+  for (int pass = deterministic_only(node_) ? 0 : 1; pass < 2 && !best; ++pass) {
+    if (pass == 1 && deterministic_only(node_) && !skipped_nondeterministic) break;
+    for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      auto h = heuristic_configs(g, mode);
+      if (!h.ok()) {
+        errors += " heuristics: " + h.status().message().substr(0, 160);
         continue;
       }
-      if ((*plan)->workspace > kMaxWorkspace) continue;
-      (*plan)->choice = *info;
-      (*plan)->mode = spec.mode;
-      MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t((*plan)->workspace)));
-      void* bufs[4] = {x.get(), y, r.get(), ws};
-      auto vp = tuning_pack(**plan, bufs);
-      Status ran = vp.ok() ? check_run(**plan, *vp, spec, b, y) : vp.status();
-      if (!ran.ok()) {
-        cudaGetLastError();
-        errors += " e" + std::to_string(info->engine) + ":" + ran.message().substr(0, 120);
-        continue;
-      }
-      ++working;
-      double ms = 0;
-      bool captured = true;
-      if (tuning_enabled()) {
-        const Desc& pack = *vp;
-        auto t = time_launches(
-            [&]() -> Status {
-              CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, (*plan)->plan.get(), pack.get()));
-              return Status::Ok();
-            },
-            b.res->stream, &captured);
-        if (!t.ok()) {
-          cudaGetLastError();
-          continue;
+      // Candidates in the heuristic's order, in chunks: a chunk's plans are finalized in parallel
+      // (a runtime-compiled engine takes about half a second to compile; cuDNN builds plans of
+      // one graph in parallel when autotuning), then each is run and timed on the GPU in turn.
+      struct Candidate {
+        EngineChoice info;
+        const Desc* cfg = nullptr;
+        Expected<std::shared_ptr<Plan>> plan = Internal("not finalized");
+      };
+      const int parallel = tuning_enabled(node_) ? compile_threads() : 1;
+      size_t next = 0;
+      bool stop = false;
+      while (!stop && next < h->configs.size()) {
+        std::vector<Candidate> chunk;
+        // Past the candidate limit only while nothing runs yet, one at a time.
+        while (next < h->configs.size() && int(chunk.size()) < parallel &&
+               (tried + int(chunk.size()) < tune_max_candidates() || (!best && chunk.empty()))) {
+          const Desc& cfg = h->configs[next++];
+          auto info = describe_config(cfg);
+          if (!info.ok()) continue;
+          if (spec.no_tensor_cores && info->tensor_core) continue;
+          if (info->nondeterministic && pass == 0) {
+            skipped_nondeterministic = true;
+            continue;
+          }
+          chunk.push_back({*info, &cfg});
         }
-        ms = *t;
+        if (chunk.empty()) break;
+        tried += int(chunk.size());
+        {
+          std::vector<std::thread> threads;
+          for (size_t i = 0; i < chunk.size(); ++i) {
+            auto work = [&, i] {
+              auto handle = compile_handle(int(i));
+              chunk[i].plan = handle.ok() ? finalize_plan(g, *chunk[i].cfg, *handle, {h->heur})
+                                          : Expected<std::shared_ptr<Plan>>(handle.status());
+            };
+            if (chunk.size() == 1)
+              work();
+            else
+              threads.emplace_back(work);
+          }
+          for (std::thread& t : threads) t.join();
+        }
+        for (Candidate& cand : chunk) {
+          if (!cand.plan.ok()) {
+            errors += " e" + std::to_string(cand.info.engine) + ":plan";
+            continue;
+          }
+          std::shared_ptr<Plan> plan = *cand.plan;
+          if (plan->workspace > kMaxWorkspace) continue;
+          plan->choice = cand.info;
+          plan->mode = spec.mode;
+          MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t(plan->workspace)));
+          void* bufs[4] = {x.get(), y, r.get(), ws};
+          auto vp = tuning_pack(*plan, bufs);
+          Status ran = vp.ok() ? check_run(*plan, *vp, spec, b, y) : vp.status();
+          if (!ran.ok()) {
+            cudaGetLastError();
+            errors += " e" + std::to_string(cand.info.engine) + ":" + ran.message().substr(0, 120);
+            continue;
+          }
+          ++working;
+          double ms = 0;
+          bool captured = true;
+          if (tuning_enabled(node_)) {
+            const Desc& pack = *vp;
+            auto t = time_launches(
+                [&]() -> Status {
+                  CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, plan->plan.get(), pack.get()));
+                  return Status::Ok();
+                },
+                b.res->stream, &captured);
+            if (!t.ok()) {
+              cudaGetLastError();
+              continue;
+            }
+            ms = *t;
+          }
+          // Configurations that a CUDA graph can capture first (the engine replays graphs), then
+          // time.
+          if (!best || (captured && !best_captured) ||
+              (captured == best_captured && ms < best_ms)) {
+            best = plan;
+            best_ms = ms;
+            best_captured = captured;
+          }
+          if (!tuning_enabled(node_)) break;
+        }
+        stop =
+            best && (!tuning_enabled(node_) || tried >= tune_max_candidates() ||
+                     std::chrono::duration<double>(Clock::now() - start).count() > tune_seconds());
       }
-      // Configurations that a CUDA graph can capture first (the engine replays graphs), then time.
-      if (!best || (captured && !best_captured) || (captured == best_captured && ms < best_ms)) {
-        best = *plan;
-        best_ms = ms;
-        best_captured = captured;
-      }
-      if (!tuning_enabled()) break;
+      if (best) break;  // FALLBACK only when mode A has nothing that runs
     }
-    if (best) break;  // FALLBACK only when mode A has nothing that runs
   }
   b.release_scratch();
   if (best) best->ms = best_ms;
@@ -1075,7 +1175,9 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
     return Unsupported("no cuDNN engine runs " + spec.signature() + " (tried " +
                        std::to_string(tried) + ":" + errors + ")" +
                        (cudnn_last_error().empty() ? "" : ": " + cudnn_last_error()));
-  if (note)
+  if (note && !tuning_enabled(node_))
+    *note = "untuned: first working config";
+  else if (note)
     *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " configs, " +
             std::to_string(best_ms * 1000.0).substr(0, 6) + " us" +
             (best_captured ? "" : ", not capturable");
@@ -1087,7 +1189,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std
                                                      std::string* note) const {
   // The given choice (recorded in the engine, or the maximum batch's), else what this process
   // tuned for the same graph before, else tune now.
-  const std::string cached = cached_choice(spec.signature());
+  const std::string cached = cached_choice(node_, spec.signature());
   for (int attempt = 0; attempt < 2; ++attempt) {
     const std::string& want = attempt == 0 ? choice : cached;
     EngineChoice c;
@@ -1101,7 +1203,8 @@ Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std
     if (plan.ok()) (*plan)->mode = spec.mode;
     if (plan.ok() && (*plan)->workspace <= kMaxWorkspace && warm_up(**plan, spec, b).ok()) {
       (*plan)->choice = c;
-      if (attempt == 1) (*plan)->ms = std::atof(cached_choice("ms " + spec.signature()).c_str());
+      if (attempt == 1)
+        (*plan)->ms = std::atof(cached_choice(node_, "ms " + spec.signature()).c_str());
       if (chosen) *chosen = c.str();
       if (note) *note = attempt == 0 ? "recorded choice" : "tuned before";
       return *plan;
@@ -1109,8 +1212,8 @@ Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std
     cudaGetLastError();
   }
   MIXQ_ASSIGN_OR_RETURN(auto plan, tune(spec, b, note));
-  cache_choice(spec.signature(), plan->choice.str());
-  cache_choice("ms " + spec.signature(), std::to_string(plan->ms));
+  cache_choice(node_, spec.signature(), plan->choice.str());
+  cache_choice(node_, "ms " + spec.signature(), std::to_string(plan->ms));
   if (chosen) *chosen = plan->choice.str();
   return plan;
 }
@@ -1176,7 +1279,10 @@ Status ConvKernel::prepare(int64_t max_batch) {
   auto packed = std::make_shared<Packed>();
   {
     MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
-    MIXQ_ASSIGN_OR_RETURN(packed->weights, pack_weights(w->constant, in));
+    MIXQ_ASSIGN_OR_RETURN(
+        packed->weights,
+        pack_weights(
+            layer_.unpadded_c ? pad_input_channels(w->constant, layer_.base.c) : w->constant, in));
     MIXQ_ASSIGN_OR_RETURN(packed->scale, upload(scale.data(), scale.size() * sizeof(float)));
     MIXQ_ASSIGN_OR_RETURN(packed->split_scale,
                           upload(conv_scale.data(), conv_scale.size() * sizeof(float)));
@@ -1209,7 +1315,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
   // convolution on an H200). The decision is recorded with the choice and memoised per process.
   const std::string mode_key =
       "mode " + std::string(precision_name(precision_)) + " " + fused.signature();
-  const std::string decided = !rec_mode.empty() ? rec_mode : cached_choice(mode_key);
+  const std::string decided = !rec_mode.empty() ? rec_mode : cached_choice(node_, mode_key);
   const bool fusable = !layer_.base.residual || layer_.residual_fusable;
   std::shared_ptr<Plan> fused_plan, split_plan;
   std::string fused_choice, fused_note, split_choice, split_note;
@@ -1222,7 +1328,9 @@ Status ConvKernel::prepare(int64_t max_batch) {
       fused_status = p.status();
   }
   const Spec split = spec_at(max_batch, Mode::kSplit);
-  if (!fused_plan || (decided.empty() && fused_plan->ms > 0)) {
+  // The split form only where the fused chain fails or has a residual (where fused chains can be
+  // slow): without one, the split form adds a pass over the output and never won when timed.
+  if (!fused_plan || (decided.empty() && fused_plan->ms > 0 && layer_.base.residual)) {
     auto p = plan_for(split, rec_mode == "split" ? rec_choice : "", br, &split_choice, &split_note);
     if (p.ok())
       split_plan = *p;
@@ -1252,7 +1360,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
                   split_plan->ms * 1e3, epilogue_ms * 1e3);
     note += buf;
   }
-  if (rec_mode.empty()) cache_choice(mode_key, use_split ? "split" : "fused");
+  if (rec_mode.empty()) cache_choice(node_, mode_key, use_split ? "split" : "fused");
   prepared_ = plan;
   choice_ = chosen;
   record_choice(node_, kChoiceAttr,

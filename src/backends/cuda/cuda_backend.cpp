@@ -40,12 +40,15 @@ Expected<std::unique_ptr<CudaResources>> CudaResources::create() {
   CUDNN_CHECK(cudnnSetStream(r->cudnn, r->stream));
   CUBLAS_CHECK(cublasLtCreate(&r->cublas));
   for (auto& e : r->events) CUDA_CHECK(cudaEventCreate(&e));
+  CUDA_CHECK(cudaEventCreateWithFlags(&r->ordering, cudaEventDisableTiming));
   return r;
 }
 
 CudaResources::~CudaResources() {
   for (auto& e : events)
     if (e) cudaEventDestroy(e);
+  if (ordering) cudaEventDestroy(ordering);
+  for (auto& e : step_marks) cudaEventDestroy(e);
   if (cublas) cublasLtDestroy(cublas);
   if (cudnn) cudnnDestroy(cudnn);
   if (stream) cudaStreamDestroy(stream);
@@ -158,6 +161,45 @@ class CudaDeviceOps final : public DeviceOps {
       return false;
     }
     return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+  }
+  Status reserve_step_marks(ExecResources* r, size_t count) const override {
+    auto& marks = res(r)->step_marks;
+    while (marks.size() < count) {
+      cudaEvent_t e = nullptr;
+      CUDA_CHECK(cudaEventCreate(&e));
+      marks.push_back(e);
+    }
+    return Status::Ok();
+  }
+  Status record_step(ExecResources* r, size_t index) const override {
+    auto& marks = res(r)->step_marks;
+    if (index >= marks.size())
+      return Internal("profiling mark " + std::to_string(index) + " not reserved");
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(res(r)->stream, &capturing));
+    if (capturing == cudaStreamCaptureStatusActive)
+      CUDA_CHECK(cudaEventRecordWithFlags(marks[index], res(r)->stream, cudaEventRecordExternal));
+    else
+      CUDA_CHECK(cudaEventRecord(marks[index], res(r)->stream));
+    return Status::Ok();
+  }
+  Expected<std::vector<double>> step_times_ms(ExecResources* r, size_t count) const override {
+    auto& marks = res(r)->step_marks;
+    if (count + 1 > marks.size()) return Internal("profiling marks not reserved");
+    CUDA_CHECK(cudaEventSynchronize(marks[count]));
+    std::vector<double> ms(count);
+    for (size_t i = 0; i < count; ++i) {
+      float t = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&t, marks[i], marks[i + 1]));
+      ms[i] = double(t);
+    }
+    return ms;
+  }
+  Status wait_for_stream(void* stream, ExecResources* r) const override {
+    // 1 and 2 are cudaStreamLegacy and cudaStreamPerThread, as __cuda_array_interface__ has them.
+    CUDA_CHECK(cudaEventRecord(res(r)->ordering, static_cast<cudaStream_t>(stream)));
+    CUDA_CHECK(cudaStreamWaitEvent(res(r)->stream, res(r)->ordering, 0));
+    return Status::Ok();
   }
 };
 

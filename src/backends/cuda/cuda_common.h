@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backends/backend.h"
 
@@ -44,7 +45,9 @@ class CudaResources final : public ExecResources {
   cudaStream_t stream = nullptr;
   cudnnHandle_t cudnn = nullptr;
   cublasLtHandle_t cublas = nullptr;
-  cudaEvent_t events[4] = {};
+  cudaEvent_t events[4] = {};           // timing marks
+  cudaEvent_t ordering = nullptr;       // waits on other streams (no timing)
+  std::vector<cudaEvent_t> step_marks;  // profiling: one per step boundary
 };
 
 inline CudaResources& resources_of(const ExecContext& ctx) {

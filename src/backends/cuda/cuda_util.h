@@ -47,10 +47,18 @@ Expected<double> time_launches(const std::function<Status()>& launch, cudaStream
 
 // Tuning bounds (environment overrides): MIXQ_CUDA_TUNE_CONFIGS (most candidates timed per layer,
 // default 16), MIXQ_CUDA_TUNE_SECONDS (wall-clock budget per layer once one candidate works,
-// default 2), MIXQ_CUDA_TUNE=0 (no timing: the first candidate that runs wins).
+// default 1), MIXQ_CUDA_TUNE=0 (no timing: the first candidate that runs wins). A node that carries
+// backends::kNoTuningAttr (the calibration engine's) is not tuned either.
 int tune_max_candidates();
 double tune_seconds();
-bool tuning_enabled();
+bool tuning_enabled(const ir::Node& node);
+// Whether the build asked for kernels that give the same bits on every run.
+bool deterministic_only(const ir::Node& node);
+
+// Threads that finalize cuDNN plans at once while tuning (MIXQ_CUDA_COMPILE_THREADS; default: the
+// machine's hardware threads, at most 16), and a cuDNN handle for each (created once per process).
+int compile_threads();
+Expected<cudnnHandle_t> compile_handle(int thread);
 
 // Bytes <-> lowercase hex (algorithm structures in choice strings).
 std::string hex_encode(const void* data, size_t bytes);
@@ -63,8 +71,9 @@ std::string read_choice(const ir::Node& node, const std::string& key);
 void record_choice(const ir::Node& node, const std::string& key, const std::string& choice);
 
 // Process-wide memo of tuning results (signature -> choice), so identical layers tune once.
-std::string cached_choice(const std::string& signature);
-void cache_choice(const std::string& signature, const std::string& choice);
+// Untuned choices (see tuning_enabled) are kept apart, so a tuned build never reuses them.
+std::string cached_choice(const ir::Node& node, const std::string& signature);
+void cache_choice(const ir::Node& node, const std::string& signature, const std::string& choice);
 
 // Rounds up to a multiple of 256 bytes (scratch sub-buffers).
 inline size_t align256(size_t bytes) {

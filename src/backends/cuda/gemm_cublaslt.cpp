@@ -558,7 +558,7 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
       }
       ++working;
       bool captured = true;
-      if (tuning_enabled()) {
+      if (tuning_enabled(node_)) {
         auto t = time_launches(
             [&] {
               return launch(v, c, m, b.res->cublas, b.res->stream, x.get(), residual.get(), y,
@@ -577,9 +577,9 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
         best = c;
         best_captured = captured;
       }
-      if (!tuning_enabled()) break;
+      if (!tuning_enabled(node_)) break;
     }
-    if (!tuning_enabled() && best.variant >= 0) break;
+    if (!tuning_enabled(node_) && best.variant >= 0) break;
   }
   b.release_scratch();
   if (best.variant < 0)
@@ -587,7 +587,9 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
                        std::string(precision_name(precision_)) +
                        " linear layer (M=" + std::to_string(m) + " N=" + std::to_string(dims_.n) +
                        " K=" + std::to_string(dims_.k) + "):" + errors);
-  if (note)
+  if (note && !tuning_enabled(node_))
+    *note = "untuned: first working algorithm";
+  else if (note)
     *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " algorithms, " +
             std::to_string(best.ms * 1000.0).substr(0, 6) + " us";
   return best;
@@ -704,12 +706,12 @@ Status GemmKernel::prepare(int64_t max_batch) {
   if (auto c = from_choice(recorded.empty() ? "" : recorded.substr(bar + 1), dims_.m, b); c.ok()) {
     prepared_ = *c;
     note = "recorded choice";
-  } else if (auto cc = from_choice(cached_choice(signature(dims_.m)), dims_.m, b); cc.ok()) {
+  } else if (auto cc = from_choice(cached_choice(node_, signature(dims_.m)), dims_.m, b); cc.ok()) {
     prepared_ = *cc;
     note = "tuned before";
   } else {
     MIXQ_ASSIGN_OR_RETURN(prepared_, tune(dims_.m, b, -1, &note));
-    cache_choice(signature(dims_.m), choice_string(prepared_));
+    cache_choice(node_, signature(dims_.m), choice_string(prepared_));
   }
   record_choice(node_, kChoiceAttr, tag + "|" + choice_string(prepared_));
   const Variant& v = variants_[size_t(prepared_.variant)];
@@ -730,13 +732,13 @@ Expected<std::unique_ptr<KernelInstance>> GemmKernel::instantiate(int64_t batch)
   // this process tuned for this size before, else tune again.
   if (auto c = from_choice(choice_string(prepared_), m, b); c.ok())
     return std::unique_ptr<KernelInstance>(new GemmInstance(*this, *c, m));
-  if (auto c = from_choice(cached_choice(signature(m)), m, b); c.ok())
+  if (auto c = from_choice(cached_choice(node_, signature(m)), m, b); c.ok())
     return std::unique_ptr<KernelInstance>(new GemmInstance(*this, *c, m));
   auto c = tune(m, b, prepared_.variant, nullptr);
   if (!c.ok()) c = tune(m, b, -1, nullptr);
   if (!c.ok())
     return c.status().with_context(node_.describe() + " at batch " + std::to_string(batch));
-  cache_choice(signature(m), choice_string(*c));
+  cache_choice(node_, signature(m), choice_string(*c));
   return std::unique_ptr<KernelInstance>(new GemmInstance(*this, *c, m));
 }
 

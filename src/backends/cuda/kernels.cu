@@ -263,6 +263,14 @@ __global__ void epilogue_kernel(const void* acc, void* y, Grid gy, EpilogueParam
   store_real(y, i, v, gy);
 }
 
+template <typename T>
+__global__ void pad_channels_kernel(const T* x, T* y, int64_t total, int64_t c, int64_t padded_c) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int64_t pixel = i / padded_c, ch = i - pixel * padded_c;
+  y[i] = ch < c ? x[pixel * c + ch] : T(0);
+}
+
 inline unsigned blocks_for(int64_t n) {
   return unsigned((n + kThreads - 1) / kThreads);
 }
@@ -313,6 +321,26 @@ cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int6
                     cudaStream_t stream) {
   if (rows > 0)
     softmax_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(x, gx, y, gy, rows, cols, log);
+  return cudaGetLastError();
+}
+
+cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int64_t padded_c,
+                         size_t element_bytes, cudaStream_t stream) {
+  const int64_t total = pixels * padded_c;
+  if (total <= 0) return cudaSuccess;
+  switch (element_bytes) {
+    case 1:
+      pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), total, c, padded_c);
+      break;
+    case 2:
+      pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), total, c, padded_c);
+      break;
+    default:
+      pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), total, c, padded_c);
+  }
   return cudaGetLastError();
 }
 

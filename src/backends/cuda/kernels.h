@@ -72,6 +72,9 @@ struct EpilogueParams {
   float lo = 0.0f, hi = 0.0f;
   int64_t rows = 0, cols = 0;
 };
+// x [pixels, c] -> y [pixels, padded_c], the extra channels zero; elements of `element_bytes`.
+cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int64_t padded_c,
+                         size_t element_bytes, cudaStream_t stream);
 cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p,
                      cudaStream_t stream);
 

@@ -17,6 +17,7 @@
 //   * whole torchvision models (MIXQ_TORCHVISION_DIR, as tests/models uses) at fp32 and fp16;
 //   * the engine file round trip on the GPU (same outputs, tuning choices recorded and reused).
 // The binary needs nothing from the source tree at run time.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -219,6 +220,8 @@ std::shared_ptr<const Model> conv_model(const ConvCase& c, uint64_t seed) {
 std::vector<ConvCase> conv_cases() {
   return {
       {"k3_pad1_bias", 16, 32, 12, 12, 3},
+      // RGB-like input: int8 / fp8 pad the input channels to cuDNN's multiple (4 / 16).
+      {"stem_c3", 3, 16, 12, 12, 3},
       {"k1", 32, 16, 7, 7, 1, 1, 0},
       {"k3_stride2", 16, 16, 11, 11, 3, 2, 1},
       {"k1_stride2_no_bias", 16, 32, 8, 8, 1, 2, 0, 1, false},
@@ -331,11 +334,11 @@ INSTANTIATE_TEST_SUITE_P(Cudnn, CudaBlock, ::testing::ValuesIn(kPrecisions),
                            return std::string(precision_name(i.param));
                          });
 
-// cuDNN's int8 / fp8 engines need channel multiples; supports() says so and the build names the
-// layer instead of running something else.
-TEST(CudaConvSupport, RefusesInt8AndFp8WithOddChannels) {
+// cuDNN's int8 / fp8 engines need output channel multiples (input channels are padded, see
+// stem_c3); supports() says so and the build names the layer instead of running something else.
+TEST(CudaConvSupport, RefusesInt8AndFp8WithOddOutputChannels) {
   REQUIRE_CUDA();
-  auto model = conv_model({"c3", 3, 8, 8, 8, 3}, 5);
+  auto model = conv_model({"k6", 8, 6, 8, 8, 3}, 5);
   ASSERT_TRUE(model);
   for (Precision p : {Precision::kINT8, Precision::kFP8}) {
     auto engine = build_engine(model, cuda_options(), plan_for({"layer"}, p),
@@ -1029,7 +1032,10 @@ TEST(CudaEngineFile, RoundTripKeepsOutputsAndTuningChoices) {
       R"({"layers": [{"match": "c1", "precision": "int8"}, {"match": "c2", "precision": "fp16"},
                                           {"match": "fc", "precision": "fp32"}]})";
   const auto t0 = std::chrono::steady_clock::now();
-  auto built = build_engine(model, cuda_options(), plan, random_calibration(*model, 4, 8, 5));
+  // Bit-for-bit comparisons below: engines that give the same bits on every run.
+  BuildOptions options = cuda_options();
+  options.deterministic = true;
+  auto built = build_engine(model, options, plan, random_calibration(*model, 4, 8, 5));
   const double build_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(built.ok()) << built.status().to_string();
@@ -1081,7 +1087,9 @@ TEST(CudaEngine, RepeatedInferenceAndContextsAgree) {
   REQUIRE_CUDA();
   auto model = conv_model({"rep", 16, 32, 12, 12, 3, 1, 1, 1, true, "relu"}, 3);
   ASSERT_TRUE(model);
-  auto engine = build_engine(model, cuda_options(Precision::kFP16));
+  BuildOptions options = cuda_options(Precision::kFP16);
+  options.deterministic = true;  // compared bit for bit
+  auto engine = build_engine(model, options);
   ASSERT_TRUE(engine.ok()) << engine.status().to_string();
   const TensorMap inputs = random_model_inputs(*model, kMaxBatch, 5);
   auto ctx = engine->create_context();
@@ -1096,6 +1104,146 @@ TEST(CudaEngine, RepeatedInferenceAndContextsAgree) {
   }
   const TensorMap other = infer_once(*engine, inputs);
   EXPECT_EQ(testing::max_abs_error(other.at("y"), first->outputs.at("y")), 0.0);
+}
+
+// Profiling times every step inside the replayed graph: one time per step, in order, that add up
+// to the compute time (the marks lie between its two events), and the outputs stay the same.
+TEST(CudaEngine, ProfilingTimesEveryStepInTheGraph) {
+  REQUIRE_CUDA();
+  auto model = block_model(32, 16, 41);
+  ASSERT_TRUE(model);
+  BuildOptions options = cuda_options(Precision::kFP16);
+  options.deterministic = true;  // compared bit for bit
+  auto engine = build_engine(model, options);
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  auto ctx = engine->create_context();
+  ASSERT_TRUE(ctx.ok());
+  const TensorMap inputs = random_model_inputs(*model, kMaxBatch, 8);
+  auto plain = ctx->infer(inputs);
+  ASSERT_TRUE(plain.ok()) << plain.status().to_string();
+  ctx->set_profiling(true);
+  for (int run = 0; run < 3; ++run) {
+    auto r = ctx->infer(inputs);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    const auto& steps = engine->impl().steps;
+    ASSERT_EQ(r->layers.size(), steps.size());
+    double sum = 0;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      EXPECT_EQ(r->layers[i].name, steps[i]->name);
+      EXPECT_GE(r->layers[i].ms, 0.0);
+      sum += r->layers[i].ms;
+    }
+    EXPECT_LE(sum, r->timing.compute_ms * 1.001 + 1e-3);
+    EXPECT_GT(sum, 0.5 * r->timing.compute_ms);
+    EXPECT_EQ(testing::max_abs_error(r->outputs.at("y"), plain->outputs.at("y")), 0.0);
+  }
+  ctx->set_profiling(false);
+  auto after = ctx->infer(inputs);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->layers.empty());
+}
+
+// Device-resident inputs and outputs (cudaMalloc pointers), mixed with host ones on one context:
+// each combination captures its own graph and gives the host-only result, also on the next
+// rounds (a graph must not replay stale staging copies).
+TEST(CudaEngine, DeviceInputsAndOutputsMatchHostOnes) {
+  REQUIRE_CUDA();
+  auto model = conv_model({"dev_io", 16, 32, 12, 12, 3, 1, 1, 1, true, "relu"}, 4);
+  ASSERT_TRUE(model);
+  BuildOptions options = cuda_options(Precision::kFP16);
+  options.deterministic = true;  // compared bit for bit
+  auto engine = build_engine(model, options);
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  auto ctx = engine->create_context();
+  ASSERT_TRUE(ctx.ok());
+  auto device_copy = [](const Tensor& t) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(t.nbytes(), 16)), cudaSuccess);
+    std::shared_ptr<void> owner(p, [](void* q) { cudaFree(q); });
+    EXPECT_EQ(cudaMemcpy(p, t.raw(), t.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+    return Tensor::wrap(t.dtype(), t.shape(), p, owner);
+  };
+  cudaStream_t producer = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&producer, cudaStreamNonBlocking), cudaSuccess);
+  for (int64_t batch : {kMaxBatch, int64_t(3)}) {
+    const TensorMap host_in = random_model_inputs(*model, batch, 10 + uint64_t(batch));
+    auto expected = ctx->infer(host_in);
+    ASSERT_TRUE(expected.ok()) << expected.status().to_string();
+    const Tensor& want = expected->outputs.at("y");
+    TensorMap dev_in;
+    for (const auto& [name, t] : host_in) dev_in[name] = device_copy(t);
+    Tensor dev_out = device_copy(Tensor::zeros(want.dtype(), want.shape()));
+    for (int round = 0; round < 3; ++round) {
+      for (int combo = 0; combo < 4; ++combo) {
+        const bool in_on_device = combo & 1, out_on_device = combo & 2;
+        InferOptions options;
+        TensorMap in = host_in;
+        if (in_on_device) {
+          // The producer rewrites the inputs on its stream: the engine must wait for it.
+          for (const auto& [name, t] : host_in) {
+            ASSERT_EQ(cudaMemsetAsync(dev_in[name].raw(), 0x7f, t.nbytes(), producer), cudaSuccess);
+            ASSERT_EQ(cudaMemcpyAsync(dev_in[name].raw(), t.raw(), t.nbytes(),
+                                      cudaMemcpyHostToDevice, producer),
+                      cudaSuccess);
+          }
+          in = dev_in;
+          options.input_stream = producer;
+        }
+        if (out_on_device) {
+          ASSERT_EQ(cudaMemset(const_cast<void*>(dev_out.raw()), 0, dev_out.nbytes()), cudaSuccess);
+          options.outputs["y"] = dev_out;
+        }
+        auto r = ctx->infer(in, options);
+        ASSERT_TRUE(r.ok()) << r.status().to_string();
+        Tensor got = r->outputs.at("y");
+        if (out_on_device) {
+          EXPECT_EQ(got.raw(), dev_out.raw());
+          Tensor back = Tensor::empty(want.dtype(), want.shape());
+          ASSERT_EQ(cudaMemcpy(back.raw(), dev_out.raw(), back.nbytes(), cudaMemcpyDeviceToHost),
+                    cudaSuccess);
+          got = back;
+        }
+        EXPECT_EQ(testing::max_abs_error(got, want), 0.0)
+            << "batch " << batch << " round " << round << " inputs on "
+            << (in_on_device ? "device" : "host") << ", output to "
+            << (out_on_device ? "device" : "host");
+      }
+    }
+  }
+  cudaStreamDestroy(producer);
+}
+
+// The calibration engine of an int8 build is not tuned (it runs a few fp32 batches), and its
+// untuned choices never reach the final engine: there, an fp32 layer of the very shape the
+// calibration engine ran (same maximum batch, a shape no other test uses) is tuned afresh.
+TEST(CudaEngine, CalibrationEngineIsNotTunedAndLeavesNoChoices) {
+  REQUIRE_CUDA();
+  auto model = block_model(24, 8, 77);
+  ASSERT_TRUE(model);
+  BuildOptions options = cuda_options(Precision::kFP32, 32);
+  options.calibration.batch_size = 32;
+  const std::string plan = R"({"layers": [{"match": "a", "precision": "fp32"},
+                                          {"match": "b", "precision": "int8"},
+                                          {"match": "c", "precision": "int8"}]})";
+  const auto start = std::chrono::steady_clock::now();
+  auto engine = build_engine(model, options, plan, random_calibration(*model, 2, 32, 7));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  bool saw_a = false;
+  for (const LayerReport& l : engine->report().layers) {
+    EXPECT_EQ(l.implementation.find("untuned"), std::string::npos) << l.implementation;
+    if ((l.module == "a" || l.name == "/a/Conv") && l.op == "FusedConv") {
+      saw_a = true;
+      EXPECT_EQ(l.actual, Precision::kFP32);
+      EXPECT_NE(l.implementation.find("[tuned "), std::string::npos) << l.implementation;
+      EXPECT_EQ(l.implementation.find("tuned before"), std::string::npos) << l.implementation;
+    }
+  }
+  EXPECT_TRUE(saw_a) << testing::describe_layers(engine->report());
+  for (const ir::Node* n : engine->impl().graph->nodes())
+    EXPECT_FALSE(n->has_attr(backends::kNoTuningAttr)) << n->name;
+  std::printf("mixed fp32/int8 build with calibration: %.2f s\n", seconds);
 }
 
 }  // namespace
