@@ -2,9 +2,15 @@
 # GPU benchmark of the cuda backend: builds the CIFAR-style ResNet18 and the MNIST LeNet as engines
 # at fp32, tf32, fp16, int8, fp8 and a mixed plan (plans/*_mixed.json), then times each with
 # `mixq bench` (median device compute time of the replayed CUDA graph, and end to end with copies),
-# batch 128. Prints a table and writes it, with the GPU's name, to $OUT/results.md.
+# batch 128. Then a "measured" plan per model: pick_plan.py chooses each layer's precision among
+# fp16, int8 and fp8 from the per-layer times of those uniform engines (profiled here), and that
+# engine is built and timed too. Prints a table and writes it, with the GPU's name, to
+# $OUT/results.md.
 #
-#   bench/cuda/gpu_bench.sh [-n ITERATIONS] [--warmup N] [--batch B] [--profile]
+#   bench/cuda/gpu_bench.sh [-n ITERATIONS] [--warmup N] [--batch B] [--profile] [--plans LIST]
+#
+# --plans: the engines to build, from "fp32 tf32 fp16 int8 fp8 mixed" (the default: all); the
+# measured plan needs at least two of fp16, int8, fp8.
 #
 # Environment:
 #   MIXQ     the mixq CLI built with the CUDA backend (default: ${BUILD_DIR:-build-cuda}/mixq)
@@ -17,14 +23,15 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-N=50 WARMUP=10 BATCH=128 PROFILE=
+N=50 WARMUP=10 BATCH=128 PROFILE= PLANS="fp32 tf32 fp16 int8 fp8 mixed"
 while [ $# -gt 0 ]; do
   case $1 in
     -n) N=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
     --batch) BATCH=$2; shift 2 ;;
     --profile) PROFILE=--profile; shift ;;
-    *) echo "usage: $0 [-n ITERATIONS] [--warmup N] [--batch B] [--profile]" >&2; exit 2 ;;
+    --plans) PLANS=$2; shift 2 ;;
+    *) echo "usage: $0 [-n ITERATIONS] [--warmup N] [--batch B] [--profile] [--plans LIST]" >&2; exit 2 ;;
   esac
 done
 MIXQ=${MIXQ:-$ROOT/${BUILD_DIR:-build-cuda}/mixq}
@@ -60,16 +67,21 @@ engine() {  # engine MODEL PLAN [mixq build options]
 }
 calib() { echo --calib "$MODELS/calib_$1.npy" --calib-algo entropy --calib-cache "$OUT/$2.calib"; }
 
+wanted() { case " $PLANS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 for p in fp32 tf32 fp16; do
+  wanted $p || continue
   engine resnet18 $p --default-precision $p
   engine lenet $p --default-precision $p
 done
 for p in int8 fp8; do
+  wanted $p || continue
   engine resnet18 $p --default-precision $p $(calib resnet resnet18_$p)
   engine lenet $p --default-precision $p $(calib lenet lenet_$p)
 done
-engine resnet18 mixed --config "$HERE/plans/resnet18_mixed.json" $(calib resnet resnet18_mixed)
-engine lenet mixed --config "$HERE/plans/lenet_mixed.json" $(calib lenet lenet_mixed)
+if wanted mixed; then
+  engine resnet18 mixed --config "$HERE/plans/resnet18_mixed.json" $(calib resnet resnet18_mixed)
+  engine lenet mixed --config "$HERE/plans/lenet_mixed.json" $(calib lenet lenet_mixed)
+fi
 
 GPU=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
 {
@@ -80,14 +92,15 @@ GPU=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
   echo "| engine | compute ms (median) | p10 | p90 | end to end ms | samples/s | avg bits (MACs) |"
   echo "|---|---|---|---|---|---|---|"
 } >"$OUT/results.md"
-for name in "${ENGINES[@]}"; do
+bench_engine() {  # bench_engine NAME
+  local name=$1
   step "bench $name"
   if ! "$MIXQ" bench "$OUT/$name.mixq" --batch "$BATCH" -n "$N" --warmup "$WARMUP" --json >"$OUT/$name.json" \
        2>"$OUT/$name.bench.log"; then
     echo "   bench failed:" >&2
     cat "$OUT/$name.bench.log" >&2
     FAILED+=("$name (bench)")
-    continue
+    return
   fi
   "$PY" - "$OUT/$name.json" "$name" "$BATCH" >>"$OUT/results.md" <<'PY'
 import json, sys
@@ -100,6 +113,25 @@ PY
   if [ -n "$PROFILE" ]; then
     "$MIXQ" bench "$OUT/$name.mixq" --batch "$BATCH" -n "$N" --warmup "$WARMUP" --profile >"$OUT/$name.profile.txt" 2>&1 || true
   fi
+}
+for name in "${ENGINES[@]}"; do bench_engine "$name"; done
+
+# Per-layer precisions picked from measured layer times (fp16 / int8 / fp8 engines' profiles).
+for model in resnet18 lenet; do
+  profiles=()
+  for p in fp16 int8 fp8; do
+    [ -f "$OUT/${model}__cuda-$p.mixq" ] || continue
+    "$MIXQ" bench "$OUT/${model}__cuda-$p.mixq" --batch "$BATCH" -n "$N" --warmup "$WARMUP" --profile \
+      --json >"$OUT/${model}__cuda-$p.layers.json" 2>/dev/null && profiles+=("$OUT/${model}__cuda-$p.layers.json")
+  done
+  [ ${#profiles[@]} -ge 2 ] || continue
+  step "measured plan for $model"
+  "$PY" "$HERE/pick_plan.py" "${profiles[@]}" >"$OUT/${model}_measured.json" 2>"$OUT/${model}_measured.txt" || {
+    FAILED+=("$model measured plan"); continue; }
+  cat "$OUT/${model}_measured.txt" >&2
+  short=${model/resnet18/resnet}
+  engine "$model" measured --config "$OUT/${model}_measured.json" $(calib "$short" "${model}_measured")
+  [ -f "$OUT/${model}__cuda-measured.mixq" ] && bench_engine "${model}__cuda-measured"
 done
 if [ ${#FAILED[@]} -gt 0 ]; then
   { echo; echo "Failed: ${FAILED[*]} (logs in $OUT)"; } >>"$OUT/results.md"

@@ -22,6 +22,7 @@ The images are read as examples/fashion_mnist.py reads them: scaled to [0, 1], n
 0.2860, std 0.3530); for ResNet18 padded to 32x32 with black and repeated to 3 channels.
 """
 import importlib.util
+import inspect
 import os
 import sys
 
@@ -315,10 +316,15 @@ def main():
         model = load_model(name, out)
         calib, test = data[key]
         path = f"{out}/{name}.onnx"
+        # PyTorch >= 2.5 has a dynamo exporter (the default from 2.9); the TorchScript one keeps
+        # the module-scoped node names the plans match.
+        legacy = ({"dynamo": False}
+                  if "dynamo" in inspect.signature(torch.onnx.export).parameters else {})
         torch.onnx.export(model, torch.from_numpy(calib[:2]), path, opset_version=13,
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+                          **legacy)
         x = test[:4]
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
