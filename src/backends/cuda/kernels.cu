@@ -216,6 +216,28 @@ __global__ void concat_kernel(const char* x, char* y, int64_t outer, int64_t x_m
   y[(o * y_mid + offset) * inner_bytes + r] = x[i];
 }
 
+__global__ void split_kernel(const char* x, char* y, int64_t outer, int64_t x_mid, int64_t y_mid,
+                             int64_t offset, int64_t inner_bytes) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t row_bytes = y_mid * inner_bytes;
+  if (i >= outer * row_bytes) return;
+  const int64_t o = i / row_bytes, r = i % row_bytes;
+  y[i] = x[(o * x_mid + offset) * inner_bytes + r];
+}
+
+template <typename T>
+__global__ void permute_kernel(const T* x, T* y, Permute p, int64_t total) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  int64_t rest = i, src = 0;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    const int64_t idx = rest % p.out[d];
+    rest /= p.out[d];
+    src += idx * p.src_stride[d];
+  }
+  y[i] = x[src];
+}
+
 // --- softmax over the last axis ------------------------------------------------------------------
 __global__ void softmax_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols,
                                bool log) {
@@ -340,6 +362,39 @@ cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int6
     default:
       pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
           static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), total, c, padded_c);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t split_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
+                        int64_t offset, int64_t inner_bytes, cudaStream_t stream) {
+  const int64_t count = outer * y_mid * inner_bytes;
+  if (count > 0)
+    split_kernel<<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const char*>(x),
+                                                             static_cast<char*>(y), outer, x_mid,
+                                                             y_mid, offset, inner_bytes);
+  return cudaGetLastError();
+}
+
+cudaError_t permute(const void* x, void* y, const Permute& p, int64_t total, size_t element_bytes,
+                    cudaStream_t stream) {
+  if (total <= 0) return cudaSuccess;
+  switch (element_bytes) {
+    case 1:
+      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), p, total);
+      break;
+    case 2:
+      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), p, total);
+      break;
+    case 4:
+      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), p, total);
+      break;
+    default:
+      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+          static_cast<const uint64_t*>(x), static_cast<uint64_t*>(y), p, total);
   }
   return cudaGetLastError();
 }

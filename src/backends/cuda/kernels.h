@@ -52,6 +52,17 @@ cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, i
                          int64_t offset, int64_t inner_bytes, cudaStream_t stream);
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
                     cudaStream_t stream);
+// Split: one output's slice of the input, outer x [y_mid of x_mid, from offset] x inner bytes.
+cudaError_t split_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
+                        int64_t offset, int64_t inner_bytes, cudaStream_t stream);
+// Transpose: y[i] = x[sum over y's axes d of index_d(i) * src_stride[d]] (element strides).
+struct Permute {
+  int rank;
+  int64_t out[kMaxRank];         // y's dims
+  int64_t src_stride[kMaxRank];  // x's stride along the axis that y's axis d walks
+};
+cudaError_t permute(const void* x, void* y, const Permute& p, int64_t total, size_t element_bytes,
+                    cudaStream_t stream);
 
 // The epilogue of a GEMM or convolution whose library call wrote an intermediate `acc`
 // (row-major [rows, cols], cols = output channels, the innermost dimension of NHWC and of a

@@ -14,6 +14,7 @@ namespace {
 
 using kernels::Grid;
 using kernels::kMaxRank;
+using kernels::Permute;
 using kernels::PoolParams;
 using kernels::Strides;
 using namespace kernels;  // dtype, unary and binary codes
@@ -121,6 +122,20 @@ std::optional<int> binary_of(ir::OpKind op) {
 bool is_pool(ir::OpKind op) {
   return op == ir::OpKind::kMaxPool || op == ir::OpKind::kAveragePool ||
          op == ir::OpKind::kGlobalAveragePool || op == ir::OpKind::kGlobalMaxPool;
+}
+
+// Transpose and Split move elements: every output must have the input's dtype (and grid), all in
+// plain layout.
+Status check_moves_one_format(const ir::Node& n) {
+  const ir::Value* x = n.input(0);
+  for (const ir::Value* out : n.outputs)
+    if (out && (out->dtype != x->dtype || out->layout != ir::Layout::kPlain ||
+                x->layout != ir::Layout::kPlain || out->quant.has_value() != x->quant.has_value() ||
+                (x->quant && (out->quant->scale != x->quant->scale ||
+                              out->quant->zero_point != x->quant->zero_point))))
+      return Internal(n.describe() + ": moves elements of one format in plain layout, but '" +
+                      out->name + "' differs from the input");
+  return Status::Ok();
 }
 
 class OwnKernel final : public Kernel {
@@ -300,6 +315,56 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
       }
       return Status::Ok();
     };
+  } else if (n.op == ir::OpKind::kTranspose) {
+    // Element moves in plain layout: the output keeps the input's format.
+    MIXQ_RETURN_IF_ERROR(check_moves_one_format(n));
+    const Shape xs = at_batch(x->shape, batch);
+    std::vector<int64_t> perm = n.attr_ints("perm", {});
+    if (perm.empty())
+      for (size_t d = xs.size(); d-- > 0;) perm.push_back(int64_t(d));
+    Permute p{};
+    p.rank = int(ys.size());
+    int64_t stride = 1;
+    std::vector<int64_t> x_strides(xs.size());
+    for (size_t d = xs.size(); d-- > 0;) {
+      x_strides[d] = stride;
+      stride *= xs[d];
+    }
+    for (size_t d = 0; d < ys.size(); ++d) {
+      p.out[d] = ys[d];
+      p.src_stride[d] = x_strides[size_t(perm[d])];
+    }
+    const size_t es = dtype_size(y->dtype);
+    launch = [=](const ExecContext& ctx) {
+      return launched(kernels::permute(ctx.inputs[0].data, ctx.outputs[0].data, p, total, es,
+                                       resources_of(ctx).stream),
+                      "transpose");
+    };
+  } else if (n.op == ir::OpKind::kSplit) {
+    MIXQ_RETURN_IF_ERROR(check_moves_one_format(n));
+    const Shape xs = at_batch(x->shape, batch);
+    int64_t axis = n.attr_int("axis", 0);
+    if (axis < 0) axis += int64_t(xs.size());
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < axis; ++d) outer *= xs[size_t(d)];
+    for (size_t d = size_t(axis) + 1; d < xs.size(); ++d) inner *= xs[d];
+    const size_t es = dtype_size(x->dtype);
+    std::vector<int64_t> mids;  // per output, along the axis (absent outputs keep their part)
+    for (const ir::Value* out : n.outputs)
+      mids.push_back(out ? at_batch(out->shape, batch)[size_t(axis)] : 0);
+    const int64_t x_mid = xs[size_t(axis)];
+    launch = [=](const ExecContext& ctx) {
+      int64_t offset = 0;
+      for (size_t k = 0; k < mids.size(); ++k) {
+        if (k < ctx.outputs.size() && ctx.outputs[k].data)
+          MIXQ_RETURN_IF_ERROR(launched(
+              kernels::split_slice(ctx.inputs[0].data, ctx.outputs[k].data, outer, x_mid, mids[k],
+                                   offset, inner * int64_t(es), resources_of(ctx).stream),
+              "split"));
+        offset += mids[k];
+      }
+      return Status::Ok();
+    };
   } else if (n.op == ir::OpKind::kSoftmax || n.op == ir::OpKind::kLogSoftmax) {
     const int64_t cols = ys.back();
     const int64_t rows = cols ? total / cols : 0;
@@ -352,6 +417,20 @@ bool own_supports(const ir::Node& n, Precision p, std::string* why) {
     return true;
   }
   if (n.op == ir::OpKind::kConcat) return true;
+  if (n.op == ir::OpKind::kTranspose || n.op == ir::OpKind::kSplit) {
+    // Element moves: the outputs keep the input's format (same dtype and quantisation).
+    if (x->shape.size() > size_t(kMaxRank)) return fail("rank above 6");
+    for (const ir::Value* out : n.outputs)
+      if (out && out->shape_known && out->dtype != x->dtype && out->dtype != DType::kFloat32)
+        return fail("outputs in another format than the input");
+    if (n.op == ir::OpKind::kSplit) {
+      if (quantized) return fail("split runs in fp32/fp16/bf16 on the GPU");
+      for (const ir::Value* out : n.outputs)
+        if (out && !out->shape_known) return fail("split sizes must be known at build");
+      if (n.input(1) && !n.input(1)->is_constant()) return fail("split sizes must be constant");
+    }
+    return true;
+  }
   if (n.op == ir::OpKind::kSoftmax || n.op == ir::OpKind::kLogSoftmax) {
     const int64_t rank = int64_t(x->shape.size());
     const int64_t axis = n.attr_int("axis", n.has_attr("mixq.coerce_2d") ? 1 : -1);
