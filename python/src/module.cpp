@@ -655,16 +655,11 @@ PYBIND11_MODULE(_mixq, m) {
             std::map<std::string, py::object> given;
             if (!outputs.is_none()) {
               DeviceAccess out_device = device;
-              options.outputs = to_tensor_map(outputs, c.engine->outputs(), "Context.infer outputs",
-                                              borrowed, &out_device, "output");
-              if (py::isinstance<py::dict>(outputs)) {
-                for (auto [k, v] : py::reinterpret_borrow<py::dict>(outputs))
-                  given[k.cast<std::string>()] = py::reinterpret_borrow<py::object>(v);
-              } else if (py::isinstance<py::list>(outputs) || py::isinstance<py::tuple>(outputs)) {
-                auto seq = py::reinterpret_borrow<py::sequence>(outputs);
-                for (size_t i = 0; i < seq.size(); ++i) given[c.engine->outputs()[i].name] = seq[i];
-              } else {
-                given[c.engine->outputs()[0].name] = py::reinterpret_borrow<py::object>(outputs);
+              for (auto& [name, obj] :
+                   named_items(outputs, c.engine->outputs(), "Context.infer outputs", "output")) {
+                options.outputs[name] =
+                    to_tensor(obj, "output '" + name + "'", borrowed, &out_device, true);
+                given[name] = std::move(obj);
               }
             }
             Expected<InferenceResult> r = [&] {

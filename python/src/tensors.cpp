@@ -155,6 +155,17 @@ void release_under_gil(void* p) {
   delete obj;
 }
 
+// A tensor over memory that `owner` keeps alive, held as `borrowed` says.
+Tensor wrap_borrowed(DType dtype, Shape shape, void* data, py::object owner,
+                     const Borrowed& borrowed) {
+  if (borrowed.tensor_owns_reference) {
+    std::shared_ptr<void> keepalive(new py::object(std::move(owner)), release_under_gil);
+    return Tensor::wrap(dtype, std::move(shape), data, std::move(keepalive));
+  }
+  if (borrowed.holders) borrowed.holders->push_back(std::move(owner));
+  return Tensor::wrap(dtype, std::move(shape), data, nullptr);
+}
+
 constexpr const char* kSupported = "float32, float16, int8, uint8, int32, int64, bool";
 
 Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borrowed,
@@ -206,12 +217,7 @@ Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borro
   Shape shape;
   for (ssize_t i = 0; i < arr.ndim(); ++i) shape.push_back(int64_t(arr.shape(i)));
   void* data = const_cast<void*>(arr.data());
-  if (borrowed.tensor_owns_reference) {
-    std::shared_ptr<void> keepalive(new py::object(arr), release_under_gil);
-    return Tensor::wrap(*dtype, std::move(shape), data, std::move(keepalive));
-  }
-  if (borrowed.holders) borrowed.holders->push_back(arr);
-  return Tensor::wrap(*dtype, std::move(shape), data, nullptr);
+  return wrap_borrowed(*dtype, std::move(shape), data, arr, borrowed);
 }
 
 // A device array through __cuda_array_interface__ (version 2 or 3): its pointer, shape and dtype;
@@ -274,13 +280,8 @@ Tensor from_cuda_array(py::handle obj, py::dict iface, const std::string& what,
     device.stream = stream;
   }
   device.any = true;
-  py::object holder = py::reinterpret_borrow<py::object>(obj);
-  if (borrowed.tensor_owns_reference) {
-    std::shared_ptr<void> keepalive(new py::object(holder), release_under_gil);
-    return Tensor::wrap(*dtype, std::move(shape), ptr, std::move(keepalive));
-  }
-  if (borrowed.holders) borrowed.holders->push_back(holder);
-  return Tensor::wrap(*dtype, std::move(shape), ptr, nullptr);
+  return wrap_borrowed(*dtype, std::move(shape), ptr, py::reinterpret_borrow<py::object>(obj),
+                       borrowed);
 }
 
 }  // namespace
@@ -354,11 +355,11 @@ Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrow
   return from_numpy(arr, what, borrowed, true, writable);
 }
 
-TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
-                        const std::string& what, const Borrowed& borrowed, DeviceAccess* device,
-                        const std::string& role) {
-  const bool writable = role == "output";
-  TensorMap map;
+std::vector<std::pair<std::string, py::object>> named_items(py::handle obj,
+                                                            const std::vector<TensorSpec>& specs,
+                                                            const std::string& what,
+                                                            const std::string& role) {
+  std::vector<std::pair<std::string, py::object>> items;
   auto names = [&] {
     std::string s;
     for (const auto& spec : specs) s += (s.empty() ? "'" : ", '") + spec.name + "'";
@@ -370,10 +371,9 @@ TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
         raise_error("InvalidArgumentError", what + ": keys must be " + role + " names (str), got " +
                                                 type_name(key) + "; the " + role + "s are " +
                                                 names());
-      const std::string name = key.cast<std::string>();
-      map[name] = to_tensor(value, role + " '" + name + "'", borrowed, device, writable);
+      items.emplace_back(key.cast<std::string>(), py::reinterpret_borrow<py::object>(value));
     }
-    return map;
+    return items;
   }
   if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
     auto seq = py::reinterpret_borrow<py::sequence>(obj);
@@ -382,17 +382,23 @@ TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
                   what + ": got a sequence of " + std::to_string(seq.size()) +
                       " tensors; the model has " + std::to_string(specs.size()) + " " + role +
                       "(s) (" + names() + "), given in this order or as a dict");
-    for (size_t i = 0; i < specs.size(); ++i)
-      map[specs[i].name] =
-          to_tensor(seq[i], role + " '" + specs[i].name + "'", borrowed, device, writable);
-    return map;
+    for (size_t i = 0; i < specs.size(); ++i) items.emplace_back(specs[i].name, seq[i]);
+    return items;
   }
   if (specs.size() != 1)
     raise_error("InvalidArgumentError",
                 what + ": the model has " + std::to_string(specs.size()) + " " + role + "s (" +
                     names() + "): give a dict {name: tensor} or a list in this order");
-  map[specs[0].name] =
-      to_tensor(obj, role + " '" + specs[0].name + "'", borrowed, device, writable);
+  items.emplace_back(specs[0].name, py::reinterpret_borrow<py::object>(obj));
+  return items;
+}
+
+TensorMap to_tensor_map(py::handle obj, const std::vector<TensorSpec>& specs,
+                        const std::string& what, const Borrowed& borrowed, DeviceAccess* device,
+                        const std::string& role) {
+  TensorMap map;
+  for (const auto& [name, value] : named_items(obj, specs, what, role))
+    map[name] = to_tensor(value, role + " '" + name + "'", borrowed, device, role == "output");
   return map;
 }
 

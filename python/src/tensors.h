@@ -74,6 +74,13 @@ struct DeviceAccess {
 Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrowed,
                  DeviceAccess* device = nullptr, bool writable = false);
 
+// The (name, object) pairs of a dict {name: array}, a list/tuple in the order of `specs`, or one
+// object when there is one spec; refuses other shapes naming `what` and the `role` ("input").
+std::vector<std::pair<std::string, py::object>> named_items(py::handle obj,
+                                                            const std::vector<TensorSpec>& specs,
+                                                            const std::string& what,
+                                                            const std::string& role);
+
 // Inputs of a model or engine: a dict {name: array}, a list/tuple in the order of `specs`, or one
 // array when there is one input (calibration data may also use the name "" for it). `role`
 // names the tensors in messages ("input", "output").

@@ -67,25 +67,15 @@ bool is_view_step(const ir::Graph& g, const ir::Node& n, const backends::Backend
     if (n.inputs[i] && !n.inputs[i]->is_constant()) return false;
   if (in->dtype != out->dtype || !same_quant(*in, *out)) return false;
   if (backend.buffer_bytes(*in, in_shape) != backend.buffer_bytes(*out, out_shape)) return false;
-  switch (n.op) {
-    case ir::OpKind::kFlatten:
-    case ir::OpKind::kReshape:
-    case ir::OpKind::kSqueeze:
-    case ir::OpKind::kUnsqueeze:
-    case ir::OpKind::kIdentity:
-    case ir::OpKind::kDropout:
-      return in->layout == ir::Layout::kPlain && out->layout == ir::Layout::kPlain;
-    case ir::OpKind::kReformat: {
-      const auto one_pixel = [](const Shape& s) { return s.size() == 4 && s[2] == 1 && s[3] == 1; };
-      const auto nchw_like = [](ir::Layout l) {
-        return l == ir::Layout::kPlain || l == ir::Layout::kNHWC;
-      };
-      return nchw_like(in->layout) && nchw_like(out->layout) && in_shape == out_shape &&
-             (in->layout == out->layout || one_pixel(in_shape));
-    }
-    default:
-      return false;
-  }
+  if (ir::keeps_element_order(n.op))
+    return in->layout == ir::Layout::kPlain && out->layout == ir::Layout::kPlain;
+  if (n.op != ir::OpKind::kReformat) return false;
+  const auto one_pixel = [](const Shape& s) { return s.size() == 4 && s[2] == 1 && s[3] == 1; };
+  const auto nchw_like = [](ir::Layout l) {
+    return l == ir::Layout::kPlain || l == ir::Layout::kNHWC;
+  };
+  return nchw_like(in->layout) && nchw_like(out->layout) && in_shape == out_shape &&
+         (in->layout == out->layout || one_pixel(in_shape));
 }
 
 }  // namespace
@@ -435,6 +425,9 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
   InferenceResult result;
   std::vector<std::pair<const ir::Value*, Context::Impl::DeviceIo*>> in_io, out_io, device_out_io;
   std::vector<bool> on_host;  // per input, then per output: staged through pinned memory
+  std::unordered_set<std::string> to_device;  // given outputs in device memory
+  for (const auto& [name, t] : options.outputs)
+    if (dev.is_device_pointer(t.raw())) to_device.insert(name);
   bool waited = false;
   for (const ir::Value* in : g.inputs()) {
     MIXQ_ASSIGN_OR_RETURN(auto* io, io_for(in));
@@ -458,8 +451,7 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
     if (out->is_constant() || g.is_graph_input(out)) continue;
     MIXQ_ASSIGN_OR_RETURN(auto* io, io_for(out));
     ptr[size_t(e.value_index.at(out))] = io->device.get();
-    auto given = options.outputs.find(out->name);
-    const bool host = given == options.outputs.end() || !dev.is_device_pointer(given->second.raw());
+    const bool host = !to_device.count(out->name);
     (host ? out_io : device_out_io).push_back({out, io});
     on_host.push_back(host);
   }
@@ -539,10 +531,9 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
   for (const ir::Value* out : g.outputs()) {
     const size_t idx = size_t(e.value_index.at(out));
     auto given = options.outputs.find(out->name);
-    const bool to_device =
-        given != options.outputs.end() && dev.is_device_pointer(given->second.raw());
+    const bool on_device = to_device.count(out->name) != 0;
     const bool computed = !out->is_constant() && !g.is_graph_input(out);
-    if (to_device && computed) {  // copied above
+    if (on_device && computed) {  // copied above
       result.outputs[out->name] = given->second;
       continue;
     }
@@ -554,11 +545,11 @@ Expected<InferenceResult> infer_on_device(Context::Impl& c, const BatchPlan& pla
     // A graph input or constant passed straight through may sit on either side.
     const bool from_device = !computed && dev.is_device_pointer(src);
     if (t.nbytes() == 0) {
-    } else if (to_device || from_device) {
+    } else if (on_device || from_device) {
       void* dst = t.raw();
-      MIXQ_RETURN_IF_ERROR(to_device && from_device
+      MIXQ_RETURN_IF_ERROR(on_device && from_device
                                ? dev.copy_device_to_device(dst, src, t.nbytes(), r)
-                           : to_device ? dev.copy_to_device(dst, src, t.nbytes(), r)
+                           : on_device ? dev.copy_to_device(dst, src, t.nbytes(), r)
                                        : dev.copy_to_host(dst, src, t.nbytes(), r));
       MIXQ_RETURN_IF_ERROR(dev.synchronize(r));
     } else {

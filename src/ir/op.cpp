@@ -24,6 +24,20 @@ OpKind op_at(int index) {
   return static_cast<OpKind>(index);
 }
 
+bool keeps_element_order(OpKind op) {
+  switch (op) {
+    case OpKind::kFlatten:
+    case OpKind::kReshape:
+    case OpKind::kSqueeze:
+    case OpKind::kUnsqueeze:
+    case OpKind::kIdentity:
+    case OpKind::kDropout:
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::optional<OpKind> op_from_name(std::string_view name) {
   for (int i = 0; i < op_count(); ++i)
     if (kOpInfos[i].name == name) return static_cast<OpKind>(i);

@@ -25,5 +25,9 @@ std::string_view op_name(OpKind op);
 std::optional<OpKind> op_from_name(std::string_view name);
 int op_count();
 OpKind op_at(int index);
+// Ops whose output is their first input's elements in the same row-major order under another
+// shape (Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout at inference): a copy, or no
+// work at all where the output may share the input's buffer.
+bool keeps_element_order(OpKind op);
 
 }  // namespace mixq::ir

@@ -6,6 +6,7 @@
 #include <cuda_fp8.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "backends/cuda/kernels.h"
 
@@ -207,22 +208,14 @@ __global__ void binary_kernel(const void* x, Grid gx, const void* z, Grid gz, vo
 // --- concat
 // --------------------------------------------------------------------------------------- Copies
 // one input into its slice of the output: outer x [axis extent] x inner, physically.
-__global__ void concat_kernel(const char* x, char* y, int64_t outer, int64_t x_mid, int64_t y_mid,
-                              int64_t offset, int64_t inner_bytes) {
+// Rows of `row_bytes` from x (rows `x_pitch` bytes apart) to y (rows `y_pitch` apart): one
+// input's slice of a concatenation, or one output's slice of a split.
+__global__ void copy_rows_kernel(const char* x, char* y, int64_t rows, int64_t row_bytes,
+                                 int64_t x_pitch, int64_t y_pitch) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t row_bytes = x_mid * inner_bytes;
-  if (i >= outer * row_bytes) return;
+  if (i >= rows * row_bytes) return;
   const int64_t o = i / row_bytes, r = i % row_bytes;
-  y[(o * y_mid + offset) * inner_bytes + r] = x[i];
-}
-
-__global__ void split_kernel(const char* x, char* y, int64_t outer, int64_t x_mid, int64_t y_mid,
-                             int64_t offset, int64_t inner_bytes) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t row_bytes = y_mid * inner_bytes;
-  if (i >= outer * row_bytes) return;
-  const int64_t o = i / row_bytes, r = i % row_bytes;
-  y[i] = x[(o * x_mid + offset) * inner_bytes + r];
+  y[o * y_pitch + r] = x[o * x_pitch + r];
 }
 
 template <typename T>
@@ -297,6 +290,25 @@ inline unsigned blocks_for(int64_t n) {
   return unsigned((n + kThreads - 1) / kThreads);
 }
 
+// Calls f with a null pointer of the unsigned type of `bytes` per element (1, 2, 4, else 8), for
+// kernels that only move elements.
+template <typename F>
+void with_element_type(size_t bytes, F&& f) {
+  switch (bytes) {
+    case 1:
+      f(static_cast<uint8_t*>(nullptr));
+      break;
+    case 2:
+      f(static_cast<uint16_t*>(nullptr));
+      break;
+    case 4:
+      f(static_cast<uint32_t*>(nullptr));
+      break;
+    default:
+      f(static_cast<uint64_t*>(nullptr));
+  }
+}
+
 }  // namespace
 
 cudaError_t reformat(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C, int64_t H,
@@ -329,14 +341,18 @@ cudaError_t binary(const void* x, Grid gx, const void* z, Grid gz, void* y, Grid
   return cudaGetLastError();
 }
 
+static cudaError_t copy_rows(const char* x, char* y, int64_t rows, int64_t row_bytes,
+                             int64_t x_pitch, int64_t y_pitch, cudaStream_t stream) {
+  if (rows * row_bytes > 0)
+    copy_rows_kernel<<<blocks_for(rows * row_bytes), kThreads, 0, stream>>>(x, y, rows, row_bytes,
+                                                                            x_pitch, y_pitch);
+  return cudaGetLastError();
+}
+
 cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
                          int64_t offset, int64_t inner_bytes, cudaStream_t stream) {
-  const int64_t count = outer * x_mid * inner_bytes;
-  if (count > 0)
-    concat_kernel<<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const char*>(x),
-                                                              static_cast<char*>(y), outer, x_mid,
-                                                              y_mid, offset, inner_bytes);
-  return cudaGetLastError();
+  return copy_rows(static_cast<const char*>(x), static_cast<char*>(y) + offset * inner_bytes, outer,
+                   x_mid * inner_bytes, x_mid * inner_bytes, y_mid * inner_bytes, stream);
 }
 
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
@@ -350,52 +366,28 @@ cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int6
                          size_t element_bytes, cudaStream_t stream) {
   const int64_t total = pixels * padded_c;
   if (total <= 0) return cudaSuccess;
-  switch (element_bytes) {
-    case 1:
-      pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), total, c, padded_c);
-      break;
-    case 2:
-      pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), total, c, padded_c);
-      break;
-    default:
-      pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), total, c, padded_c);
-  }
+  with_element_type(element_bytes, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    pad_channels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), total, c, padded_c);
+  });
   return cudaGetLastError();
 }
 
 cudaError_t split_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
                         int64_t offset, int64_t inner_bytes, cudaStream_t stream) {
-  const int64_t count = outer * y_mid * inner_bytes;
-  if (count > 0)
-    split_kernel<<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const char*>(x),
-                                                             static_cast<char*>(y), outer, x_mid,
-                                                             y_mid, offset, inner_bytes);
-  return cudaGetLastError();
+  return copy_rows(static_cast<const char*>(x) + offset * inner_bytes, static_cast<char*>(y), outer,
+                   y_mid * inner_bytes, x_mid * inner_bytes, y_mid * inner_bytes, stream);
 }
 
 cudaError_t permute(const void* x, void* y, const Permute& p, int64_t total, size_t element_bytes,
                     cudaStream_t stream) {
   if (total <= 0) return cudaSuccess;
-  switch (element_bytes) {
-    case 1:
-      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), p, total);
-      break;
-    case 2:
-      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), p, total);
-      break;
-    case 4:
-      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), p, total);
-      break;
-    default:
-      permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(
-          static_cast<const uint64_t*>(x), static_cast<uint64_t*>(y), p, total);
-  }
+  with_element_type(element_bytes, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(static_cast<const T*>(x),
+                                                               static_cast<T*>(y), p, total);
+  });
   return cudaGetLastError();
 }
 

@@ -78,11 +78,6 @@ bool is_float_family(DType d) {
          d == DType::kInt8 || d == DType::kUInt8 || d == DType::kFloat8E4M3;
 }
 
-bool is_copy_op(ir::OpKind op) {
-  return op == ir::OpKind::kFlatten || op == ir::OpKind::kReshape || op == ir::OpKind::kSqueeze ||
-         op == ir::OpKind::kUnsqueeze || op == ir::OpKind::kIdentity || op == ir::OpKind::kDropout;
-}
-
 std::optional<int> unary_of(ir::OpKind op) {
   switch (op) {
     case ir::OpKind::kRelu:
@@ -189,7 +184,7 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
                                         H, W, four, resources_of(ctx).stream),
                       "reformat");
     };
-  } else if (is_copy_op(n.op)) {
+  } else if (ir::keeps_element_order(n.op)) {
     const size_t bytes = size_t(total) * dtype_size(y->dtype);
     launch = [=](const ExecContext& ctx) {
       if (ctx.inputs[0].data == ctx.outputs[0].data || bytes == 0) return Status::Ok();
@@ -305,8 +300,6 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
     launch = [=](const ExecContext& ctx) {
       int64_t offset = 0;
       for (size_t k = 0; k < mids.size(); ++k) {
-        const int64_t count = outer * mids[k] * inner * int64_t(es);
-        (void)count;
         MIXQ_RETURN_IF_ERROR(launched(
             kernels::concat_slice(ctx.inputs[k].data, ctx.outputs[0].data, outer, mids[k], y_mid,
                                   offset, inner * int64_t(es), resources_of(ctx).stream),
@@ -396,7 +389,7 @@ bool own_supports(const ir::Node& n, Precision p, std::string* why) {
   if (!x || !y) return fail("missing input or output");
   if (n.op == ir::OpKind::kReformat)
     return is_float_family(x->dtype) && is_float_family(y->dtype) ? true : fail("reformat dtypes");
-  if (is_copy_op(n.op)) return true;
+  if (ir::keeps_element_order(n.op)) return true;
   const bool quantized = p == Precision::kINT8 || p == Precision::kFP8;
   if (is_pool(n.op)) {
     if (x->shape.size() != 4) return fail("pooling is 2-D only on the GPU");

@@ -116,6 +116,14 @@ BuildOptions cuda_options(Precision default_precision = Precision::kFP32,
   return o;
 }
 
+// For engines whose runs are compared bit for bit: only kernels that give the same bits on
+// every run (the default takes the fastest, which may not).
+BuildOptions deterministic_options(Precision default_precision = Precision::kFP32) {
+  BuildOptions o = cuda_options(default_precision);
+  o.deterministic = true;
+  return o;
+}
+
 // A plan asking `precision` explicitly for the layers named (module names), so an unsupported
 // layer fails the build instead of falling back.
 std::string plan_for(const std::vector<std::string>& layers, Precision p,
@@ -1069,10 +1077,9 @@ TEST(CudaEngineFile, RoundTripKeepsOutputsAndTuningChoices) {
       R"({"layers": [{"match": "c1", "precision": "int8"}, {"match": "c2", "precision": "fp16"},
                                           {"match": "fc", "precision": "fp32"}]})";
   const auto t0 = std::chrono::steady_clock::now();
-  // Bit-for-bit comparisons below: engines that give the same bits on every run.
-  BuildOptions options = cuda_options();
-  options.deterministic = true;
-  auto built = build_engine(model, options, plan, random_calibration(*model, 4, 8, 5));
+  // Bit-for-bit comparisons below.
+  auto built =
+      build_engine(model, deterministic_options(), plan, random_calibration(*model, 4, 8, 5));
   const double build_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(built.ok()) << built.status().to_string();
@@ -1124,9 +1131,7 @@ TEST(CudaEngine, RepeatedInferenceAndContextsAgree) {
   REQUIRE_CUDA();
   auto model = conv_model({"rep", 16, 32, 12, 12, 3, 1, 1, 1, true, "relu"}, 3);
   ASSERT_TRUE(model);
-  BuildOptions options = cuda_options(Precision::kFP16);
-  options.deterministic = true;  // compared bit for bit
-  auto engine = build_engine(model, options);
+  auto engine = build_engine(model, deterministic_options(Precision::kFP16));
   ASSERT_TRUE(engine.ok()) << engine.status().to_string();
   const TensorMap inputs = random_model_inputs(*model, kMaxBatch, 5);
   auto ctx = engine->create_context();
@@ -1149,9 +1154,7 @@ TEST(CudaEngine, ProfilingTimesEveryStepInTheGraph) {
   REQUIRE_CUDA();
   auto model = block_model(32, 16, 41);
   ASSERT_TRUE(model);
-  BuildOptions options = cuda_options(Precision::kFP16);
-  options.deterministic = true;  // compared bit for bit
-  auto engine = build_engine(model, options);
+  auto engine = build_engine(model, deterministic_options(Precision::kFP16));
   ASSERT_TRUE(engine.ok()) << engine.status().to_string();
   auto ctx = engine->create_context();
   ASSERT_TRUE(ctx.ok());
@@ -1187,9 +1190,7 @@ TEST(CudaEngine, DeviceInputsAndOutputsMatchHostOnes) {
   REQUIRE_CUDA();
   auto model = conv_model({"dev_io", 16, 32, 12, 12, 3, 1, 1, 1, true, "relu"}, 4);
   ASSERT_TRUE(model);
-  BuildOptions options = cuda_options(Precision::kFP16);
-  options.deterministic = true;  // compared bit for bit
-  auto engine = build_engine(model, options);
+  auto engine = build_engine(model, deterministic_options(Precision::kFP16));
   ASSERT_TRUE(engine.ok()) << engine.status().to_string();
   auto ctx = engine->create_context();
   ASSERT_TRUE(ctx.ok());
