@@ -302,6 +302,9 @@ Tensor to_tensor(py::handle obj, const std::string& what, const Borrowed& borrow
                     (backend == "reference" ? "CPU (reference backend)" : "CPU") + ": " +
                     (torch ? "move the tensor with .cpu()" : "copy it to host memory first"));
   }
+  if (!torch && on_device)  // CuPy, Numba and others: the interface says everything
+    return from_cuda_array(obj, py::dict(obj.attr("__cuda_array_interface__")), what, borrowed,
+                           *device, writable, false);
   if (!torch) return from_numpy(obj, what, borrowed, false, writable);
   py::object t = py::reinterpret_borrow<py::object>(obj);
   const std::string device_name = py::str(t.attr("device"));

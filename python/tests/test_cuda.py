@@ -7,6 +7,7 @@ import pytest
 from conftest import INPUT_SHAPE, MAX_BATCH, sample, sqnr_db, torch
 
 import mixq
+from mixq.export import export_onnx
 
 
 def test_auto_backend_builds_where_it_can(lenet):
@@ -87,3 +88,38 @@ def test_context_with_device_outputs_and_errors(gpu_speedups):
         ctx.infer(x.cuda().double())
     with pytest.raises(mixq.InvalidArgumentError, match="has shape"):
         ctx.infer(x.cuda(), outputs=torch.empty(5, 10, device="cuda"))
+
+
+class _OnStream:
+    """A device array whose producer is `stream` (its __cuda_array_interface__ says so)."""
+
+    def __init__(self, tensor, stream):
+        self.tensor = tensor
+        self.__cuda_array_interface__ = dict(tensor.__cuda_array_interface__, stream=stream)
+
+
+@requires_gpu
+def test_device_inputs_from_two_streams_are_refused():
+    if not _cuda_builds():
+        pytest.skip("skipped: this build of mixq has no usable cuda backend")
+
+    class Sum(torch.nn.Module):
+        def forward(self, x, z):
+            return x + z
+
+    data = export_onnx(Sum(), [(1, 8), (1, 8)], input_names=("x", "z"),
+                            output_names=("y",))
+    engine = mixq.Builder(mixq.Model.from_bytes(data)).set_options(
+        backend="cuda", max_batch=4).build()
+    ctx = engine.create_context()
+    x, z = torch.randn(4, 8, device="cuda"), torch.randn(4, 8, device="cuda")
+    first, second = torch.cuda.Stream(), torch.cuda.Stream()
+    with pytest.raises(mixq.InvalidArgumentError,
+                       match="'z'.*another CUDA stream than the other device inputs"):
+        ctx.infer({"x": _OnStream(x, first.cuda_stream), "z": _OnStream(z, second.cuda_stream)})
+    # one producer stream for both: the engine waits for it and adds
+    torch.cuda.synchronize()
+    got = ctx.infer({"x": _OnStream(x, first.cuda_stream), "z": _OnStream(z, first.cuda_stream)})
+    y = got["y"]
+    y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    np.testing.assert_allclose(y, (x + z).cpu().numpy(), rtol=1e-6)

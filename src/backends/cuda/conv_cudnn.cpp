@@ -113,7 +113,9 @@ Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry
 // --- the graph
 // --------------------------------------------------------------------------------------
 
-enum class Mode { kFused, kSplit };
+// kFused: one cuDNN graph with the epilogue; kSplit: a cuDNN convolution, then our epilogue;
+// kDirect: our direct convolution (conv_direct.cu) with its epilogue, no cuDNN.
+enum class Mode { kFused, kSplit, kDirect };
 enum Role : int { kRoleX, kRoleW, kRoleY, kRoleScale, kRoleBias, kRoleResidual, kRoleOutScale };
 constexpr int kRoles = 7;
 
@@ -729,6 +731,17 @@ Spec split_spec(const Spec& fused, Precision p) {
   return s;
 }
 
+// Whether our direct convolution can run a layer: ungrouped, small filters (stems, LeNet-sized
+// layers). TF32 asks for TF32 tensor cores (a GEMM); it stays with cuDNN.
+bool direct_eligible(Precision p, int64_t groups, int64_t c, int64_t k, int64_t r, int64_t s) {
+  return p != Precision::kTF32 && groups == 1 && c * r * s <= kernels::kDirectMaxTaps &&
+         kernels::direct_weight_count(k, c, r, s) <= kernels::kDirectMaxWeights && k <= 512;
+}
+bool direct_eligible(const Layer& L, Precision p) {
+  const Spec& s = L.base;
+  return direct_eligible(p, s.geo.groups, L.unpadded_c ? L.unpadded_c : s.c, s.k, s.r, s.s);
+}
+
 Status static_checks(const ir::Node& node, Precision p) {
   const ir::Value* x = node.input(0);
   const ir::Value* w = node.input(1);
@@ -745,6 +758,9 @@ Status static_checks(const ir::Node& node, Precision p) {
   MIXQ_RETURN_IF_ERROR(conv_geometry(node, at_batch(x->shape, 1), w->constant.shape(), g));
   const int64_t cg = x->shape[1] / g.groups, kg = w->constant.dim(0) / g.groups;
   const int64_t multiple = channel_multiple(p);
+  const Shape& ws = w->constant.shape();
+  if (direct_eligible(p, g.groups, x->shape[1], ws[0], ws[2], ws[3]))
+    return Status::Ok();  // any channel counts (cuDNN's engines may still take it, padded)
   // Input channels of an ungrouped convolution are padded (see Layer::unpadded_c).
   if ((g.groups != 1 && cg % multiple != 0) || kg % multiple != 0)
     return Unsupported(
@@ -779,6 +795,8 @@ struct Packed {
   DeviceBuffer weights, scale, split_scale, bias, out_scale;
   std::vector<float> host_bias;  // real units (split mode's epilogue)
   DeviceBuffer real_bias;
+  DeviceBuffer direct_weights;     // kernels::direct_pack_weights of the codes, when eligible
+  DeviceBuffer direct_tc_weights;  // kernels::direct_tc_pack_weights, where tensor cores apply
 };
 
 // Weights [K, C/g, R, S] (row-major) -> KRSC in `dtype` (from fp32, or the stored s8/e4m3 codes).
@@ -847,6 +865,13 @@ class ConvKernel final : public Kernel {
   Status warm_up(const Plan& plan, const Spec& spec, BuildResources& b) const;
   // Device time of the split form's own epilogue at `split`'s size.
   Expected<double> time_epilogue(const Spec& split, BuildResources& b) const;
+  // The direct convolution's parameters at `batch` (x, y and the residual are given at launch).
+  kernels::DirectConvParams direct_params(int64_t batch) const;
+  // Device time of the direct convolution at the maximum batch.
+  Expected<double> time_direct(BuildResources& b, bool tensor_cores) const;
+  // Uses the direct convolution from now on; `note` says why.
+  // `form`: "tc" (tensor cores) or "fma"; the weights of the other form are dropped.
+  void choose_direct(const std::string& tag, const std::string& form, const std::string& note);
 
   const ir::Node& node_;
   Precision precision_;
@@ -864,6 +889,10 @@ class ConvInstance final : public KernelInstance {
  public:
   ConvInstance(const ConvKernel& k, std::shared_ptr<Plan> plan, Mode mode, int64_t batch)
       : plan_(std::move(plan)), packed_(k.packed_), mode_(mode) {
+    if (mode_ == Mode::kDirect) {
+      direct_ = k.direct_params(batch);
+      return;
+    }
     const Spec& s = k.layer_.base;
     rows_ = batch * s.oh * s.ow;
     cols_ = s.k;
@@ -892,11 +921,19 @@ class ConvInstance final : public KernelInstance {
   }
 
   size_t scratch_bytes() const override {
-    return padded_bytes_ + inter_bytes_ + size_t(plan_->workspace);
+    return padded_bytes_ + inter_bytes_ + (plan_ ? size_t(plan_->workspace) : 0);
   }
 
   Status execute(const ExecContext& ctx) const override {
     CudaResources& res = resources_of(ctx);
+    if (mode_ == Mode::kDirect) {
+      kernels::DirectConvParams p = direct_;
+      p.residual = ctx.inputs.size() > 3 ? ctx.inputs[3].data : nullptr;
+      const cudaError_t e =
+          kernels::direct_conv(ctx.inputs[0].data, ctx.outputs[0].data, p, res.stream);
+      if (e != cudaSuccess) return cuda_status(e, "direct convolution", __FILE__, __LINE__);
+      return Status::Ok();
+    }
     // Scratch: [padded input][split-mode intermediate][cuDNN workspace].
     char* scratch = static_cast<char*>(ctx.scratch);
     void* x = ctx.inputs[0].data;
@@ -955,6 +992,7 @@ class ConvInstance final : public KernelInstance {
   size_t padded_bytes_ = 0, x_bytes_ = 0;
   kernels::EpilogueParams ep_;
   kernels::Grid y_grid_;
+  kernels::DirectConvParams direct_;
   mutable std::mutex mutex_;
   mutable std::vector<std::pair<std::array<void*, kRoles + 1>, Desc>> packs_;
 };
@@ -1019,6 +1057,82 @@ Expected<double> ConvKernel::time_epilogue(const Spec& split, BuildResources& b)
       b.res->stream);
   b.release_scratch();
   return t;
+}
+
+kernels::DirectConvParams ConvKernel::direct_params(int64_t batch) const {
+  const Spec& s = layer_.base;
+  kernels::DirectConvParams p;
+  p.n = batch;
+  p.h = s.h;
+  p.w = s.w;
+  p.c = layer_.unpadded_c ? layer_.unpadded_c : s.c;
+  p.k = s.k;
+  p.oh = s.oh;
+  p.ow = s.ow;
+  p.r = int(s.r);
+  p.s = int(s.s);
+  p.stride_h = int(s.geo.stride[0]);
+  p.stride_w = int(s.geo.stride[1]);
+  p.pad_h = int(s.geo.pre[0]);
+  p.pad_w = int(s.geo.pre[1]);
+  p.dil_h = int(s.geo.dilation[0]);
+  p.dil_w = int(s.geo.dilation[1]);
+  p.x_dt = kernel_dtype(input_dtype(precision_));
+  p.weights = static_cast<const float*>(packed_->direct_weights.get());
+  p.tc_weights = packed_->direct_tc_weights.ptr ? packed_->direct_tc_weights.get() : nullptr;
+  p.scale = static_cast<const float*>(packed_->split_scale.get());
+  p.bias = packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
+  p.residual_grid = r_grid_;
+  p.act = s.act;
+  p.lo = layer_.clip_lo;
+  p.hi = layer_.clip_hi;
+  p.y_grid = y_grid_;
+  return p;
+}
+
+Expected<double> ConvKernel::time_direct(BuildResources& b, bool tensor_cores) const {
+  kernels::DirectConvParams p = direct_params(max_batch_);
+  if (!tensor_cores) p.tc_weights = nullptr;
+  const int64_t yn = p.n * p.k * p.oh * p.ow;
+  const DType in = input_dtype(precision_);
+  const float amp = in == DType::kInt8 ? 32.0f : in == DType::kFloat8E4M3 ? 4.0f : 1.0f;
+  MIXQ_ASSIGN_OR_RETURN(DeviceBuffer x, random_device(in, p.n * p.h * p.w * p.c, amp, 11));
+  DeviceBuffer r;
+  if (layer_.base.residual) {
+    MIXQ_ASSIGN_OR_RETURN(r, random_device(node_.input(3)->dtype, yn, 1.0f, 12));
+    p.residual = r.get();
+  }
+  MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(1, size_t(yn) * dtype_size(node_.output(0)->dtype)));
+  auto t = time_launches(
+      [&]() -> Status {
+        const cudaError_t e = kernels::direct_conv(x.get(), y, p, b.res->stream);
+        if (e != cudaSuccess) return cuda_status(e, "direct convolution", __FILE__, __LINE__);
+        return Status::Ok();
+      },
+      b.res->stream);
+  b.release_scratch();
+  return t;
+}
+
+void ConvKernel::choose_direct(const std::string& tag, const std::string& form,
+                               const std::string& note) {
+  mode_ = Mode::kDirect;
+  prepared_.reset();
+  choice_.clear();
+  if (form == "fma") packed_->direct_tc_weights = DeviceBuffer{};
+  const bool tensor_cores = packed_->direct_tc_weights.ptr != nullptr;
+  record_choice(node_, kChoiceAttr, tag + "|direct|" + (tensor_cores ? "tc" : "fma"));
+  const Spec& s = layer_.base;
+  std::string epi;
+  if (s.bias) epi += "+bias";
+  if (s.residual) epi += "+residual";
+  if (s.act == kernels::kActRelu) epi += "+relu";
+  if (s.act == kernels::kActClip) epi += "+clip";
+  impl_ = "mixq cuda direct conv" + epi + " " + type_name(s.xt) + "->" + type_name(s.yt) +
+          (tensor_cores ? (precision_ == Precision::kINT8 ? " (tensor cores, s32 sums)"
+                                                          : " (tensor cores, f32 sums)")
+                        : " (fp32 FMA sums)") +
+          " [" + note + "]";
 }
 
 // Runs the plan once on poisoned output and checks it wrote: an engine that returns success but
@@ -1251,6 +1365,15 @@ Status ConvKernel::prepare(int64_t max_batch) {
   }
   y_grid_ = value_grid(*y);
   if (r) r_grid_ = value_grid(*r);
+  // Our direct convolution for small filters, where it measures faster than cuDNN's engines.
+  MIXQ_ASSIGN_OR_RETURN(const ConvImplementation implementation, conv_implementation());
+  const Spec& base = layer_.base;
+  const bool direct = implementation != ConvImplementation::kCudnn &&
+                      direct_eligible(layer_, precision_) && value_grid(*x).nhwc && y_grid_.nhwc &&
+                      (!r || r_grid_.nhwc) &&
+                      max_batch * base.h * base.w * base.c <= kernels::kDirectMaxElements &&
+                      max_batch * base.oh * base.ow * base.k <= kernels::kDirectMaxElements;
+  const bool remember = implementation == ConvImplementation::kAuto;
 
   // Scales: per output channel s_x * s_w[c] (int8/fp8), divided by the chain's units.
   const int64_t K = layer_.base.k;
@@ -1293,6 +1416,27 @@ Status ConvKernel::prepare(int64_t max_batch) {
                             upload(real_bias.data(), real_bias.size() * sizeof(float)));
     }
     packed->host_bias = real_bias;
+    if (direct) {
+      // The codes the cuDNN path packs (the stored s8/e4m3 codes, or the weights rounded to the
+      // input's type), as floats: their products are exact in fp32.
+      const Tensor codes =
+          (w->constant.dtype() == in ? w->constant : w->constant.to(in)).to(DType::kFloat32);
+      const Spec& sp = layer_.base;
+      const int64_t c = layer_.unpadded_c ? layer_.unpadded_c : sp.c;
+      std::vector<float> host(size_t(kernels::direct_weight_count(sp.k, c, sp.r, sp.s)));
+      kernels::direct_pack_weights(static_cast<const float*>(codes.raw()), sp.k, c, sp.r, sp.s,
+                                   host.data());
+      MIXQ_ASSIGN_OR_RETURN(packed->direct_weights,
+                            upload(host.data(), host.size() * sizeof(float)));
+      const int x_dt = kernel_dtype(in);
+      if (kernels::direct_tensor_core_eligible(x_dt, sp.k, c, sp.r, sp.s)) {
+        std::vector<unsigned char> tc(
+            size_t(kernels::direct_tc_weight_bytes(x_dt, sp.k, c, sp.r, sp.s)));
+        kernels::direct_tc_pack_weights(x_dt, static_cast<const float*>(codes.raw()), sp.k, c, sp.r,
+                                        sp.s, tc.data());
+        MIXQ_ASSIGN_OR_RETURN(packed->direct_tc_weights, upload(tc.data(), tc.size()));
+      }
+    }
     packed_ = packed;
   }
   // A recorded choice: "<signature hash>|fused|e4;k..." (see below).
@@ -1309,13 +1453,23 @@ Status ConvKernel::prepare(int64_t max_batch) {
   }
 
   MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
+  const std::string mode_key =
+      "mode " + std::string(precision_name(precision_)) + " " + fused.signature();
+  const std::string decided = !rec_mode.empty() ? rec_mode : cached_choice(node_, mode_key);
+  const std::string form_key = "direct form " + mode_key;
+  if (direct && implementation == ConvImplementation::kDirect && decided != "direct") {
+    choose_direct(tag, "tc", "MIXQ_CUDA_CONV=direct");
+    return Status::Ok();
+  }
+  if (direct && decided == "direct") {
+    choose_direct(tag, rec_mode.empty() ? cached_choice(node_, form_key) : rec_choice,
+                  rec_mode.empty() ? "tuned before" : "recorded choice");
+    return Status::Ok();
+  }
   // Fused where cuDNN has an engine for the whole chain; split where it has none, and where the
   // split form (convolution + own epilogue) measures faster: some fused chains only have slow
   // engines (fp32 with a residual: one runtime-compiled engine, ~40x slower than the bare
   // convolution on an H200). The decision is recorded with the choice and memoised per process.
-  const std::string mode_key =
-      "mode " + std::string(precision_name(precision_)) + " " + fused.signature();
-  const std::string decided = !rec_mode.empty() ? rec_mode : cached_choice(node_, mode_key);
   const bool fusable = !layer_.base.residual || layer_.residual_fusable;
   std::shared_ptr<Plan> fused_plan, split_plan;
   std::string fused_choice, fused_note, split_choice, split_note;
@@ -1345,6 +1499,39 @@ Status ConvKernel::prepare(int64_t max_batch) {
   const bool use_split =
       split_plan &&
       (!fused_plan || (split_plan->ms > 0 && split_plan->ms + epilogue_ms < fused_plan->ms));
+  if (direct && !fused_plan && !split_plan) {
+    if (rec_mode.empty() && remember) cache_choice(node_, mode_key, "direct");
+    choose_direct(tag, "tc", "no cuDNN engine: " + fused_status.message().substr(0, 120));
+    return Status::Ok();
+  }
+  if (direct && tuning_enabled(node_) && (rec_mode.empty() || rec_mode == "direct")) {
+    // Both timed at the maximum batch; the split form pays its epilogue too.
+    const std::shared_ptr<Plan>& best = use_split ? split_plan : fused_plan;
+    double cudnn_ms = best->ms;
+    if (use_split && epilogue_ms == 0 && cudnn_ms > 0) {
+      auto t = time_epilogue(split, br);
+      cudnn_ms = t.ok() ? cudnn_ms + *t : 0;
+    } else if (use_split) {
+      cudnn_ms += epilogue_ms;
+    }
+    // The direct convolution in both forms where tensor cores apply.
+    auto fma_ms = time_direct(br, false);
+    Expected<double> tc_ms = Unsupported("no tensor-core form");
+    if (packed_->direct_tc_weights.ptr) tc_ms = time_direct(br, true);
+    const bool tc = tc_ms.ok() && (!fma_ms.ok() || *tc_ms < *fma_ms);
+    const Expected<double>& direct_ms = tc ? tc_ms : fma_ms;
+    if (direct_ms.ok() && cudnn_ms > 0 && *direct_ms < cudnn_ms) {
+      if (rec_mode.empty() && remember) {
+        cache_choice(node_, mode_key, "direct");
+        cache_choice(node_, form_key, tc ? "tc" : "fma");
+      }
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "direct %s %.1f us, cuDNN %.1f us", tc ? "tc" : "fma",
+                    *direct_ms * 1e3, cudnn_ms * 1e3);
+      choose_direct(tag, tc ? "tc" : "fma", buf);
+      return Status::Ok();
+    }
+  }
   if (!fused_plan && !split_plan)
     return Unsupported(node_.describe() + ": no cuDNN engine runs this convolution at " +
                        std::string(precision_name(precision_)) + " (fused: " +
@@ -1360,7 +1547,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
                   split_plan->ms * 1e3, epilogue_ms * 1e3);
     note += buf;
   }
-  if (rec_mode.empty()) cache_choice(node_, mode_key, use_split ? "split" : "fused");
+  if (rec_mode.empty() && remember) cache_choice(node_, mode_key, use_split ? "split" : "fused");
   prepared_ = plan;
   choice_ = chosen;
   record_choice(node_, kChoiceAttr,
@@ -1383,6 +1570,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
 }
 
 Expected<std::unique_ptr<KernelInstance>> ConvKernel::instantiate(int64_t batch) const {
+  if (mode_ == Mode::kDirect)
+    return std::unique_ptr<KernelInstance>(new ConvInstance(*this, nullptr, mode_, batch));
   if (!prepared_) return Internal(node_.describe() + ": instantiate before prepare");
   if (batch == max_batch_)
     return std::unique_ptr<KernelInstance>(new ConvInstance(*this, prepared_, mode_, batch));
@@ -1429,7 +1618,7 @@ bool conv_supports(const ir::Node& node, Precision p, std::string* why) {
     if (!br.ok()) return fail(br.status().message());
     Status fused = probe(layer->base, br->res->cudnn);
     std::string reason;
-    if (!fused.ok()) {
+    if (!fused.ok() && !direct_eligible(*layer, p)) {
       Status split = probe(split_spec(layer->base, p), br->res->cudnn);
       if (!split.ok())
         reason = "cuDNN has no engine for this " + std::string(precision_name(p)) +

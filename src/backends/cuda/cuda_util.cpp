@@ -45,6 +45,7 @@ kernels::Grid value_grid(const ir::Value& v) {
   g.dt = kernel_dtype(v.dtype);
   if (stored_quantized(v)) {
     g.scale = v.quant->scale[0];
+    g.inv_scale = 1.0f / g.scale;
     g.zero = float(v.quant->zero_point_at(0));
   }
   g.nhwc = v.layout == ir::Layout::kNHWC;
@@ -215,6 +216,15 @@ double tune_seconds() {
 
 bool tuning_enabled(const ir::Node& node) {
   return env_long("MIXQ_CUDA_TUNE", 1) != 0 && node.attr_int(kNoTuningAttr, 0) == 0;
+}
+
+Expected<ConvImplementation> conv_implementation() {
+  const char* v = std::getenv("MIXQ_CUDA_CONV");
+  const std::string value = v ? v : "";
+  if (value.empty() || value == "auto") return ConvImplementation::kAuto;
+  if (value == "cudnn") return ConvImplementation::kCudnn;
+  if (value == "direct") return ConvImplementation::kDirect;
+  return InvalidArgument("MIXQ_CUDA_CONV is '" + value + "'; expected auto, cudnn or direct");
 }
 
 int compile_threads() {

@@ -52,6 +52,11 @@ Expected<double> time_launches(const std::function<Status()>& launch, cudaStream
 int tune_max_candidates();
 double tune_seconds();
 bool tuning_enabled(const ir::Node& node);
+// Which convolutions run (MIXQ_CUDA_CONV): auto (default) times our direct convolution against
+// cuDNN's engines where it applies and keeps the faster; cudnn never uses the direct one; direct
+// uses it wherever it applies, untimed. Other values are an error.
+enum class ConvImplementation { kAuto, kCudnn, kDirect };
+Expected<ConvImplementation> conv_implementation();
 // Whether the build asked for kernels that give the same bits on every run.
 bool deterministic_only(const ir::Node& node);
 

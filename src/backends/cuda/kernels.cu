@@ -9,74 +9,24 @@
 #include <type_traits>
 
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/real_values.cuh"
 
 namespace mixq::backends::cuda::kernels {
 namespace {
 
-__device__ __forceinline__ float load_real(const void* p, int64_t i, const Grid& g) {
-  float q;
-  switch (g.dt) {
-    case kF32:
-      return static_cast<const float*>(p)[i];
-    case kF16:
-      return __half2float(static_cast<const __half*>(p)[i]);
-    case kBF16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    case kS8:
-      q = float(static_cast<const int8_t*>(p)[i]);
-      break;
-    case kU8:
-      q = float(static_cast<const uint8_t*>(p)[i]);
-      break;
-    case kE4M3:
-      q = float(static_cast<const __nv_fp8_e4m3*>(p)[i]);
-      break;
-    default:
-      return 0.0f;
-  }
-  return (q - g.zero) * g.scale;
-}
-
-__device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Grid& g) {
-  switch (g.dt) {
-    case kF32:
-      static_cast<float*>(p)[i] = x;
-      return;
-    case kF16:
-      static_cast<__half*>(p)[i] = __float2half_rn(x);
-      return;
-    case kBF16:
-      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(x);
-      return;
-    case kS8: {
-      const float q = rintf(x / g.scale) + g.zero;  // rintf: round half to even
-      static_cast<int8_t*>(p)[i] = int8_t(fminf(fmaxf(q, -128.0f), 127.0f));
-      return;
-    }
-    case kU8: {
-      const float q = rintf(x / g.scale) + g.zero;
-      static_cast<uint8_t*>(p)[i] = uint8_t(fminf(fmaxf(q, 0.0f), 255.0f));
-      return;
-    }
-    case kE4M3: {
-      __nv_fp8_storage_t s = __nv_cvt_float_to_fp8(x / g.scale, __NV_SATFINITE, __NV_E4M3);
-      static_cast<__nv_fp8_storage_t*>(p)[i] = s;
-      return;
-    }
-    default:
-      return;
-  }
-}
+// Index arithmetic runs in 32 bits where the tensor allows it: 64-bit division and remainder are
+// emulated in many instructions and made these memory-bound kernels compute-bound.
+constexpr int64_t kMax32 = 0x7fffffff;
 
 // Offset of logical (n, c, h, w) in a 4-D tensor of shape (N, C, H, W).
-__device__ __forceinline__ int64_t offset4(int64_t n, int64_t c, int64_t h, int64_t w, int64_t C,
-                                           int64_t H, int64_t W, bool nhwc) {
+template <typename I>
+__device__ __forceinline__ I offset4(I n, I c, I h, I w, I C, I H, I W, bool nhwc) {
   return nhwc ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
 }
 
 // Logical coordinates of physical index i.
-__device__ __forceinline__ void coords4(int64_t i, int64_t C, int64_t H, int64_t W, bool nhwc,
-                                        int64_t& n, int64_t& c, int64_t& h, int64_t& w) {
+template <typename I>
+__device__ __forceinline__ void coords4(I i, I C, I H, I W, bool nhwc, I& n, I& c, I& h, I& w) {
   if (nhwc) {
     c = i % C;
     i /= C;
@@ -97,37 +47,40 @@ __device__ __forceinline__ void coords4(int64_t i, int64_t C, int64_t H, int64_t
 // --- reformat
 // ---------------------------------------------------------------------------------------
 
-__global__ void reformat_kernel(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C,
-                                int64_t H, int64_t W, bool four_d) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+template <typename I>
+__global__ void reformat_kernel(const void* x, Grid gx, void* y, Grid gy, I total, I C, I H, I W,
+                                bool four_d) {
+  const I i = I(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
-  int64_t src = i;
+  I src = i;
   if (four_d && gx.nhwc != gy.nhwc) {
-    int64_t n, c, h, w;
+    I n, c, h, w;
     coords4(i, C, H, W, gy.nhwc, n, c, h, w);
     src = offset4(n, c, h, w, C, H, W, gx.nhwc);
   }
   store_real(y, i, load_real(x, src, gx), gy);
 }
 
+template <typename I>
 __global__ void pool_kernel(const void* x, Grid gx, void* y, Grid gy, PoolParams p) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t total = p.N * p.C * p.OH * p.OW;
+  const I i = I(blockIdx.x) * blockDim.x + threadIdx.x;
+  const I total = I(p.N * p.C * p.OH * p.OW);
   if (i >= total) return;
-  int64_t n, c, oh, ow;
-  coords4(i, p.C, p.OH, p.OW, gy.nhwc, n, c, oh, ow);
+  I n, c, oh, ow;
+  coords4<I>(i, I(p.C), I(p.OH), I(p.OW), gy.nhwc, n, c, oh, ow);
   float acc = p.max ? -INFINITY : 0.0f;
   int count = 0;
+  const I H = I(p.H), W = I(p.W), C = I(p.C);
   for (int a = 0; a < p.kh; ++a) {
-    const int64_t h = oh * p.sh - p.ph + a * p.dh;
+    const I h = oh * p.sh - p.ph + a * p.dh;
     for (int b = 0; b < p.kw; ++b) {
-      const int64_t w = ow * p.sw - p.pw + b * p.dw;
-      const bool inside = h >= 0 && h < p.H && w >= 0 && w < p.W;
+      const I w = ow * p.sw - p.pw + b * p.dw;
+      const bool inside = h >= 0 && h < H && w >= 0 && w < W;
       if (!inside) {
         if (!p.max && p.count_pad && h < p.pad_h_end && w < p.pad_w_end) ++count;
         continue;
       }
-      const float v = load_real(x, offset4(n, c, h, w, p.C, p.H, p.W, gx.nhwc), gx);
+      const float v = load_real(x, int64_t(offset4<I>(n, c, h, w, C, H, W, gx.nhwc)), gx);
       if (p.max)
         acc = fmaxf(acc, v);
       else
@@ -205,11 +158,9 @@ __global__ void binary_kernel(const void* x, Grid gx, const void* z, Grid gz, vo
   store_real(y, i, r, gy);
 }
 
-// --- concat
-// --------------------------------------------------------------------------------------- Copies
-// one input into its slice of the output: outer x [axis extent] x inner, physically.
+// --- concat -------------------------------------------------------------------------------------
 // Rows of `row_bytes` from x (rows `x_pitch` bytes apart) to y (rows `y_pitch` apart): one
-// input's slice of a concatenation, or one output's slice of a split.
+// input's slice of a concatenation (outer x [axis extent] x inner, physically).
 __global__ void copy_rows_kernel(const char* x, char* y, int64_t rows, int64_t row_bytes,
                                  int64_t x_pitch, int64_t y_pitch) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -222,13 +173,56 @@ template <typename T>
 __global__ void permute_kernel(const T* x, T* y, Permute p, int64_t total) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
-  int64_t rest = i, src = 0;
+  int64_t rest = i, src = p.src_offset;
   for (int d = p.rank - 1; d >= 0; --d) {
     const int64_t idx = rest % p.out[d];
     rest /= p.out[d];
     src += idx * p.src_stride[d];
   }
   y[i] = x[src];
+}
+
+// The same element moves between two formats (dtype, scale or zero point differ).
+__global__ void permute_convert_kernel(const void* x, Grid gx, void* y, Grid gy, Permute p,
+                                       int64_t total) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  int64_t rest = i, src = p.src_offset;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    const int64_t idx = rest % p.out[d];
+    rest /= p.out[d];
+    src += idx * p.src_stride[d];
+  }
+  store_real(y, i, load_real(x, src, gx), gy);
+}
+
+// --- reductions ----------------------------------------------------------------------------------
+// One thread per output: memory-bound for the small reductions models end with (global means).
+__global__ void reduce_kernel(const void* x, Grid gx, void* y, Grid gy, ReduceParams p) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.outputs) return;
+  int64_t rest = i, base = 0;
+  for (int d = p.kept_rank - 1; d >= 0; --d) {
+    base += (rest % p.kept[d]) * p.kept_stride[d];
+    rest /= p.kept[d];
+  }
+  float acc = p.kind == kReduceMax ? -INFINITY : p.kind == kReduceMin ? INFINITY : 0.0f;
+  for (int64_t j = 0; j < p.count; ++j) {
+    int64_t r = j, offset = base;
+    for (int d = p.reduced_rank - 1; d >= 0; --d) {
+      offset += (r % p.reduced[d]) * p.reduced_stride[d];
+      r /= p.reduced[d];
+    }
+    const float v = load_real(x, offset, gx);
+    if (p.kind == kReduceMax)
+      acc = fmaxf(acc, v);
+    else if (p.kind == kReduceMin)
+      acc = fminf(acc, v);
+    else
+      acc += v;
+  }
+  if (p.kind == kReduceMean) acc /= float(p.count);
+  store_real(y, i, acc, gy);
 }
 
 // --- softmax over the last axis ------------------------------------------------------------------
@@ -313,16 +307,24 @@ void with_element_type(size_t bytes, F&& f) {
 
 cudaError_t reformat(const void* x, Grid gx, void* y, Grid gy, int64_t total, int64_t C, int64_t H,
                      int64_t W, bool four_d, cudaStream_t stream) {
-  if (total > 0)
-    reformat_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, total, C, H, W,
-                                                                four_d);
+  if (total <= 0) return cudaSuccess;
+  if (total <= kMax32)
+    reformat_kernel<int><<<blocks_for(total), kThreads, 0, stream>>>(
+        x, gx, y, gy, int(total), int(C), int(H), int(W), four_d);
+  else
+    reformat_kernel<int64_t>
+        <<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, total, C, H, W, four_d);
   return cudaGetLastError();
 }
 
 cudaError_t pool(const void* x, Grid gx, void* y, Grid gy, const PoolParams& p,
                  cudaStream_t stream) {
   const int64_t total = p.N * p.C * p.OH * p.OW;
-  if (total > 0) pool_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, p);
+  if (total <= 0) return cudaSuccess;
+  if (total <= kMax32 && p.N * p.C * p.H * p.W <= kMax32)
+    pool_kernel<int><<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, p);
+  else
+    pool_kernel<int64_t><<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, p);
   return cudaGetLastError();
 }
 
@@ -355,6 +357,12 @@ cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, i
                    x_mid * inner_bytes, x_mid * inner_bytes, y_mid * inner_bytes, stream);
 }
 
+cudaError_t reduce(const void* x, Grid gx, void* y, Grid gy, const ReduceParams& p,
+                   cudaStream_t stream) {
+  if (p.outputs > 0) reduce_kernel<<<blocks_for(p.outputs), kThreads, 0, stream>>>(x, gx, y, gy, p);
+  return cudaGetLastError();
+}
+
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
                     cudaStream_t stream) {
   if (rows > 0)
@@ -374,16 +382,14 @@ cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int6
   return cudaGetLastError();
 }
 
-cudaError_t split_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
-                        int64_t offset, int64_t inner_bytes, cudaStream_t stream) {
-  return copy_rows(static_cast<const char*>(x) + offset * inner_bytes, static_cast<char*>(y), outer,
-                   y_mid * inner_bytes, x_mid * inner_bytes, y_mid * inner_bytes, stream);
-}
-
-cudaError_t permute(const void* x, void* y, const Permute& p, int64_t total, size_t element_bytes,
+cudaError_t permute(const void* x, Grid gx, void* y, Grid gy, const Permute& p, int64_t total,
                     cudaStream_t stream) {
   if (total <= 0) return cudaSuccess;
-  with_element_type(element_bytes, [&](auto* type) {
+  if (gx.dt != gy.dt || gx.scale != gy.scale || gx.zero != gy.zero) {
+    permute_convert_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, gx, y, gy, p, total);
+    return cudaGetLastError();
+  }
+  with_element_type(grid_bytes(gx.dt), [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     permute_kernel<<<blocks_for(total), kThreads, 0, stream>>>(static_cast<const T*>(x),
                                                                static_cast<T*>(y), p, total);

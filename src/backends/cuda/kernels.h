@@ -10,12 +10,16 @@ namespace mixq::backends::cuda::kernels {
 
 enum Dt : int { kF32, kF16, kBF16, kS8, kU8, kE4M3, kI32, kI64, kBool };
 
-// How a tensor's stored elements map to real values: real = (stored - zero) * scale.
+// How a tensor's stored elements map to real values: real = (stored - zero) * scale. Kernels
+// quantise with inv_scale = 1 / scale (a multiply, as cuDNN's and cuBLASLt's output scales do; a
+// full-range division per element made the memory-bound kernels compute-bound): the quotient may
+// differ from x / scale in its last bit, moving a value on a rounding boundary by one code.
 struct Grid {
   int dt = kF32;
   float scale = 1.0f;
   float zero = 0.0f;
   bool nhwc = false;
+  float inv_scale = 1.0f;
 };
 
 struct PoolParams {
@@ -52,17 +56,29 @@ cudaError_t concat_slice(const void* x, void* y, int64_t outer, int64_t x_mid, i
                          int64_t offset, int64_t inner_bytes, cudaStream_t stream);
 cudaError_t softmax(const void* x, Grid gx, void* y, Grid gy, int64_t rows, int64_t cols, bool log,
                     cudaStream_t stream);
-// Split: one output's slice of the input, outer x [y_mid of x_mid, from offset] x inner bytes.
-cudaError_t split_slice(const void* x, void* y, int64_t outer, int64_t x_mid, int64_t y_mid,
-                        int64_t offset, int64_t inner_bytes, cudaStream_t stream);
-// Transpose: y[i] = x[sum over y's axes d of index_d(i) * src_stride[d]] (element strides).
+// Transpose, Slice and Split: y[i] = x[src_offset + sum over y's axes d of index_d(i) *
+// src_stride[d]] (element strides; a slice's step multiplies its stride, a negative step walks
+// backwards). Elements keep their bits where both grids agree, else are converted (dtype, scale).
 struct Permute {
   int rank;
   int64_t out[kMaxRank];         // y's dims
   int64_t src_stride[kMaxRank];  // x's stride along the axis that y's axis d walks
+  int64_t src_offset = 0;        // x's element that y's first element reads
 };
-cudaError_t permute(const void* x, void* y, const Permute& p, int64_t total, size_t element_bytes,
+cudaError_t permute(const void* x, Grid gx, void* y, Grid gy, const Permute& p, int64_t total,
                     cudaStream_t stream);
+
+// ReduceMean / Sum / Max / Min: y[i] reduces x over the reduced axes at the kept axes' index i.
+enum ReduceKind : int { kReduceSum, kReduceMean, kReduceMax, kReduceMin };
+struct ReduceParams {
+  int kept_rank = 0, reduced_rank = 0;
+  int64_t kept[kMaxRank], kept_stride[kMaxRank];        // y's index space, x's strides along it
+  int64_t reduced[kMaxRank], reduced_stride[kMaxRank];  // the reduced dims, x's strides
+  int64_t outputs = 0, count = 0;                       // products of kept / reduced dims
+  int kind = kReduceSum;
+};
+cudaError_t reduce(const void* x, Grid gx, void* y, Grid gy, const ReduceParams& p,
+                   cudaStream_t stream);
 
 // The epilogue of a GEMM or convolution whose library call wrote an intermediate `acc`
 // (row-major [rows, cols], cols = output channels, the innermost dimension of NHWC and of a
@@ -88,5 +104,56 @@ cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int6
                          size_t element_bytes, cudaStream_t stream);
 cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p,
                      cudaStream_t stream);
+
+// --- direct convolution (conv_direct.cu)
+// ----------------------------------------------------------- A 2-D convolution of an NHWC input
+// into an NHWC output for layers whose filters are small (stems, LeNet-sized layers), where cuDNN's
+// implicit GEMMs waste most of their tiles. Products of the stored codes (f32, f16, bf16, s8 or
+// e4m3) are exact in fp32 and summed in fp32; for s8 with at most kDirectMaxTaps products per
+// output the sum is exact too, so the result equals an integer convolution. Epilogue in real units,
+// as the split form's:
+//   y = act(acc * scale[k] + bias[k] + residual) stored in y's grid.
+// Weights: direct_pack_weights() of the stored codes.
+constexpr int kDirectMaxTaps = 1024;  // C * R * S
+constexpr int64_t kDirectMaxWeights =
+    4096;  // padded K * C * R * S floats (16 KiB of shared memory)
+constexpr int64_t kDirectMaxChannels = 128;  // K: at most 8 channel tiles (warps) per block
+constexpr int64_t kDirectMaxElements = (int64_t(1) << 31) - 1;  // x and y: 32-bit indices
+struct DirectConvParams {
+  int64_t n = 0, h = 0, w = 0, c = 0, k = 0, oh = 0, ow = 0;
+  int r = 0, s = 0, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  int x_dt = kF32;  // the input's storage type (its codes are read, no scale)
+  const float* weights = nullptr;
+  const float* scale = nullptr;  // per output channel, real units per unit of the sum
+  const float* bias = nullptr;   // real units, may be null
+  const void* residual = nullptr;
+  Grid residual_grid;
+  int act = kActNone;
+  float lo = 0.0f, hi = 0.0f;
+  Grid y_grid;
+  // Tensor-core form (direct_tensor_core_eligible): direct_tc_pack_weights() of the codes; when
+  // set, the convolution runs as an implicit GEMM on tensor cores (s8 x s8 -> s32 exactly; e4m3
+  // as the f16 values they are exactly, f16 and bf16 with f32 sums).
+  const void* tc_weights = nullptr;
+};
+// Whether the tensor-core form applies: f16, bf16, s8 or e4m3 input, at most kDirectTcTaps
+// products per output and kDirectTcChannels output channels, its tiles within 48 KiB of shared
+// memory.
+constexpr int kDirectTcTaps = 128;
+constexpr int kDirectTcChannels = 64;
+bool direct_tensor_core_eligible(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s);
+// Bytes of the packed tensor-core weights, and the packing of codes [K, C, R, S] into them: a
+// [taps padded to 16] x [K padded to 16] row-major matrix of the multiplied type (s8, f16, bf16).
+int64_t direct_tc_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s);
+void direct_tc_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R,
+                            int64_t S, void* packed);
+// Output channels one thread computes (the weights are padded to a multiple of it).
+int direct_channel_tile(int64_t k);
+// Floats of the packed weights, and the packing of codes [K, C, R, S] (row-major) into them:
+// [K / tile][R, S, C][tile], output channels past K zero.
+int64_t direct_weight_count(int64_t k, int64_t c, int64_t r, int64_t s);
+void direct_pack_weights(const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
+                         float* packed);
+cudaError_t direct_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
 
 }  // namespace mixq::backends::cuda::kernels

@@ -8,6 +8,7 @@
 
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/kernels.h"
+#include "backends/reference/helpers.h"
 
 namespace mixq::backends::cuda {
 namespace {
@@ -48,6 +49,7 @@ Grid grid_of(const ir::Value& v) {
   g.dt = dt_of(v.dtype);
   if (v.quant && v.dtype != DType::kFloat32) {
     g.scale = v.quant->scale[0];
+    g.inv_scale = 1.0f / g.scale;
     g.zero = float(v.quant->zero_point_at(0));
   }
   g.nhwc = v.layout == ir::Layout::kNHWC;
@@ -114,22 +116,72 @@ std::optional<int> binary_of(ir::OpKind op) {
   }
 }
 
+std::optional<int> reduce_of(ir::OpKind op) {
+  switch (op) {
+    case ir::OpKind::kReduceSum:
+      return kReduceSum;
+    case ir::OpKind::kReduceMean:
+      return kReduceMean;
+    case ir::OpKind::kReduceMax:
+      return kReduceMax;
+    case ir::OpKind::kReduceMin:
+      return kReduceMin;
+    default:
+      return std::nullopt;
+  }
+}
+
+// Which axes of `xs` a reduction takes (constant axes input; none given: all of them, unless
+// noop_with_empty_axes), as the reference reads them.
+Expected<std::vector<bool>> reduced_axes(const ir::Node& n, const Shape& xs) {
+  const int64_t rank = int64_t(xs.size());
+  const std::vector<int64_t> axes =
+      n.input(1) ? n.input(1)->constant.to_int64_vector() : std::vector<int64_t>{};
+  std::vector<bool> reduced(xs.size(), axes.empty() && n.attr_int("noop_with_empty_axes", 0) == 0);
+  for (int64_t a : axes) {
+    if (a < -rank || a >= rank)
+      return InvalidArgument("axis " + std::to_string(a) + " is out of range for rank " +
+                             std::to_string(rank));
+    reduced[size_t(a < 0 ? a + rank : a)] = true;
+  }
+  return reduced;
+}
+
 bool is_pool(ir::OpKind op) {
   return op == ir::OpKind::kMaxPool || op == ir::OpKind::kAveragePool ||
          op == ir::OpKind::kGlobalAveragePool || op == ir::OpKind::kGlobalMaxPool;
 }
 
-// Transpose and Split move elements: every output must have the input's dtype (and grid), all in
-// plain layout.
-Status check_moves_one_format(const ir::Node& n) {
-  const ir::Value* x = n.input(0);
-  for (const ir::Value* out : n.outputs)
-    if (out && (out->dtype != x->dtype || out->layout != ir::Layout::kPlain ||
-                x->layout != ir::Layout::kPlain || out->quant.has_value() != x->quant.has_value() ||
-                (x->quant && (out->quant->scale != x->quant->scale ||
-                              out->quant->zero_point != x->quant->zero_point))))
-      return Internal(n.describe() + ": moves elements of one format in plain layout, but '" +
-                      out->name + "' differs from the input");
+// Slice as a strided gather from the input at this batch: starts/ends/axes/steps are constants.
+Expected<Permute> slice_gather(const ir::Node& n, const Shape& xs) {
+  auto ints = [&](size_t i) {
+    const ir::Value* v = n.input(i);
+    return v ? v->constant.to_int64_vector() : std::vector<int64_t>{};
+  };
+  std::vector<reference::SliceAxis> plan;
+  MIXQ_RETURN_IF_ERROR(reference::slice_plan(xs, ints(1), ints(2), ints(3), ints(4),
+                                             n.input(3) != nullptr, n.input(4) != nullptr, plan));
+  Permute p{};
+  p.rank = int(xs.size());
+  int64_t stride = 1;
+  for (size_t d = xs.size(); d-- > 0;) {
+    p.out[d] = plan[d].count;
+    p.src_stride[d] = stride * plan[d].step;
+    p.src_offset += stride * plan[d].start;
+    stride *= xs[d];
+  }
+  return p;
+}
+
+// Transpose, Split and Slice move elements in plain layout (converting them where an output's
+// format differs from the input's).
+Status check_plain_layout(const ir::Node& n) {
+  std::vector<const ir::Value*> values(n.outputs.begin(), n.outputs.end());
+  values.push_back(n.input(0));
+  for (const ir::Value* v : values)
+    if (v && v->layout != ir::Layout::kPlain)
+      return Internal(n.describe() + ": moves elements in plain layout, but '" + v->name +
+                      "' is not plain");
   return Status::Ok();
 }
 
@@ -309,8 +361,7 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
       return Status::Ok();
     };
   } else if (n.op == ir::OpKind::kTranspose) {
-    // Element moves in plain layout: the output keeps the input's format.
-    MIXQ_RETURN_IF_ERROR(check_moves_one_format(n));
+    MIXQ_RETURN_IF_ERROR(check_plain_layout(n));
     const Shape xs = at_batch(x->shape, batch);
     std::vector<int64_t> perm = n.attr_ints("perm", {});
     if (perm.empty())
@@ -327,36 +378,89 @@ Expected<std::unique_ptr<KernelInstance>> OwnKernel::instantiate(int64_t batch) 
       p.out[d] = ys[d];
       p.src_stride[d] = x_strides[size_t(perm[d])];
     }
-    const size_t es = dtype_size(y->dtype);
     launch = [=](const ExecContext& ctx) {
-      return launched(kernels::permute(ctx.inputs[0].data, ctx.outputs[0].data, p, total, es,
+      return launched(kernels::permute(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, p, total,
                                        resources_of(ctx).stream),
                       "transpose");
     };
+  } else if (n.op == ir::OpKind::kSlice) {
+    MIXQ_RETURN_IF_ERROR(check_plain_layout(n));
+    MIXQ_ASSIGN_OR_RETURN(const Permute p, slice_gather(n, at_batch(x->shape, batch)));
+    launch = [=](const ExecContext& ctx) {
+      return launched(kernels::permute(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, p, total,
+                                       resources_of(ctx).stream),
+                      "slice");
+    };
   } else if (n.op == ir::OpKind::kSplit) {
-    MIXQ_RETURN_IF_ERROR(check_moves_one_format(n));
+    // Each output is a gather from its part of the input: outer x [its extent] x inner.
+    MIXQ_RETURN_IF_ERROR(check_plain_layout(n));
     const Shape xs = at_batch(x->shape, batch);
     int64_t axis = n.attr_int("axis", 0);
     if (axis < 0) axis += int64_t(xs.size());
     int64_t outer = 1, inner = 1;
     for (int64_t d = 0; d < axis; ++d) outer *= xs[size_t(d)];
     for (size_t d = size_t(axis) + 1; d < xs.size(); ++d) inner *= xs[d];
-    const size_t es = dtype_size(x->dtype);
-    std::vector<int64_t> mids;  // per output, along the axis (absent outputs keep their part)
-    for (const ir::Value* out : n.outputs)
-      mids.push_back(out ? at_batch(out->shape, batch)[size_t(axis)] : 0);
-    const int64_t x_mid = xs[size_t(axis)];
-    launch = [=](const ExecContext& ctx) {
-      int64_t offset = 0;
-      for (size_t k = 0; k < mids.size(); ++k) {
-        if (k < ctx.outputs.size() && ctx.outputs[k].data)
-          MIXQ_RETURN_IF_ERROR(launched(
-              kernels::split_slice(ctx.inputs[0].data, ctx.outputs[k].data, outer, x_mid, mids[k],
-                                   offset, inner * int64_t(es), resources_of(ctx).stream),
-              "split"));
-        offset += mids[k];
+    struct Part {
+      Permute p;
+      int64_t total;
+      Grid grid;
+    };
+    std::vector<std::optional<Part>> parts;  // absent outputs are skipped
+    int64_t offset = 0;
+    for (const ir::Value* out : n.outputs) {
+      const int64_t mid = out ? at_batch(out->shape, batch)[size_t(axis)] : 0;
+      if (out) {
+        Permute p{};
+        p.rank = 3;
+        p.out[0] = outer;
+        p.out[1] = mid;
+        p.out[2] = inner;
+        p.src_stride[0] = xs[size_t(axis)] * inner;
+        p.src_stride[1] = inner;
+        p.src_stride[2] = 1;
+        p.src_offset = offset * inner;
+        parts.push_back(Part{p, outer * mid * inner, grid_of(*out)});
+      } else {
+        parts.push_back(std::nullopt);
       }
+      offset += mid;
+    }
+    launch = [=](const ExecContext& ctx) {
+      for (size_t k = 0; k < parts.size(); ++k)
+        if (parts[k] && k < ctx.outputs.size() && ctx.outputs[k].data)
+          MIXQ_RETURN_IF_ERROR(
+              launched(kernels::permute(ctx.inputs[0].data, gx, ctx.outputs[k].data, parts[k]->grid,
+                                        parts[k]->p, parts[k]->total, resources_of(ctx).stream),
+                       "split"));
       return Status::Ok();
+    };
+  } else if (auto kind = reduce_of(n.op)) {
+    const Shape xs = at_batch(x->shape, batch);
+    MIXQ_ASSIGN_OR_RETURN(const std::vector<bool> reduced, reduced_axes(n, xs));
+    ReduceParams p{};
+    p.kind = *kind;
+    p.outputs = p.count = 1;
+    int64_t stride = 1;
+    std::vector<int64_t> strides(xs.size());
+    for (size_t d = xs.size(); d-- > 0;) {
+      strides[d] = stride;
+      stride *= xs[d];
+    }
+    for (size_t d = 0; d < xs.size(); ++d) {
+      if (reduced[d]) {
+        p.reduced[p.reduced_rank] = xs[d];
+        p.reduced_stride[p.reduced_rank++] = strides[d];
+        p.count *= xs[d];
+      } else {
+        p.kept[p.kept_rank] = xs[d];
+        p.kept_stride[p.kept_rank++] = strides[d];
+        p.outputs *= xs[d];
+      }
+    }
+    launch = [=](const ExecContext& ctx) {
+      return launched(kernels::reduce(ctx.inputs[0].data, gx, ctx.outputs[0].data, gy, p,
+                                      resources_of(ctx).stream),
+                      "reduce");
     };
   } else if (n.op == ir::OpKind::kSoftmax || n.op == ir::OpKind::kLogSoftmax) {
     const int64_t cols = ys.back();
@@ -410,18 +514,34 @@ bool own_supports(const ir::Node& n, Precision p, std::string* why) {
     return true;
   }
   if (n.op == ir::OpKind::kConcat) return true;
-  if (n.op == ir::OpKind::kTranspose || n.op == ir::OpKind::kSplit) {
-    // Element moves: the outputs keep the input's format (same dtype and quantisation).
+  if (n.op == ir::OpKind::kTranspose || n.op == ir::OpKind::kSplit || n.op == ir::OpKind::kSlice) {
+    // Element moves, converted where an output's format differs from the input's.
     if (x->shape.size() > size_t(kMaxRank)) return fail("rank above 6");
-    for (const ir::Value* out : n.outputs)
-      if (out && out->shape_known && out->dtype != x->dtype && out->dtype != DType::kFloat32)
-        return fail("outputs in another format than the input");
     if (n.op == ir::OpKind::kSplit) {
-      if (quantized) return fail("split runs in fp32/fp16/bf16 on the GPU");
       for (const ir::Value* out : n.outputs)
         if (out && !out->shape_known) return fail("split sizes must be known at build");
       if (n.input(1) && !n.input(1)->is_constant()) return fail("split sizes must be constant");
     }
+    if (n.op == ir::OpKind::kSlice) {
+      for (size_t i = 1; i < n.inputs.size(); ++i)
+        if (n.input(i) && !n.input(i)->is_constant())
+          return fail("slice starts, ends, axes and steps must be constant");
+      if (!y->shape_known) return fail("slice output shape must be known at build");
+      // Any batch up to the engine's maximum: the slice must follow the dynamic dims.
+      for (int64_t batch : {int64_t(1), int64_t(7), int64_t(1) << 20}) {
+        auto p = slice_gather(n, at_batch(x->shape, batch));
+        if (!p.ok()) return fail(p.status().message());
+        const Shape ys = at_batch(y->shape, batch);
+        if (!std::equal(ys.begin(), ys.end(), p->out, p->out + p->rank))
+          return fail("the slice's output shape depends on the batch size");
+      }
+    }
+    return true;
+  }
+  if (reduce_of(n.op)) {
+    if (x->shape.size() > size_t(kMaxRank)) return fail("rank above 6");
+    if (!is_float_family(x->dtype)) return fail("reductions of integer tensors");
+    if (n.input(1) && !n.input(1)->is_constant()) return fail("reduced axes must be constant");
     return true;
   }
   if (n.op == ir::OpKind::kSoftmax || n.op == ir::OpKind::kLogSoftmax) {

@@ -28,6 +28,17 @@ std::vector<int64_t> strides_of(const Shape& shape);
 // Strides for reading an input of `in_shape` while iterating `out_shape` (0 on broadcast axes).
 std::vector<int64_t> broadcast_strides(const Shape& in_shape, const Shape& out_shape);
 
+// Slice: per input axis, the first element taken, the step and how many elements are taken.
+struct SliceAxis {
+  int64_t start = 0, step = 1, count = 0;
+};
+// Slice parameters per input axis from the starts/ends/axes/steps inputs (all known), clamped as
+// the ONNX spec says; unknown input dims leave count = kDynamicDim.
+Status slice_plan(const Shape& x, const std::vector<int64_t>& starts,
+                  const std::vector<int64_t>& ends, std::vector<int64_t> axes,
+                  std::vector<int64_t> steps, bool has_axes, bool has_steps,
+                  std::vector<SliceAxis>& plan);
+
 // Require a present input of one of the listed dtypes.
 Status expect_dtype(const TensorInfo& info, std::initializer_list<DType> allowed, const char* what);
 

@@ -539,14 +539,12 @@ Status compute_Pad(const ir::Node& node, std::span<const Tensor> in, std::span<T
   return Status::Ok();
 }
 
-// --- Slice ---------------------------------------------------------------------------------------
+}  // namespace
 
-struct SliceAxis {
-  int64_t start = 0, step = 1, count = 0;
-};
+// --- Slice (its plan is shared with other backends) ----------------------------------------------
 
 // Clamps start/end to the axis as the spec says, then counts the elements taken.
-SliceAxis slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step) {
+static SliceAxis slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step) {
   SliceAxis a{0, step, 0};
   if (start < 0) start += dim;
   if (end < 0) end += dim;
@@ -564,8 +562,6 @@ SliceAxis slice_axis(int64_t dim, int64_t start, int64_t end, int64_t step) {
   return a;
 }
 
-// Slice parameters per input axis from the starts/ends/axes/steps inputs (all known); unknown
-// input dims leave count = kDynamicDim.
 Status slice_plan(const Shape& x, const std::vector<int64_t>& starts,
                   const std::vector<int64_t>& ends, std::vector<int64_t> axes,
                   std::vector<int64_t> steps, bool has_axes, bool has_steps,
@@ -593,6 +589,8 @@ Status slice_plan(const Shape& x, const std::vector<int64_t>& starts,
   }
   return Status::Ok();
 }
+
+namespace {
 
 Status infer_Slice(const ir::Node&, std::span<const TensorInfo> in, std::span<TensorInfo> out) {
   MIXQ_RETURN_IF_ERROR(expect_present(in[0], "data"));
