@@ -491,6 +491,19 @@ INSTANTIATE_TEST_SUITE_P(Direct, CudaDirectConvExact, ::testing::Values(int64_t(
                            return "c" + std::to_string(i.param);
                          });
 
+// An unknown MIXQ_CUDA_CONV value fails the build and names the variable and its values.
+TEST(CudaDirectConv, UnknownImplementationIsAClearError) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv bogus("MIXQ_CUDA_CONV", "fastest");
+  auto model = conv_model({"stem_c3", 3, 16, 12, 12, 3}, 31);
+  ASSERT_TRUE(model);
+  auto engine = build_engine(model, cuda_options(), plan_for({"layer"}, Precision::kFP16));
+  ASSERT_FALSE(engine.ok());
+  const std::string message = engine.status().message();
+  EXPECT_NE(message.find("MIXQ_CUDA_CONV is 'fastest'"), std::string::npos) << message;
+  EXPECT_NE(message.find("auto, cudnn or direct"), std::string::npos) << message;
+}
+
 // With the default (auto), the faster of cuDNN and the direct kernel is kept, and the choice is
 // stored: a reloaded engine runs the same implementation without timing again.
 TEST(CudaDirectConv, AutoChoiceIsRecordedInTheEngineFile) {
