@@ -514,15 +514,17 @@ struct Ties {
   }
 };
 
-// Which values are stored int8: produced by an int8 node and read by at least one int8 node.
-// Which values are stored quantised: produced by an int8/fp8 node and read by at least one node
-// of the same precision (or written by an op that keeps its input's quantisation).
+// Which values are stored quantised: produced by an int8/fp8 node and read by at least one
+// quantised node (or written by an op that keeps its input's quantisation). Where the readers are
+// of the other quantised family (fp8 -> int8 at a plan's switch), the value keeps its producer's
+// format and one requantising reformat serves them: storing it in fp32 instead cost a dequantize,
+// a quantize and the fused residual of the block that ends there.
 bool stored_int8(const ir::Graph& g, const Value* v) {
   if (v->is_constant()) return false;
   if (!v->producer || !quantized_precision(v->producer->precision)) return false;
   if (preserves_quantization(v->producer->op)) return true;  // int8 in, int8 out
   for (const Node* c : g.consumers(v))
-    if (c->precision == v->producer->precision) return true;
+    if (consumes_int8(c)) return true;
   return false;
 }
 
