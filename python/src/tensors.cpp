@@ -168,6 +168,19 @@ Tensor wrap_borrowed(DType dtype, Shape shape, void* data, py::object owner,
 
 constexpr const char* kSupported = "float32, float16, int8, uint8, int32, int64, bool";
 
+// The dtype of an array-interface element kind ('f', 'i', 'u', 'b') and size in bytes: NumPy's
+// dtype.kind/itemsize and the __cuda_array_interface__ typestr ("<f4") name types the same way.
+std::optional<DType> dtype_of_kind(char kind, int64_t size) {
+  if (kind == 'f' && size == 4) return DType::kFloat32;
+  if (kind == 'f' && size == 2) return DType::kFloat16;
+  if (kind == 'i' && size == 1) return DType::kInt8;
+  if (kind == 'u' && size == 1) return DType::kUInt8;
+  if (kind == 'i' && size == 4) return DType::kInt32;
+  if (kind == 'i' && size == 8) return DType::kInt64;
+  if (kind == 'b' && size == 1) return DType::kBool;
+  return std::nullopt;
+}
+
 Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borrowed,
                   bool from_torch, bool writable) {
   if (!py::isinstance<py::array>(obj))
@@ -179,21 +192,7 @@ Tensor from_numpy(py::handle obj, const std::string& what, const Borrowed& borro
   // NumPy 2 changed (Debian's pybind11 2.10 predates it).
   const char kind = dt.attr("kind").cast<std::string>().at(0);
   const ssize_t size = dt.attr("itemsize").cast<ssize_t>();
-  std::optional<DType> dtype;
-  if (kind == 'f' && size == 4)
-    dtype = DType::kFloat32;
-  else if (kind == 'f' && size == 2)
-    dtype = DType::kFloat16;
-  else if (kind == 'i' && size == 1)
-    dtype = DType::kInt8;
-  else if (kind == 'u' && size == 1)
-    dtype = DType::kUInt8;
-  else if (kind == 'i' && size == 4)
-    dtype = DType::kInt32;
-  else if (kind == 'i' && size == 8)
-    dtype = DType::kInt64;
-  else if (kind == 'b' && size == 1)
-    dtype = DType::kBool;
+  const std::optional<DType> dtype = dtype_of_kind(kind, size);
   const std::string dt_name = py::str(static_cast<py::handle>(dt)).cast<std::string>();
   if (!dtype) {
     std::string hint;
@@ -226,25 +225,10 @@ Tensor from_cuda_array(py::handle obj, py::dict iface, const std::string& what,
                        const Borrowed& borrowed, DeviceAccess& device, bool writable,
                        bool from_torch) {
   const std::string typestr = py::str(iface["typestr"]);
-  std::optional<DType> dtype;
-  const std::string code = typestr.size() == 3 ? typestr.substr(1) : typestr;
+  // "<f4": byte order, kind, size; only native (little-endian) or byte-order-free types.
   const bool native = typestr.size() == 3 && (typestr[0] == '<' || typestr[0] == '|');
-  if (native) {
-    if (code == "f4")
-      dtype = DType::kFloat32;
-    else if (code == "f2")
-      dtype = DType::kFloat16;
-    else if (code == "i1")
-      dtype = DType::kInt8;
-    else if (code == "u1")
-      dtype = DType::kUInt8;
-    else if (code == "i4")
-      dtype = DType::kInt32;
-    else if (code == "i8")
-      dtype = DType::kInt64;
-    else if (code == "b1")
-      dtype = DType::kBool;
-  }
+  const std::optional<DType> dtype =
+      native ? dtype_of_kind(typestr[1], typestr[2] - '0') : std::nullopt;
   if (!dtype)
     raise_error("InvalidDTypeError", what + " is a device array of type '" + typestr +
                                          "', which mixq does not take (supported: " + kSupported +

@@ -519,7 +519,7 @@ struct Ties {
 // of the other quantised family (fp8 -> int8 at a plan's switch), the value keeps its producer's
 // format and one requantising reformat serves them: storing it in fp32 instead cost a dequantize,
 // a quantize and the fused residual of the block that ends there.
-bool stored_int8(const ir::Graph& g, const Value* v) {
+bool stored_quantized(const ir::Graph& g, const Value* v) {
   if (v->is_constant()) return false;
   if (!v->producer || !quantized_precision(v->producer->precision)) return false;
   if (preserves_quantization(v->producer->op)) return true;  // int8 in, int8 out
@@ -547,7 +547,7 @@ RangeNeeds values_needing_ranges(const ir::Graph& g, const quant::PrecisionPlan&
     }
     if (follower) continue;
     for (const Value* out : n->outputs) {
-      if (!out || !stored_int8(g, out)) continue;
+      if (!out || !stored_quantized(g, out)) continue;
       if (plan.value_quant.count(out->name) || plan.value_ranges.count(out->name)) continue;
       needs.values.insert(out->name);
     }
@@ -742,7 +742,7 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
   std::vector<std::string> missing;
   for (Value* v : g.values()) {
     if (v->is_constant()) continue;
-    bool needed = stored_int8(g, v);
+    bool needed = stored_quantized(g, v);
     for (const Node* c : g.consumers(v))
       if (consumes_int8(c)) {
         for (size_t slot : activation_slots(c)) needed |= c->input(slot) == v;
@@ -764,7 +764,7 @@ Status quantize(ir::Graph& g, const quant::PrecisionPlan& plan,
       continue;
     }
     v->quant = *q;
-    if (stored_int8(g, v)) v->dtype = q->dtype;
+    if (stored_quantized(g, v)) v->dtype = q->dtype;
   }
   if (!missing.empty()) {
     std::string list;

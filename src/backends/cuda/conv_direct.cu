@@ -196,28 +196,10 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
       for (int q = 0; q < P; ++q) acc[q][j] = acc[q][j] * scale + bias;
     }
-    if (p.residual) {
-      switch (p.residual_grid.dt) {
-        case kF32:
-          add_residual<kF32, P, TILE>(acc, p, first, row, step, ch0, count, valid);
-          break;
-        case kF16:
-          add_residual<kF16, P, TILE>(acc, p, first, row, step, ch0, count, valid);
-          break;
-        case kBF16:
-          add_residual<kBF16, P, TILE>(acc, p, first, row, step, ch0, count, valid);
-          break;
-        case kS8:
-          add_residual<kS8, P, TILE>(acc, p, first, row, step, ch0, count, valid);
-          break;
-        case kU8:
-          add_residual<kU8, P, TILE>(acc, p, first, row, step, ch0, count, valid);
-          break;
-        case kE4M3:
-          add_residual<kE4M3, P, TILE>(acc, p, first, row, step, ch0, count, valid);
-          break;
-      }
-    }
+    if (p.residual)
+      with_stored_type(p.residual_grid.dt, [&](auto t) {
+        add_residual<decltype(t)::value, P, TILE>(acc, p, first, row, step, ch0, count, valid);
+      });
 #pragma unroll
     for (int q = 0; q < P; ++q)
 #pragma unroll
@@ -230,28 +212,10 @@ __global__ void __launch_bounds__(256, 2)
     // To the stage (rows of the block) or straight to y.
     unsigned char* out = l.stage_bytes ? stage : static_cast<unsigned char*>(y);
     const int64_t out_first = l.stage_bytes ? 0 : first;
-    switch (p.y_grid.dt) {
-      case kF32:
-        store_pixels<kF32, P, TILE>(acc, out, out_first, row, step, K, ch0, count, valid, p.y_grid);
-        break;
-      case kF16:
-        store_pixels<kF16, P, TILE>(acc, out, out_first, row, step, K, ch0, count, valid, p.y_grid);
-        break;
-      case kBF16:
-        store_pixels<kBF16, P, TILE>(acc, out, out_first, row, step, K, ch0, count, valid,
-                                     p.y_grid);
-        break;
-      case kS8:
-        store_pixels<kS8, P, TILE>(acc, out, out_first, row, step, K, ch0, count, valid, p.y_grid);
-        break;
-      case kU8:
-        store_pixels<kU8, P, TILE>(acc, out, out_first, row, step, K, ch0, count, valid, p.y_grid);
-        break;
-      case kE4M3:
-        store_pixels<kE4M3, P, TILE>(acc, out, out_first, row, step, K, ch0, count, valid,
-                                     p.y_grid);
-        break;
-    }
+    with_stored_type(p.y_grid.dt, [&](auto t) {
+      store_pixels<decltype(t)::value, P, TILE>(acc, out, out_first, row, step, K, ch0, count,
+                                                valid, p.y_grid);
+    });
     if (l.stage_bytes) {
       // The block's outputs are one contiguous run of y: copy it in 16-byte pieces.
       __syncthreads();
@@ -467,22 +431,10 @@ cudaError_t launch_tc_typed(const void* x, void* y, const DirectConvParams& p,
 
 template <int DT>
 cudaError_t launch_tc(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream) {
-  switch (p.y_grid.dt) {
-    case kF32:
-      return launch_tc_typed<DT, kF32>(x, y, p, stream);
-    case kF16:
-      return launch_tc_typed<DT, kF16>(x, y, p, stream);
-    case kBF16:
-      return launch_tc_typed<DT, kBF16>(x, y, p, stream);
-    case kS8:
-      return launch_tc_typed<DT, kS8>(x, y, p, stream);
-    case kU8:
-      return launch_tc_typed<DT, kU8>(x, y, p, stream);
-    case kE4M3:
-      return launch_tc_typed<DT, kE4M3>(x, y, p, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  cudaError_t e = cudaErrorInvalidValue;
+  with_stored_type(p.y_grid.dt,
+                   [&](auto t) { e = launch_tc_typed<DT, decltype(t)::value>(x, y, p, stream); });
+  return e;
 }
 
 }  // namespace

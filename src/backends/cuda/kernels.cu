@@ -169,31 +169,27 @@ __global__ void copy_rows_kernel(const char* x, char* y, int64_t rows, int64_t r
   y[o * y_pitch + r] = x[o * x_pitch + r];
 }
 
+// The element of x that y's element i reads.
+__device__ __forceinline__ int64_t permute_source(const Permute& p, int64_t i) {
+  int64_t src = p.src_offset;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    src += (i % p.out[d]) * p.src_stride[d];
+    i /= p.out[d];
+  }
+  return src;
+}
+
 template <typename T>
 __global__ void permute_kernel(const T* x, T* y, Permute p, int64_t total) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  int64_t rest = i, src = p.src_offset;
-  for (int d = p.rank - 1; d >= 0; --d) {
-    const int64_t idx = rest % p.out[d];
-    rest /= p.out[d];
-    src += idx * p.src_stride[d];
-  }
-  y[i] = x[src];
+  if (i < total) y[i] = x[permute_source(p, i)];
 }
 
 // The same element moves between two formats (dtype, scale or zero point differ).
 __global__ void permute_convert_kernel(const void* x, Grid gx, void* y, Grid gy, Permute p,
                                        int64_t total) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  int64_t rest = i, src = p.src_offset;
-  for (int d = p.rank - 1; d >= 0; --d) {
-    const int64_t idx = rest % p.out[d];
-    rest /= p.out[d];
-    src += idx * p.src_stride[d];
-  }
-  store_real(y, i, load_real(x, src, gx), gy);
+  if (i < total) store_real(y, i, load_real(x, permute_source(p, i), gx), gy);
 }
 
 // --- reductions ----------------------------------------------------------------------------------

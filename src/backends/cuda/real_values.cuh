@@ -18,63 +18,8 @@ __host__ __device__ constexpr size_t grid_bytes(int dt) {
   return dt == kF32 || dt == kI32 ? 4 : dt == kF16 || dt == kBF16 ? 2 : dt == kI64 ? 8 : 1;
 }
 
-__device__ __forceinline__ float load_real(const void* p, int64_t i, const Grid& g) {
-  float q;
-  switch (g.dt) {
-    case kF32:
-      return static_cast<const float*>(p)[i];
-    case kF16:
-      return __half2float(static_cast<const __half*>(p)[i]);
-    case kBF16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    case kS8:
-      q = float(static_cast<const int8_t*>(p)[i]);
-      break;
-    case kU8:
-      q = float(static_cast<const uint8_t*>(p)[i]);
-      break;
-    case kE4M3:
-      q = float(static_cast<const __nv_fp8_e4m3*>(p)[i]);
-      break;
-    default:
-      return 0.0f;
-  }
-  return (q - g.zero) * g.scale;
-}
-
-__device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Grid& g) {
-  switch (g.dt) {
-    case kF32:
-      static_cast<float*>(p)[i] = x;
-      return;
-    case kF16:
-      static_cast<__half*>(p)[i] = __float2half_rn(x);
-      return;
-    case kBF16:
-      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(x);
-      return;
-    case kS8: {
-      const float q = rintf(x * g.inv_scale) + g.zero;  // rintf: round half to even
-      static_cast<int8_t*>(p)[i] = int8_t(fminf(fmaxf(q, -128.0f), 127.0f));
-      return;
-    }
-    case kU8: {
-      const float q = rintf(x * g.inv_scale) + g.zero;
-      static_cast<uint8_t*>(p)[i] = uint8_t(fminf(fmaxf(q, 0.0f), 255.0f));
-      return;
-    }
-    case kE4M3: {
-      __nv_fp8_storage_t s = __nv_cvt_float_to_fp8(x * g.inv_scale, __NV_SATFINITE, __NV_E4M3);
-      static_cast<__nv_fp8_storage_t*>(p)[i] = s;
-      return;
-    }
-    default:
-      return;
-  }
-}
-
-// The same conversions with the storage type fixed at compile time (no switch per element), for
-// kernels that write many values of one type from registers.
+// A grid's storage types at compile time: kernels that write many values of one type from
+// registers use encode/decode directly (no switch per element); load_real/store_real dispatch.
 template <int DT>
 struct Stored;
 template <>
@@ -135,6 +80,51 @@ __device__ __forceinline__ float decode(const void* p, int64_t i, const Grid& g)
   } else {
     return (float(v) - g.zero) * g.scale;
   }
+}
+
+// Calls f(std::integral_constant<int, DT>) for a storage type the grids hold (f32, f16, bf16, s8,
+// u8, e4m3); false for the others (integer tensors).
+#pragma nv_exec_check_disable
+template <typename F>
+__host__ __device__ __forceinline__ bool with_stored_type(int dt, F&& f) {
+  switch (dt) {
+    case kF32:
+      f(std::integral_constant<int, kF32>{});
+      return true;
+    case kF16:
+      f(std::integral_constant<int, kF16>{});
+      return true;
+    case kBF16:
+      f(std::integral_constant<int, kBF16>{});
+      return true;
+    case kS8:
+      f(std::integral_constant<int, kS8>{});
+      return true;
+    case kU8:
+      f(std::integral_constant<int, kU8>{});
+      return true;
+    case kE4M3:
+      f(std::integral_constant<int, kE4M3>{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The real value of element i (0 for integer tensors).
+__device__ __forceinline__ float load_real(const void* p, int64_t i, const Grid& g) {
+  float v = 0.0f;
+  with_stored_type(g.dt, [&](auto t) { v = decode<decltype(t)::value>(p, i, g); });
+  return v;
+}
+
+// Element i := x in the grid (rintf rounds half to even; s8/u8 saturate, e4m3 saturates to its
+// largest finite value); integer tensors are not written.
+__device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Grid& g) {
+  with_stored_type(g.dt, [&](auto t) {
+    constexpr int kDt = decltype(t)::value;
+    static_cast<typename Stored<kDt>::type*>(p)[i] = encode<kDt>(x, g);
+  });
 }
 
 // The bits of a stored element, for packing several into one 32-bit word.
