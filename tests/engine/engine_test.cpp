@@ -19,6 +19,7 @@
 
 #include "backends/backend.h"
 #include "engine/engine_impl.h"
+#include "support/engine_file_util.h"
 #include "support/engine_util.h"
 #include "support/onnx_builder.h"
 #include "support/status_matchers.h"
@@ -125,42 +126,8 @@ void expect_same_report(const BuildReport& a, const BuildReport& b) {
 // --- the engine file
 // ------------------------------------------------------------------------------
 
-// Header layout (engine_file.cpp): magic[8], version u32 @8, header size u32 @12, payload size
-// u64 @16, FNV-1a 64 of the payload @24; payload: metadata length u64, JSON, 64-byte aligned blobs.
-constexpr size_t kHeader = 32;
-
-uint64_t fnv1a(const char* p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= uint8_t(p[i]);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-// Rewrites the metadata JSON of a valid engine file and makes the file consistent again (blob
-// area realigned, sizes and checksum recomputed): what another build of mixq would have written.
-std::string rewrite_metadata(const std::string& bytes,
-                             const std::function<void(nlohmann::json&)>& edit) {
-  uint64_t len;
-  std::memcpy(&len, bytes.data() + kHeader, 8);
-  size_t blob_start = 8 + len;
-  while ((kHeader + blob_start) % 64) ++blob_start;
-  nlohmann::json meta = nlohmann::json::parse(bytes.substr(kHeader + 8, len));
-  edit(meta);
-  const std::string text = meta.dump();
-  std::string payload;
-  const uint64_t new_len = text.size();
-  payload.append(reinterpret_cast<const char*>(&new_len), 8);
-  payload += text;
-  while ((kHeader + payload.size()) % 64) payload.push_back('\0');
-  payload += bytes.substr(kHeader + blob_start);
-  std::string out = bytes.substr(0, kHeader);
-  const uint64_t size = payload.size(), sum = fnv1a(payload.data(), payload.size());
-  std::memcpy(out.data() + 16, &size, 8);
-  std::memcpy(out.data() + 24, &sum, 8);
-  return out + payload;
-}
+using testing::kEngineHeader;
+using testing::rewrite_metadata;
 
 class EngineFile : public ::testing::Test {
  protected:
@@ -234,10 +201,10 @@ TEST_F(EngineFile, FlippedByteFailsTheChecksum) {
   auto bytes = int8_engine(model_).serialize();
   ASSERT_TRUE(bytes.ok());
   uint64_t len;
-  std::memcpy(&len, bytes->data() + kHeader, 8);
+  std::memcpy(&len, bytes->data() + kEngineHeader, 8);
   // In the metadata, in the packed weights (the last bytes), and in the stored checksum itself.
-  for (size_t at :
-       {kHeader + 8 + 10, kHeader + 8 + size_t(len) / 2, bytes->size() - 3, size_t(24)}) {
+  for (size_t at : {kEngineHeader + 8 + 10, kEngineHeader + 8 + size_t(len) / 2, bytes->size() - 3,
+                    size_t(24)}) {
     SCOPED_TRACE("byte " + std::to_string(at));
     std::string bad = *bytes;
     bad[at] = char(bad[at] ^ 0x10);

@@ -35,6 +35,7 @@
 #include "engine/engine_impl.h"
 #include "ir/graph.h"
 #include "mixq/io.h"
+#include "support/engine_file_util.h"
 #include "support/engine_util.h"
 #include "support/onnx_builder.h"
 #include "support/test_util.h"
@@ -1271,6 +1272,38 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaTorchvision, ::testing::ValuesIn(model_para
 
 // --- the engine file on the GPU
 // -------------------------------------------------------------------
+
+// An engine file from another GPU architecture or cuDNN version is refused, naming both targets
+// and the field that differs (its tuned kernels may not exist or be the fastest here).
+TEST(CudaEngineFile, OtherArchitectureOrCudnnIsRefused) {
+  REQUIRE_CUDA();
+  auto model = conv_model({"stem_c3", 3, 16, 12, 12, 3}, 37);
+  ASSERT_TRUE(model);
+  auto engine = build_engine(model, cuda_options(Precision::kFP16));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  auto bytes = engine->serialize();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+  ASSERT_TRUE(Engine::from_bytes(*bytes, "'here.mixq'").ok());
+  for (const char* key : {"sm", "cudnn"}) {
+    SCOPED_TRACE(key);
+    const std::string other = testing::rewrite_metadata(*bytes, [&](nlohmann::json& m) {
+      std::string target = m["target"].get<std::string>();
+      const size_t at = target.find(std::string(key) + "=");
+      ASSERT_NE(at, std::string::npos) << target;
+      const size_t end = target.find(';', at);
+      target.replace(at, end == std::string::npos ? std::string::npos : end - at,
+                     std::string(key) + "=1");
+      m["target"] = target;
+    });
+    auto loaded = Engine::from_bytes(other, "'other.mixq'");
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), StatusCode::kFailedPrecondition);
+    const std::string message = loaded.status().message();
+    EXPECT_NE(message.find(std::string("(") + key + " differs)"), std::string::npos) << message;
+    EXPECT_NE(message.find(std::string(key) + "=1"), std::string::npos) << message;
+    EXPECT_NE(message.find("rebuild the engine here"), std::string::npos) << message;
+  }
+}
 
 TEST(CudaEngineFile, RoundTripKeepsOutputsAndTuningChoices) {
   REQUIRE_CUDA();
