@@ -32,6 +32,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "backends/cuda/cuda_common.h"
@@ -114,7 +115,7 @@ Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry
 // --------------------------------------------------------------------------------------
 
 // kFused: one cuDNN graph with the epilogue; kSplit: a cuDNN convolution, then our epilogue;
-// kDirect: our direct convolution (conv_direct.cu) with its epilogue, no cuDNN.
+// kDirect: one of our own convolutions (conv_direct.cu, conv_igemm.cu) with its epilogue, no cuDNN.
 enum class Mode { kFused, kSplit, kDirect };
 enum Role : int { kRoleX, kRoleW, kRoleY, kRoleScale, kRoleBias, kRoleResidual, kRoleOutScale };
 constexpr int kRoles = 7;
@@ -795,8 +796,9 @@ struct Packed {
   DeviceBuffer weights, scale, split_scale, bias, out_scale;
   std::vector<float> host_bias;  // real units (split mode's epilogue)
   DeviceBuffer real_bias;
-  DeviceBuffer direct_weights;     // kernels::direct_pack_weights of the codes, when eligible
-  DeviceBuffer direct_tc_weights;  // kernels::direct_tc_pack_weights, where tensor cores apply
+  DeviceBuffer direct_weights;     // kernels::direct_pack_weights of the codes (the FMA form)
+  DeviceBuffer direct_tc_weights;  // kernels::direct_tc_pack_weights (the small tensor-core form)
+  DeviceBuffer igemm_weights;      // kernels::igemm_pack_weights (the implicit GEMM)
 };
 
 // Weights [K, C/g, R, S] (row-major) -> KRSC in `dtype` (from fp32, or the stored s8/e4m3 codes).
@@ -865,12 +867,15 @@ class ConvKernel final : public Kernel {
   Status warm_up(const Plan& plan, const Spec& spec, BuildResources& b) const;
   // Device time of the split form's own epilogue at `split`'s size.
   Expected<double> time_epilogue(const Spec& split, BuildResources& b) const;
-  // The direct convolution's parameters at `batch` (x, y and the residual are given at launch).
-  kernels::DirectConvParams direct_params(int64_t batch) const;
-  // Device time of the direct convolution at the maximum batch.
-  Expected<double> time_direct(BuildResources& b, bool tensor_cores) const;
-  // Uses the direct convolution from now on; `note` says why.
-  // `form`: "tc" (tensor cores) or "fma"; the weights of the other form are dropped.
+  // The parameters of our convolution `form` (kernels::DirectForm) at `batch` (x, y and the
+  // residual are given at launch).
+  kernels::DirectConvParams direct_params(int64_t batch, int form) const;
+  // Device time of one of our convolutions (kernels::DirectForm) at the maximum batch.
+  Expected<double> time_direct(BuildResources& b, int form) const;
+  // Whether `form` ("fma", "tc", "igemm") can run this layer (its weights were packed).
+  bool form_available(const std::string& form) const;
+  // Uses one of our convolutions from now on; `note` says why. `form`: "tc" (the small
+  // tensor-core form, else the FMA one), "fma" or "igemm"; weights no form uses are dropped.
   void choose_direct(const std::string& tag, const std::string& form, const std::string& note);
 
   const ir::Node& node_;
@@ -883,6 +888,7 @@ class ConvKernel final : public Kernel {
   std::string choice_;              // engine choice (without the mode)
   std::string impl_ = "cudnn graph";
   kernels::Grid y_grid_, r_grid_;
+  int direct_form_ = kernels::kDirectFma;
 };
 
 class ConvInstance final : public KernelInstance {
@@ -890,7 +896,7 @@ class ConvInstance final : public KernelInstance {
   ConvInstance(const ConvKernel& k, std::shared_ptr<Plan> plan, Mode mode, int64_t batch)
       : plan_(std::move(plan)), packed_(k.packed_), mode_(mode) {
     if (mode_ == Mode::kDirect) {
-      direct_ = k.direct_params(batch);
+      direct_ = k.direct_params(batch, k.direct_form_);
       return;
     }
     const Spec& s = k.layer_.base;
@@ -1059,13 +1065,14 @@ Expected<double> ConvKernel::time_epilogue(const Spec& split, BuildResources& b)
   return t;
 }
 
-kernels::DirectConvParams ConvKernel::direct_params(int64_t batch) const {
-  const Spec& s = layer_.base;
+// Our convolutions' geometry for a layer at `batch` (no buffers).
+kernels::DirectConvParams direct_geometry(const Layer& layer, Precision precision, int64_t batch) {
+  const Spec& s = layer.base;
   kernels::DirectConvParams p;
   p.n = batch;
   p.h = s.h;
   p.w = s.w;
-  p.c = layer_.unpadded_c ? layer_.unpadded_c : s.c;
+  p.c = layer.unpadded_c ? layer.unpadded_c : s.c;
   p.k = s.k;
   p.oh = s.oh;
   p.ow = s.ow;
@@ -1077,9 +1084,18 @@ kernels::DirectConvParams ConvKernel::direct_params(int64_t batch) const {
   p.pad_w = int(s.geo.pre[1]);
   p.dil_h = int(s.geo.dilation[0]);
   p.dil_w = int(s.geo.dilation[1]);
-  p.x_dt = kernel_dtype(input_dtype(precision_));
+  p.x_dt = kernel_dtype(input_dtype(precision));
+  return p;
+}
+
+kernels::DirectConvParams ConvKernel::direct_params(int64_t batch, int form) const {
+  const Spec& s = layer_.base;
+  kernels::DirectConvParams p = direct_geometry(layer_, precision_, batch);
+  p.form = form;
   p.weights = static_cast<const float*>(packed_->direct_weights.get());
-  p.tc_weights = packed_->direct_tc_weights.ptr ? packed_->direct_tc_weights.get() : nullptr;
+  const DeviceBuffer& tc =
+      form == kernels::kDirectIgemm ? packed_->igemm_weights : packed_->direct_tc_weights;
+  p.tc_weights = tc.ptr ? tc.get() : nullptr;
   p.scale = static_cast<const float*>(packed_->split_scale.get());
   p.bias = packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
   p.residual_grid = r_grid_;
@@ -1090,9 +1106,8 @@ kernels::DirectConvParams ConvKernel::direct_params(int64_t batch) const {
   return p;
 }
 
-Expected<double> ConvKernel::time_direct(BuildResources& b, bool tensor_cores) const {
-  kernels::DirectConvParams p = direct_params(max_batch_);
-  if (!tensor_cores) p.tc_weights = nullptr;
+Expected<double> ConvKernel::time_direct(BuildResources& b, int form) const {
+  kernels::DirectConvParams p = direct_params(max_batch_, form);
   const int64_t yn = p.n * p.k * p.oh * p.ow;
   const DType in = input_dtype(precision_);
   const float amp = in == DType::kInt8 ? 32.0f : in == DType::kFloat8E4M3 ? 4.0f : 1.0f;
@@ -1114,25 +1129,41 @@ Expected<double> ConvKernel::time_direct(BuildResources& b, bool tensor_cores) c
   return t;
 }
 
+bool ConvKernel::form_available(const std::string& form) const {
+  if (form == "igemm")
+    return packed_->igemm_weights.ptr &&
+           kernels::igemm_eligible(direct_geometry(layer_, precision_, max_batch_));
+  if (form == "tc" || form == "fma") return packed_->direct_weights.ptr != nullptr;
+  return false;
+}
+
 void ConvKernel::choose_direct(const std::string& tag, const std::string& form,
                                const std::string& note) {
   mode_ = Mode::kDirect;
   prepared_.reset();
   choice_.clear();
-  if (form == "fma") packed_->direct_tc_weights = DeviceBuffer{};
-  const bool tensor_cores = packed_->direct_tc_weights.ptr != nullptr;
-  record_choice(node_, kChoiceAttr, tag + "|direct|" + (tensor_cores ? "tc" : "fma"));
   const Spec& s = layer_.base;
+  const bool igemm = form == "igemm";
+  const bool tc =
+      !igemm && form == "tc" && packed_->direct_tc_weights.ptr &&
+      kernels::direct_tensor_core_eligible(kernel_dtype(input_dtype(precision_)), s.k,
+                                           layer_.unpadded_c ? layer_.unpadded_c : s.c, s.r, s.s);
+  direct_form_ = igemm ? kernels::kDirectIgemm : tc ? kernels::kDirectTc : kernels::kDirectFma;
+  // Only the chosen form's weights stay on the device.
+  if (!tc) packed_->direct_tc_weights = DeviceBuffer{};
+  if (!igemm) packed_->igemm_weights = DeviceBuffer{};
+  if (igemm || tc) packed_->direct_weights = DeviceBuffer{};
+  record_choice(node_, kChoiceAttr, tag + "|direct|" + (igemm ? "igemm" : tc ? "tc" : "fma"));
   std::string epi;
   if (s.bias) epi += "+bias";
   if (s.residual) epi += "+residual";
   if (s.act == kernels::kActRelu) epi += "+relu";
   if (s.act == kernels::kActClip) epi += "+clip";
-  impl_ = "mixq cuda direct conv" + epi + " " + type_name(s.xt) + "->" + type_name(s.yt) +
-          (tensor_cores ? (precision_ == Precision::kINT8 ? " (tensor cores, s32 sums)"
-                                                          : " (tensor cores, f32 sums)")
-                        : " (fp32 FMA sums)") +
-          " [" + note + "]";
+  const std::string sums = precision_ == Precision::kINT8 ? "s32 sums" : "f32 sums";
+  impl_ = std::string(igemm ? "mixq cuda implicit-gemm conv" : "mixq cuda direct conv") + epi +
+          " " + type_name(s.xt) + "->" + type_name(s.yt) +
+          (igemm || tc ? " (tensor cores, " + sums + ")" : std::string(" (fp32 FMA sums)")) + " [" +
+          note + "]";
 }
 
 // Runs the plan once on poisoned output and checks it wrote: an engine that returns success but
@@ -1365,15 +1396,21 @@ Status ConvKernel::prepare(int64_t max_batch) {
   }
   y_grid_ = value_grid(*y);
   if (r) r_grid_ = value_grid(*r);
-  // Our direct convolution for small filters, where it measures faster than cuDNN's engines.
+  // Our own convolutions (the direct forms for small filters, the implicit GEMM), where they
+  // measure faster than cuDNN's engines.
   MIXQ_ASSIGN_OR_RETURN(const ConvImplementation implementation, conv_implementation());
   const Spec& base = layer_.base;
-  const bool direct = implementation != ConvImplementation::kCudnn &&
-                      direct_eligible(layer_, precision_) && value_grid(*x).nhwc && y_grid_.nhwc &&
-                      (!r || r_grid_.nhwc) &&
-                      max_batch * base.h * base.w * base.c <= kernels::kDirectMaxElements &&
-                      max_batch * base.oh * base.ow * base.k <= kernels::kDirectMaxElements;
-  const bool remember = implementation == ConvImplementation::kAuto;
+  const bool layout_ok = value_grid(*x).nhwc && y_grid_.nhwc && (!r || r_grid_.nhwc) &&
+                         max_batch * base.h * base.w * base.c <= kernels::kDirectMaxElements &&
+                         max_batch * base.oh * base.ow * base.k <= kernels::kDirectMaxElements;
+  const bool automatic = implementation == ConvImplementation::kAuto;
+  const bool small_ok = layout_ok && (automatic || implementation == ConvImplementation::kDirect) &&
+                        direct_eligible(layer_, precision_);
+  const bool igemm_ok = layout_ok && (automatic || implementation == ConvImplementation::kIgemm) &&
+                        precision_ != Precision::kTF32 && base.geo.groups == 1 &&
+                        kernels::igemm_eligible(direct_geometry(layer_, precision_, max_batch));
+  const bool direct = small_ok || igemm_ok;
+  const bool remember = automatic;
 
   // Scales: per output channel s_x * s_w[c] (int8/fp8), divided by the chain's units.
   const int64_t K = layer_.base.k;
@@ -1423,13 +1460,22 @@ Status ConvKernel::prepare(int64_t max_batch) {
           (w->constant.dtype() == in ? w->constant : w->constant.to(in)).to(DType::kFloat32);
       const Spec& sp = layer_.base;
       const int64_t c = layer_.unpadded_c ? layer_.unpadded_c : sp.c;
-      std::vector<float> host(size_t(kernels::direct_weight_count(sp.k, c, sp.r, sp.s)));
-      kernels::direct_pack_weights(static_cast<const float*>(codes.raw()), sp.k, c, sp.r, sp.s,
-                                   host.data());
-      MIXQ_ASSIGN_OR_RETURN(packed->direct_weights,
-                            upload(host.data(), host.size() * sizeof(float)));
+      if (small_ok) {
+        std::vector<float> host(size_t(kernels::direct_weight_count(sp.k, c, sp.r, sp.s)));
+        kernels::direct_pack_weights(static_cast<const float*>(codes.raw()), sp.k, c, sp.r, sp.s,
+                                     host.data());
+        MIXQ_ASSIGN_OR_RETURN(packed->direct_weights,
+                              upload(host.data(), host.size() * sizeof(float)));
+      }
       const int x_dt = kernel_dtype(in);
-      if (kernels::direct_tensor_core_eligible(x_dt, sp.k, c, sp.r, sp.s)) {
+      if (igemm_ok) {
+        std::vector<unsigned char> host(
+            size_t(kernels::igemm_weight_bytes(x_dt, sp.k, c, sp.r, sp.s)));
+        kernels::igemm_pack_weights(x_dt, static_cast<const float*>(codes.raw()), sp.k, c, sp.r,
+                                    sp.s, host.data());
+        MIXQ_ASSIGN_OR_RETURN(packed->igemm_weights, upload(host.data(), host.size()));
+      }
+      if (small_ok && kernels::direct_tensor_core_eligible(x_dt, sp.k, c, sp.r, sp.s)) {
         std::vector<unsigned char> tc(
             size_t(kernels::direct_tc_weight_bytes(x_dt, sp.k, c, sp.r, sp.s)));
         kernels::direct_tc_pack_weights(x_dt, static_cast<const float*>(codes.raw()), sp.k, c, sp.r,
@@ -1457,14 +1503,20 @@ Status ConvKernel::prepare(int64_t max_batch) {
       "mode " + std::string(precision_name(precision_)) + " " + fused.signature();
   const std::string decided = !rec_mode.empty() ? rec_mode : cached_choice(node_, mode_key);
   const std::string form_key = "direct form " + mode_key;
-  if (direct && implementation == ConvImplementation::kDirect && decided != "direct") {
+  if (small_ok && implementation == ConvImplementation::kDirect) {
     choose_direct(tag, "tc", "MIXQ_CUDA_CONV=direct");
     return Status::Ok();
   }
-  if (direct && decided == "direct") {
-    choose_direct(tag, rec_mode.empty() ? cached_choice(node_, form_key) : rec_choice,
-                  rec_mode.empty() ? "tuned before" : "recorded choice");
+  if (igemm_ok && implementation == ConvImplementation::kIgemm) {
+    choose_direct(tag, "igemm", "MIXQ_CUDA_CONV=igemm");
     return Status::Ok();
+  }
+  if (direct && decided == "direct") {
+    const std::string form = rec_mode.empty() ? cached_choice(node_, form_key) : rec_choice;
+    if (form_available(form)) {
+      choose_direct(tag, form, rec_mode.empty() ? "tuned before" : "recorded choice");
+      return Status::Ok();
+    }
   }
   // Fused where cuDNN has an engine for the whole chain; split where it has none, and where the
   // split form (convolution + own epilogue) measures faster: some fused chains only have slow
@@ -1500,10 +1552,15 @@ Status ConvKernel::prepare(int64_t max_batch) {
       split_plan &&
       (!fused_plan || (split_plan->ms > 0 && split_plan->ms + epilogue_ms < fused_plan->ms));
   if (direct && !fused_plan && !split_plan) {
-    if (rec_mode.empty() && remember) cache_choice(node_, mode_key, "direct");
-    choose_direct(tag, "tc", "no cuDNN engine: " + fused_status.message().substr(0, 120));
+    const std::string form = small_ok ? "tc" : "igemm";
+    if (rec_mode.empty() && remember) {
+      cache_choice(node_, mode_key, "direct");
+      cache_choice(node_, form_key, form);
+    }
+    choose_direct(tag, form, "no cuDNN engine: " + fused_status.message().substr(0, 120));
     return Status::Ok();
   }
+  std::string ours_note;
   if (direct && tuning_enabled(node_) && (rec_mode.empty() || rec_mode == "direct")) {
     // Both timed at the maximum batch; the split form pays its epilogue too.
     const std::shared_ptr<Plan>& best = use_split ? split_plan : fused_plan;
@@ -1514,23 +1571,43 @@ Status ConvKernel::prepare(int64_t max_batch) {
     } else if (use_split) {
       cudnn_ms += epilogue_ms;
     }
-    // The direct convolution in both forms where tensor cores apply.
-    auto fma_ms = time_direct(br, false);
-    Expected<double> tc_ms = Unsupported("no tensor-core form");
-    if (packed_->direct_tc_weights.ptr) tc_ms = time_direct(br, true);
-    const bool tc = tc_ms.ok() && (!fma_ms.ok() || *tc_ms < *fma_ms);
-    const Expected<double>& direct_ms = tc ? tc_ms : fma_ms;
-    if (direct_ms.ok() && cudnn_ms > 0 && *direct_ms < cudnn_ms) {
+    // Every form of ours that applies; the fastest is compared with cuDNN.
+    std::string best_form, failures;
+    double best_ms = 0;
+    const Spec& sp = layer_.base;
+    const int64_t c = layer_.unpadded_c ? layer_.unpadded_c : sp.c;
+    const int x_dt = kernel_dtype(input_dtype(precision_));
+    const bool tc_ok = small_ok && packed_->direct_tc_weights.ptr &&
+                       kernels::direct_tensor_core_eligible(x_dt, sp.k, c, sp.r, sp.s);
+    for (auto [form, id, ok] : {std::tuple{"fma", int(kernels::kDirectFma), small_ok},
+                                std::tuple{"tc", int(kernels::kDirectTc), tc_ok},
+                                std::tuple{"igemm", int(kernels::kDirectIgemm), igemm_ok}}) {
+      if (!ok) continue;
+      auto t = time_direct(br, id);
+      if (!t.ok()) failures += std::string("; ") + form + " failed: " + t.status().message();
+      if (t.ok() && (best_form.empty() || *t < best_ms)) {
+        best_form = form;
+        best_ms = *t;
+      }
+    }
+    if (!best_form.empty() && cudnn_ms > 0 && best_ms < cudnn_ms) {
       if (rec_mode.empty() && remember) {
         cache_choice(node_, mode_key, "direct");
-        cache_choice(node_, form_key, tc ? "tc" : "fma");
+        cache_choice(node_, form_key, best_form);
       }
       char buf[128];
-      std::snprintf(buf, sizeof buf, "direct %s %.1f us, cuDNN %.1f us", tc ? "tc" : "fma",
-                    *direct_ms * 1e3, cudnn_ms * 1e3);
-      choose_direct(tag, tc ? "tc" : "fma", buf);
+      std::snprintf(buf, sizeof buf, "%s %.1f us, cuDNN %.1f us", best_form.c_str(), best_ms * 1e3,
+                    cudnn_ms * 1e3);
+      choose_direct(tag, best_form, buf);
       return Status::Ok();
     }
+    // Why ours lost, for the layer's report.
+    if (!best_form.empty()) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "; ours: %s %.1f us", best_form.c_str(), best_ms * 1e3);
+      ours_note = buf;
+    }
+    ours_note += failures;
   }
   if (!fused_plan && !split_plan)
     return Unsupported(node_.describe() + ": no cuDNN engine runs this convolution at " +
@@ -1540,7 +1617,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
   std::shared_ptr<Plan> plan = use_split ? split_plan : fused_plan;
   mode_ = use_split ? Mode::kSplit : Mode::kFused;
   const std::string chosen = use_split ? split_choice : fused_choice;
-  std::string note = use_split ? split_note : fused_note;
+  std::string note = (use_split ? split_note : fused_note) + ours_note;
   if (fused_plan && split_plan && fused_plan->ms > 0 && split_plan->ms > 0) {
     char buf[96];
     std::snprintf(buf, sizeof buf, "; fused %.1f us, split %.1f + %.1f us", fused_plan->ms * 1e3,

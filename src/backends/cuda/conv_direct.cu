@@ -15,6 +15,18 @@
 #include "backends/cuda/real_values.cuh"
 
 namespace mixq::backends::cuda::kernels {
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      return 132;
+    return n;
+  }();
+  return count;
+}
+
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
@@ -228,17 +240,6 @@ __global__ void __launch_bounds__(256, 2)
       __syncthreads();
     }
   }
-}
-
-int sm_count() {
-  static const int count = [] {
-    int device = 0, n = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-      return 132;
-    return n;
-  }();
-  return count;
 }
 
 // --- the tensor-core form: an implicit GEMM per warp -------------------------------------------
@@ -534,11 +535,13 @@ int64_t direct_weight_count(int64_t k, int64_t c, int64_t r, int64_t s) {
 }
 
 cudaError_t direct_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream) {
+  if (p.form == kDirectIgemm) return igemm_conv(x, y, p, stream);
   if (p.c * p.r * p.s > kDirectMaxTaps || p.k > kDirectMaxChannels ||
       direct_weight_count(p.k, p.c, p.r, p.s) > kDirectMaxWeights ||
       p.n * p.h * p.w * p.c > kDirectMaxElements || p.n * p.oh * p.ow * p.k > kDirectMaxElements)
     return cudaErrorInvalidValue;
-  if (p.tc_weights && direct_tensor_core_eligible(p.x_dt, p.k, p.c, p.r, p.s)) {
+  if (p.form == kDirectTc && p.tc_weights &&
+      direct_tensor_core_eligible(p.x_dt, p.k, p.c, p.r, p.s)) {
     switch (p.x_dt) {
       case kF16:
         return launch_tc<kF16>(x, y, p, stream);
@@ -550,6 +553,7 @@ cudaError_t direct_conv(const void* x, void* y, const DirectConvParams& p, cudaS
         return launch_tc<kE4M3>(x, y, p, stream);
     }
   }
+  if (!p.weights) return cudaErrorInvalidValue;
   return direct_channel_tile(p.k) == 8 ? launch_tile<8>(x, y, p, stream)
                                        : launch_tile<16>(x, y, p, stream);
 }

@@ -224,7 +224,9 @@ Expected<ConvImplementation> conv_implementation() {
   if (value.empty() || value == "auto") return ConvImplementation::kAuto;
   if (value == "cudnn") return ConvImplementation::kCudnn;
   if (value == "direct") return ConvImplementation::kDirect;
-  return InvalidArgument("MIXQ_CUDA_CONV is '" + value + "'; expected auto, cudnn or direct");
+  if (value == "igemm") return ConvImplementation::kIgemm;
+  return InvalidArgument("MIXQ_CUDA_CONV is '" + value +
+                         "'; expected auto, cudnn, direct or igemm");
 }
 
 int compile_threads() {

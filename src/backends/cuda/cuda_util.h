@@ -52,10 +52,11 @@ Expected<double> time_launches(const std::function<Status()>& launch, cudaStream
 int tune_max_candidates();
 double tune_seconds();
 bool tuning_enabled(const ir::Node& node);
-// Which convolutions run (MIXQ_CUDA_CONV): auto (default) times our direct convolution against
-// cuDNN's engines where it applies and keeps the faster; cudnn never uses the direct one; direct
-// uses it wherever it applies, untimed. Other values are an error.
-enum class ConvImplementation { kAuto, kCudnn, kDirect };
+// Which convolutions run (MIXQ_CUDA_CONV): auto (default) times our own convolutions (the direct
+// forms for small filters, the implicit GEMM) against cuDNN's engines where they apply and keeps
+// the fastest; cudnn never uses ours; direct uses the small-filter direct forms and igemm the
+// implicit GEMM wherever they apply, untimed (cuDNN elsewhere). Other values are an error.
+enum class ConvImplementation { kAuto, kCudnn, kDirect, kIgemm };
 Expected<ConvImplementation> conv_implementation();
 // Whether the build asked for kernels that give the same bits on every run.
 bool deterministic_only(const ir::Node& node);

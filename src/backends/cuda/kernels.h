@@ -105,6 +105,9 @@ cudaError_t pad_channels(const void* x, void* y, int64_t pixels, int64_t c, int6
 cudaError_t epilogue(const void* acc, void* y, Grid gy, const EpilogueParams& p,
                      cudaStream_t stream);
 
+// Multiprocessors of the current device (132 where it cannot be asked).
+int sm_count();
+
 // --- direct convolution (conv_direct.cu)
 // ----------------------------------------------------------- A 2-D convolution of an NHWC input
 // into an NHWC output for layers whose filters are small (stems, LeNet-sized layers), where cuDNN's
@@ -119,7 +122,11 @@ constexpr int64_t kDirectMaxWeights =
     4096;  // padded K * C * R * S floats (16 KiB of shared memory)
 constexpr int64_t kDirectMaxChannels = 128;  // K: at most 8 channel tiles (warps) per block
 constexpr int64_t kDirectMaxElements = (int64_t(1) << 31) - 1;  // x and y: 32-bit indices
+// Which of our convolution kernels runs: the FMA form (small filters), the small tensor-core form
+// (at most kDirectTcTaps products per output) or the implicit GEMM (igemm_conv, any filter).
+enum DirectForm { kDirectFma = 0, kDirectTc = 1, kDirectIgemm = 2 };
 struct DirectConvParams {
+  int form = kDirectFma;
   int64_t n = 0, h = 0, w = 0, c = 0, k = 0, oh = 0, ow = 0;
   int r = 0, s = 0, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
   int x_dt = kF32;  // the input's storage type (its codes are read, no scale)
@@ -154,6 +161,23 @@ int direct_channel_tile(int64_t k);
 int64_t direct_weight_count(int64_t k, int64_t c, int64_t r, int64_t s);
 void direct_pack_weights(const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
                          float* packed);
+// Runs p.form (the FMA form needs `weights`, the others `tc_weights`).
 cudaError_t direct_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
+
+// --- implicit-GEMM convolution (conv_igemm.cu)
+// ---------------------------------------------------- An ungrouped 2-D convolution with filters of
+// at most 9 taps (1x1, 3x3), any stride and dilation, as an implicit GEMM on tensor cores (s8 x s8
+// -> s32 exactly; f16, bf16 and e4m3 with f32 sums): the input's channels must fill
+// 64-byte chunks (C a multiple of 64 for s8/e4m3, of 32 for f16/bf16), x and the weights 16-byte
+// aligned, the tile's input window and weights within shared memory. Weights (in `tc_weights`):
+// igemm_pack_weights(); the epilogue is the direct convolution's. Only p's geometry and x_dt are
+// read by igemm_eligible.
+bool igemm_eligible(const DirectConvParams& p);
+// Bytes of the packed weights, and the packing of codes [K, C, R, S] into them: [K padded to 16]
+// x [taps (R, S, C) padded to 16] row-major, of the multiplied type (s8, e4m3, f16, bf16).
+int64_t igemm_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s);
+void igemm_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
+                        void* packed);
+cudaError_t igemm_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
 
 }  // namespace mixq::backends::cuda::kernels

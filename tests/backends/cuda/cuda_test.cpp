@@ -418,16 +418,69 @@ INSTANTIATE_TEST_SUITE_P(Direct, CudaDirectConv, ::testing::ValuesIn(direct_conv
                            return param_name(i.param.c.name, i.param.precision);
                          });
 
-// The direct int8 convolution sums code products exactly: inputs on the grid s_x = 0.01 (codes
+// --- convolutions (our implicit GEMM) -----------------------------------------------------------
+
+std::vector<ConvCase> igemm_conv_cases() {
+  return {
+      {"c64_k64_add_relu", 64, 64, 16, 16, 3, 1, 1, 1, true, "add_relu"},   // ResNet's layer1
+      {"c64_k48_stride2_relu", 64, 48, 11, 11, 3, 2, 1, 1, true, "relu"},   // a part channel block
+      {"c128_k96_1x1_stride2", 128, 96, 8, 8, 1, 2, 0, 1, false},           // two channel blocks
+      {"c64_k16_clip_7x7", 64, 16, 7, 7, 3, 1, 1, 1, true, "clip"},         // tiles past the image
+      {"c192_k64_add_stride2", 192, 64, 10, 10, 3, 2, 1, 1, false, "add"},  // 3 or 6 chunks
+      {"c256_k64_4x4", 256, 64, 4, 4, 3},                                   // eight images per tile
+  };
+}
+
+class CudaIgemmConv : public ::testing::TestWithParam<ConvParam> {};
+
+TEST_P(CudaIgemmConv, MatchesReference) {
+  REQUIRE_CUDA();
+  const ConvParam& p = GetParam();
+  testing::ScopedEnv igemm_only("MIXQ_CUDA_CONV", "igemm");
+  auto model = conv_model(p.c, 19);
+  ASSERT_TRUE(model);
+  const CheckResult r = check_engine(model, p.precision, plan_for({"layer"}, p.precision));
+  ASSERT_TRUE(r.built) << r.error;
+  const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
+  ASSERT_NE(conv, nullptr) << testing::describe_layers(r.report);
+  EXPECT_EQ(conv->actual, p.precision);
+  EXPECT_NE(conv->implementation.find("implicit-gemm conv"), std::string::npos)
+      << conv->implementation;
+  EXPECT_EQ(r.report.layers.size() - size_t(testing::count_op(r.report, "Reformat")), 1u)
+      << "the epilogue fuses into the convolution:\n"
+      << testing::describe_layers(r.report);
+}
+
+std::vector<ConvParam> igemm_conv_params() {
+  std::vector<ConvParam> v;
+  for (const ConvCase& c : igemm_conv_cases())
+    for (Precision p : {Precision::kFP16, Precision::kBF16, Precision::kINT8, Precision::kFP8})
+      v.push_back({c, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Igemm, CudaIgemmConv, ::testing::ValuesIn(igemm_conv_params()),
+                         [](const ::testing::TestParamInfo<ConvParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// Our int8 convolutions sum code products exactly: inputs on the grid s_x = 0.01 (codes
 // -127..127, both ends present), the engine's own int8 weights and scales; the result must equal
 // s_x * s_w[k] * sum(q_x * q_w) + b[k] computed here in integers, padding included. 3 input
-// channels (27 taps) take the tensor-core form, 16 (144 taps) the FMA form.
-class CudaDirectConvExact : public ::testing::TestWithParam<int64_t> {};
+// channels (27 taps) take the small tensor-core form, 16 (144 taps) the FMA form, 64 (576 taps)
+// the implicit GEMM.
+struct ExactCase {
+  int64_t c;
+  const char* implementation;  // MIXQ_CUDA_CONV
+  const char* expected;        // in the layer's implementation
+};
+
+class CudaDirectConvExact : public ::testing::TestWithParam<ExactCase> {};
 
 TEST_P(CudaDirectConvExact, Int8MatchesIntegerReference) {
   REQUIRE_CUDA();
-  testing::ScopedEnv direct_only("MIXQ_CUDA_CONV", "direct");
-  const int64_t C = GetParam(), K = 8, H = 6, W = 7, N = 2;
+  testing::ScopedEnv forced("MIXQ_CUDA_CONV", GetParam().implementation);
+  const int64_t C = GetParam().c, K = 8, H = 6, W = 7, N = 2;
   auto model = conv_model({"exact", C, K, H, W, 3}, 23);
   ASSERT_TRUE(model);
   auto engine = build_engine(
@@ -440,7 +493,7 @@ TEST_P(CudaDirectConvExact, Int8MatchesIntegerReference) {
   ASSERT_NE(conv, nullptr);
   const LayerReport* layer = testing::find_layer(engine->report(), "FusedConv");
   ASSERT_NE(layer, nullptr);
-  EXPECT_NE(layer->implementation.find(C * 9 <= 128 ? "tensor cores" : "FMA"), std::string::npos)
+  EXPECT_NE(layer->implementation.find(GetParam().expected), std::string::npos)
       << layer->implementation;
   const ir::Value* xq = conv->input(0);
   const ir::Value* wq = conv->input(1);
@@ -487,9 +540,12 @@ TEST_P(CudaDirectConvExact, Int8MatchesIntegerReference) {
       << testing::describe_layers(engine->report());
 }
 
-INSTANTIATE_TEST_SUITE_P(Direct, CudaDirectConvExact, ::testing::Values(int64_t(3), int64_t(16)),
-                         [](const ::testing::TestParamInfo<int64_t>& i) {
-                           return "c" + std::to_string(i.param);
+INSTANTIATE_TEST_SUITE_P(Direct, CudaDirectConvExact,
+                         ::testing::Values(ExactCase{3, "direct", "tensor cores"},
+                                           ExactCase{16, "direct", "FMA"},
+                                           ExactCase{64, "igemm", "implicit-gemm conv"}),
+                         [](const ::testing::TestParamInfo<ExactCase>& i) {
+                           return "c" + std::to_string(i.param.c) + "_" + i.param.implementation;
                          });
 
 // An unknown MIXQ_CUDA_CONV value fails the build and names the variable and its values.
@@ -502,7 +558,7 @@ TEST(CudaDirectConv, UnknownImplementationIsAClearError) {
   ASSERT_FALSE(engine.ok());
   const std::string message = engine.status().message();
   EXPECT_NE(message.find("MIXQ_CUDA_CONV is 'fastest'"), std::string::npos) << message;
-  EXPECT_NE(message.find("auto, cudnn or direct"), std::string::npos) << message;
+  EXPECT_NE(message.find("auto, cudnn, direct or igemm"), std::string::npos) << message;
 }
 
 // With the default (auto), the faster of cuDNN and the direct kernel is kept, and the choice is
@@ -1533,7 +1589,8 @@ TEST(CudaEngine, Fp8ToInt8SwitchRequantizesOnce) {
   const std::string plan =
       R"({"layers": [{"match": "a", "precision": "fp8"}, {"match": "b", "precision": "int8"},
                      {"match": "c", "precision": "int8"}]})";
-  const CheckResult r = check_engine(model, Precision::kINT8, plan);
+  // Three quantized layers in a chain, the first fp8: held to the int8 bound for such a block.
+  const CheckResult r = check_engine(model, Precision::kINT8, plan, /*block=*/true);
   ASSERT_TRUE(r.built) << r.error;
   int requantized = 0, dequantized = 0;
   for (const LayerReport& l : r.report.layers) {
