@@ -229,6 +229,15 @@ Expected<ConvImplementation> conv_implementation() {
                          "'; expected auto, cudnn, direct or igemm");
 }
 
+Expected<GemmImplementation> gemm_implementation() {
+  const char* v = std::getenv("MIXQ_CUDA_GEMM");
+  const std::string value = v ? v : "";
+  if (value.empty() || value == "auto") return GemmImplementation::kAuto;
+  if (value == "cublaslt") return GemmImplementation::kCublaslt;
+  if (value == "own") return GemmImplementation::kOwn;
+  return InvalidArgument("MIXQ_CUDA_GEMM is '" + value + "'; expected auto, cublaslt or own");
+}
+
 int compile_threads() {
   const long hw = long(std::max(1u, std::thread::hardware_concurrency()));
   return int(std::clamp(env_long("MIXQ_CUDA_COMPILE_THREADS", std::min(hw, 16L)), 1L, 64L));

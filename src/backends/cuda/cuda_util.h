@@ -58,6 +58,11 @@ bool tuning_enabled(const ir::Node& node);
 // implicit GEMM wherever they apply, untimed (cuDNN elsewhere). Other values are an error.
 enum class ConvImplementation { kAuto, kCudnn, kDirect, kIgemm };
 Expected<ConvImplementation> conv_implementation();
+// Which int8 linear layers run (MIXQ_CUDA_GEMM): auto (default) times our small dot-product kernel
+// against cuBLASLt's algorithms where it applies and keeps the fastest; cublaslt never uses ours;
+// own uses it wherever it applies. Other values are an error.
+enum class GemmImplementation { kAuto, kCublaslt, kOwn };
+Expected<GemmImplementation> gemm_implementation();
 // Whether the build asked for kernels that give the same bits on every run.
 bool deterministic_only(const ir::Node& node);
 

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -53,6 +54,7 @@ struct Variant {
   // Device data of the variant.
   DeviceBuffer bias_data, a_scale, b_scale, d_scale_data, epi_scale, epi_bias;
   bool per_channel_epilogue = false;  // int8 -> int32: s_x * s_w[n] in the epilogue
+  bool own = false;                   // our small int8 kernel (kernels::small_gemm_s8), no cuBLASLt
 };
 
 size_t type_bytes(cudaDataType_t t) {
@@ -389,8 +391,10 @@ class GemmKernel final : public Kernel {
   Expected<Chosen> tune(int64_t m, BuildResources& b, int only_variant, std::string* note) const;
   // A choice ("v<variant>|<algorithm hex>") rebuilt for m rows, checked and warmed up.
   Expected<Chosen> from_choice(const std::string& choice, int64_t m, BuildResources& b) const;
-  static std::string choice_string(const Chosen& c) {
-    return "v" + std::to_string(c.variant) + "|" + hex_encode(&c.algo, sizeof c.algo);
+  std::string choice_string(const Chosen& c) const {
+    return "v" + std::to_string(c.variant) + "|" +
+           (variants_[size_t(c.variant)].own ? std::string("own")
+                                             : hex_encode(&c.algo, sizeof c.algo));
   }
   std::string signature(int64_t m) const { return signature_ + " m" + std::to_string(m); }
 
@@ -415,6 +419,24 @@ class GemmKernel final : public Kernel {
 Status GemmKernel::launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt,
                           cudaStream_t stream, const void* x, const void* residual, void* y,
                           char* scratch) const {
+  if (v.own) {
+    kernels::SmallGemmParams p;
+    p.m = m;
+    p.n = dims_.n;
+    p.k = dims_.k;
+    p.weights = weights_.get();
+    p.scale = static_cast<const float*>(v.epi_scale.get());
+    p.bias = v.epi_bias.ptr ? static_cast<const float*>(v.epi_bias.get()) : nullptr;
+    p.residual = residual;
+    p.residual_grid = r_grid_;
+    p.act = act_;
+    p.lo = clip_lo_;
+    p.hi = clip_hi_;
+    p.y_grid = y_grid_;
+    const cudaError_t e = kernels::small_gemm_s8(x, y, p, stream);
+    if (e != cudaSuccess) return cuda_status(e, "small int8 linear layer", __FILE__, __LINE__);
+    return Status::Ok();
+  }
   const size_t db = d_bytes(v, m), cb = c_bytes(v, m);
   void* d = v.to_scratch ? static_cast<void*>(scratch) : y;
   void* cptr = v.c != v.d ? static_cast<void*>(scratch + db) : d;
@@ -501,23 +523,37 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
   MIXQ_ASSIGN_OR_RETURN(void* y, b.scratch(0, ybytes));
   Chosen best;
   bool best_captured = false;
+  double best_own_ms = 0, best_library_ms = 0;  // for the note
   int tried = 0, working = 0;
   std::string errors;
   const auto start = std::chrono::steady_clock::now();
+  MIXQ_ASSIGN_OR_RETURN(const GemmImplementation implementation, gemm_implementation());
+  const bool have_own =
+      std::any_of(variants_.begin(), variants_.end(), [](const Variant& v) { return v.own; });
   for (size_t vi = 0; vi < variants_.size(); ++vi) {
     if (only_variant >= 0 && int(vi) != only_variant) continue;
     const Variant& v = variants_[vi];
-    auto descs = make_descs(v, m, dims_.n, dims_.k);
-    if (!descs.ok()) {
-      errors += " [" + v.name + ": " + descs.status().message().substr(0, 100) + "]";
+    if ((v.own && implementation == GemmImplementation::kCublaslt) ||
+        (!v.own && implementation == GemmImplementation::kOwn && have_own && only_variant < 0))
       continue;
+    // Our kernel: one candidate, no descriptors.
+    std::vector<cublasLtMatmulHeuristicResult_t> candidates(v.own ? 1 : 0);
+    std::shared_ptr<Descs> descs;
+    if (!v.own) {
+      auto d = make_descs(v, m, dims_.n, dims_.k);
+      if (!d.ok()) {
+        errors += " [" + v.name + ": " + d.status().message().substr(0, 100) + "]";
+        continue;
+      }
+      descs = *d;
+      auto algos = heuristics(b.res->cublas, *descs, kHeuristicResults);
+      if (!algos.ok()) {
+        errors += " [" + v.name + ": no algorithm]";
+        continue;
+      }
+      candidates = *algos;
     }
-    auto algos = heuristics(b.res->cublas, **descs, kHeuristicResults);
-    if (!algos.ok()) {
-      errors += " [" + v.name + ": no algorithm]";
-      continue;
-    }
-    for (const auto& h : *algos) {
+    for (const auto& h : candidates) {
       if (best.variant >= 0 &&
           (tried >= tune_max_candidates() ||
            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
@@ -527,8 +563,8 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
       Chosen c;
       c.variant = int(vi);
       c.algo = h.algo;
-      c.workspace = h.workspaceSize;
-      c.descs = *descs;
+      c.workspace = v.own ? 0 : h.workspaceSize;
+      c.descs = descs;
       MIXQ_ASSIGN_OR_RETURN(void* scratch,
                             b.scratch(1, d_bytes(v, m) + c_bytes(v, m) + c.workspace));
       // Poisoned y: the run must overwrite every element (NaN for floats, -1 for s8).
@@ -570,6 +606,8 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
           continue;
         }
         c.ms = *t;
+        double& kind_best = v.own ? best_own_ms : best_library_ms;
+        if (kind_best == 0 || c.ms < kind_best) kind_best = c.ms;
       }
       // Algorithms a CUDA graph can capture first (the engine replays graphs), then time.
       if (best.variant < 0 || (captured && !best_captured) ||
@@ -592,6 +630,12 @@ Expected<Chosen> GemmKernel::tune(int64_t m, BuildResources& b, int only_variant
   else if (note)
     *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " algorithms, " +
             std::to_string(best.ms * 1000.0).substr(0, 6) + " us";
+  if (note && tuning_enabled(node_) && best_own_ms > 0 && best_library_ms > 0) {
+    char buf[80];
+    std::snprintf(buf, sizeof buf, "; own %.1f us, cuBLASLt %.1f us", best_own_ms * 1e3,
+                  best_library_ms * 1e3);
+    *note += buf;
+  }
   return best;
 }
 
@@ -649,6 +693,15 @@ Status GemmKernel::prepare(int64_t max_batch) {
   }
   variants_ = variants_for(precision_, y->dtype, y_quantized, bv != nullptr, r != nullptr, act_,
                            per_tensor);
+  MIXQ_ASSIGN_OR_RETURN(const GemmImplementation implementation, gemm_implementation());
+  if (precision_ == Precision::kINT8 && implementation != GemmImplementation::kCublaslt &&
+      kernels::small_gemm_s8_eligible(dims_.n, dims_.k)) {
+    Variant v;
+    v.name = "own s8 dot";
+    v.own = true;
+    v.per_channel_epilogue = true;
+    variants_.push_back(v);
+  }
   // Device data per variant.
   auto upload_floats = [](const std::vector<float>& v) {
     return upload(v.data(), v.size() * sizeof(float));
@@ -659,7 +712,7 @@ Status GemmKernel::prepare(int64_t max_batch) {
     return upload(c.raw(), c.nbytes());
   };
   for (Variant& v : variants_) {
-    if (v.to_scratch) {
+    if (v.to_scratch || v.own) {
       if (bv) {
         MIXQ_ASSIGN_OR_RETURN(v.epi_bias, upload_floats(bias));
       }
@@ -670,8 +723,8 @@ Status GemmKernel::prepare(int64_t max_batch) {
       }
     }
     // The fused epilogue works in output units: y's scale for quantised outputs, else real.
-    const float units = v.to_scratch ? 1.0f : sy;
-    if (precision_ == Precision::kINT8 && !v.to_scratch) v.alpha = sx * sw[0] / units;
+    const float units = v.to_scratch || v.own ? 1.0f : sy;
+    if (precision_ == Precision::kINT8 && !v.to_scratch && !v.own) v.alpha = sx * sw[0] / units;
     if (v.bias) {
       std::vector<float> b2(bias);
       for (float& e : b2) e /= units;
@@ -703,18 +756,27 @@ Status GemmKernel::prepare(int64_t max_batch) {
   std::string recorded = read_choice(node_, kChoiceAttr);
   const size_t bar = recorded.find('|');
   if (bar == std::string::npos || recorded.substr(0, bar) != tag) recorded.clear();
-  if (auto c = from_choice(recorded.empty() ? "" : recorded.substr(bar + 1), dims_.m, b); c.ok()) {
+  const bool forced = implementation != GemmImplementation::kAuto;  // tunes among what it allows
+  if (auto c = from_choice(recorded.empty() || forced ? "" : recorded.substr(bar + 1), dims_.m, b);
+      c.ok()) {
     prepared_ = *c;
     note = "recorded choice";
-  } else if (auto cc = from_choice(cached_choice(node_, signature(dims_.m)), dims_.m, b); cc.ok()) {
+  } else if (auto cc =
+                 from_choice(forced ? "" : cached_choice(node_, signature(dims_.m)), dims_.m, b);
+             cc.ok()) {
     prepared_ = *cc;
     note = "tuned before";
   } else {
     MIXQ_ASSIGN_OR_RETURN(prepared_, tune(dims_.m, b, -1, &note));
-    cache_choice(node_, signature(dims_.m), choice_string(prepared_));
+    if (!forced) cache_choice(node_, signature(dims_.m), choice_string(prepared_));
   }
   record_choice(node_, kChoiceAttr, tag + "|" + choice_string(prepared_));
   const Variant& v = variants_[size_t(prepared_.variant)];
+  if (v.own) {
+    impl_ = "mixq cuda small gemm s8 dot (s32 sums) + epilogue -> " +
+            std::string(dtype_name(y->dtype)) + " [" + note + "]";
+    return Status::Ok();
+  }
   impl_ = "cublaslt " + std::string(precision_name(precision_)) + " " + v.name + " " +
           type_name(v.ab) + "->" + type_name(v.d) + (v.bias ? " +bias" : "") +
           (v.relu ? " +relu" : "") +
@@ -749,7 +811,13 @@ Expected<Chosen> GemmKernel::from_choice(const std::string& choice, int64_t m,
   if (choice.empty() || choice[0] != 'v' || bar == std::string::npos) return NotFound("no choice");
   const int vi = std::atoi(choice.substr(1, bar - 1).c_str());
   Chosen c;
-  if (vi < 0 || vi >= int(variants_.size()) ||
+  if (vi >= 0 && vi < int(variants_.size()) && variants_[size_t(vi)].own &&
+      choice.substr(bar + 1) == "own") {
+    c.variant = vi;
+    MIXQ_RETURN_IF_ERROR(warm_up(c, m, b));
+    return c;
+  }
+  if (vi < 0 || vi >= int(variants_.size()) || variants_[size_t(vi)].own ||
       !hex_decode(choice.substr(bar + 1), &c.algo, sizeof c.algo))
     return InvalidArgument("malformed choice '" + choice + "'");
   MIXQ_ASSIGN_OR_RETURN(c.descs, make_descs(variants_[size_t(vi)], m, dims_.n, dims_.k));

@@ -180,4 +180,22 @@ void igemm_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int6
                         void* packed);
 cudaError_t igemm_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
 
+// --- small int8 linear layers (gemm_small.cu)
+// ----------------------------------------------------- y[m, n] = act(scale[n] * sum_k q_x[m, k]
+// q_w[n, k] + bias[n] + residual) in y's grid, the sums exact in int32 (dp4a), for layers whose
+// weights fit 48 KiB of shared memory and K is a multiple of 4 (classifier heads).
+struct SmallGemmParams {
+  int64_t m = 0, n = 0, k = 0;
+  const void* weights = nullptr;  // s8 [N, K] row-major, 4-byte aligned
+  const float* scale = nullptr;   // per output: s_x * s_w[n]
+  const float* bias = nullptr;    // real units, may be null
+  const void* residual = nullptr;
+  Grid residual_grid;
+  int act = kActNone;
+  float lo = 0.0f, hi = 0.0f;
+  Grid y_grid;
+};
+bool small_gemm_s8_eligible(int64_t n, int64_t k);
+cudaError_t small_gemm_s8(const void* x, void* y, const SmallGemmParams& p, cudaStream_t stream);
+
 }  // namespace mixq::backends::cuda::kernels

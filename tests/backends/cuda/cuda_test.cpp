@@ -649,6 +649,7 @@ class CudaGemm : public ::testing::TestWithParam<GemmParam> {};
 
 TEST_P(CudaGemm, MatchesReference) {
   REQUIRE_CUDA();
+  testing::ScopedEnv library_only("MIXQ_CUDA_GEMM", "cublaslt");  // ours: CudaSmallGemm
   const GemmParam& p = GetParam();
   auto model = gemm_model(p.c, 17);
   ASSERT_TRUE(model);
@@ -681,6 +682,42 @@ INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaGemm, ::testing::ValuesIn(gemm_params()),
                          [](const ::testing::TestParamInfo<GemmParam>& i) {
                            return param_name(i.param.c.name, i.param.precision);
                          });
+
+// Our small int8 kernel (forced) on the same cases.
+class CudaSmallGemm : public ::testing::TestWithParam<GemmCase> {};
+
+TEST_P(CudaSmallGemm, MatchesReference) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv own_only("MIXQ_CUDA_GEMM", "own");
+  auto model = gemm_model(GetParam(), 17);
+  ASSERT_TRUE(model);
+  const CheckResult r = check_engine(model, Precision::kINT8,
+                                     plan_for({"layer"}, Precision::kINT8, GetParam().plan_extra));
+  ASSERT_TRUE(r.built) << r.error;
+  const LayerReport* gemm = testing::find_layer(r.report, "FusedGemm");
+  ASSERT_NE(gemm, nullptr) << testing::describe_layers(r.report);
+  EXPECT_EQ(gemm->actual, Precision::kINT8);
+  EXPECT_NE(gemm->implementation.find("small gemm"), std::string::npos) << gemm->implementation;
+  EXPECT_EQ(r.report.layers.size() - size_t(testing::count_op(r.report, "Reformat")), 1u)
+      << testing::describe_layers(r.report);
+}
+
+INSTANTIATE_TEST_SUITE_P(Own, CudaSmallGemm, ::testing::ValuesIn(gemm_cases()),
+                         [](const ::testing::TestParamInfo<GemmCase>& i) { return i.param.name; });
+
+// An unknown MIXQ_CUDA_GEMM value fails the build and names the variable and its values.
+TEST(CudaSmallGemm, UnknownImplementationIsAClearError) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv bogus("MIXQ_CUDA_GEMM", "fastest");
+  auto model = gemm_model({"k64_n48_bias", 64, 48}, 31);
+  ASSERT_TRUE(model);
+  auto engine = build_engine(model, cuda_options(), plan_for({"layer"}, Precision::kINT8),
+                             random_calibration(*model, 2, 4, 1));
+  ASSERT_FALSE(engine.ok());
+  const std::string message = engine.status().message();
+  EXPECT_NE(message.find("MIXQ_CUDA_GEMM is 'fastest'"), std::string::npos) << message;
+  EXPECT_NE(message.find("auto, cublaslt or own"), std::string::npos) << message;
+}
 
 // Two linear layers: the hidden value stays in the precision (int8: s8 output of the first layer,
 // through cuBLASLt's alpha epilogue with per-tensor weights or the requantize kernel).
@@ -716,12 +753,14 @@ INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaMlp,
 
 // The int8 linear layer is exact up to the final float scaling: inputs on the grid s_x = 0.01
 // (codes -127..127), the engine's own int8 weights and scales read from its graph; the result
-// must equal s_x * s_w[n] * sum(q_x * q_w) + b[n] computed here in integers.
-class CudaInt8GemmExact : public ::testing::TestWithParam<bool> {};
+// must equal s_x * s_w[n] * sum(q_x * q_w) + b[n] computed here in integers; through cuBLASLt and
+// through our small kernel.
+class CudaInt8GemmExact : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
 
 TEST_P(CudaInt8GemmExact, MatchesIntegerReference) {
   REQUIRE_CUDA();
-  const bool per_tensor = GetParam();
+  const bool per_tensor = std::get<0>(GetParam()), own = std::get<1>(GetParam());
+  testing::ScopedEnv forced("MIXQ_CUDA_GEMM", own ? "own" : "cublaslt");
   const int64_t K = 256, N = 40, M = 8;
   OnnxBuilder b(13, "exact");
   b.input("x", {"N", K});
@@ -744,6 +783,10 @@ TEST_P(CudaInt8GemmExact, MatchesIntegerReference) {
   for (const ir::Node* n : engine->impl().graph->nodes())
     if (n->op == ir::OpKind::kFusedGemm) gemm = n;
   ASSERT_NE(gemm, nullptr);
+  const LayerReport* layer = testing::find_layer(engine->report(), "FusedGemm");
+  ASSERT_NE(layer, nullptr);
+  EXPECT_NE(layer->implementation.find(own ? "small gemm" : "cublaslt"), std::string::npos)
+      << layer->implementation;
   const ir::Value* xq = gemm->input(0);
   const ir::Value* wq = gemm->input(1);
   ASSERT_TRUE(xq->quant && wq->quant);
@@ -783,9 +826,11 @@ TEST_P(CudaInt8GemmExact, MatchesIntegerReference) {
       << testing::describe_layers(engine->report());
 }
 
-INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaInt8GemmExact, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& i) {
-                           return i.param ? std::string("per_tensor") : std::string("per_channel");
+INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaInt8GemmExact,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<bool, bool>>& i) {
+                           return std::string(std::get<0>(i.param) ? "per_tensor" : "per_channel") +
+                                  (std::get<1>(i.param) ? "_own" : "_cublaslt");
                          });
 
 // --- own kernels: reformat, called directly
