@@ -1,16 +1,17 @@
-// Implicit-GEMM convolution on tensor cores (see kernels.h, igemm_conv). A block computes 128 output
-// pixels (a tile of TH x TW pixels in each of IMG images) x 64 output channels. Per 64-byte chunk of
-// input channels it loads, by cp.async, the input window its tile reads (the "halo": every input
-// pixel once, zero outside the image) and the chunk's weights for every tap into shared memory;
-// the A fragments are then read straight from the halo, one row address per lane for ldmatrix, for
-// each tap in turn: no im2col copy, and each input byte crosses L2 once per tile rather than once
-// per tap. Weights are stored per output channel with the taps contiguous (the column-major B of
-// the tensor cores' mma). Eight warps each multiply a 32 x 32 sub-tile with mma.sync (m16n8k32 for
-// s8 and e4m3, m16n8k16 for f16 and bf16: 32 bytes of K per step for all four, so the fragments are
-// addressed alike). Blocks stay resident and walk tiles in two stages (the next step's loads fly
-// while this one multiplies); where every chunk's weights fit, they are loaded once per block. The
-// epilogue runs on the sums in registers, stages y in the halo's place (a residual of y's format is
-// staged there first, read with 16-byte vectors) and writes it out in 16-byte vectors.
+// Implicit-GEMM convolution on tensor cores (see kernels.h, igemm_conv). A block computes 128
+// output pixels (a tile of TH x TW pixels in each of IMG images) x 64 output channels. Per 64-byte
+// chunk of input channels it loads, by cp.async, the input window its tile reads (the "halo": every
+// input pixel once, zero outside the image) and the chunk's weights for every tap into shared
+// memory; the A fragments are then read straight from the halo, one row address per lane for
+// ldmatrix, for each tap in turn: no im2col copy, and each input byte crosses L2 once per tile
+// rather than once per tap. Weights are stored per output channel with the taps contiguous (the
+// column-major B of the tensor cores' mma). Eight warps each multiply a 32 x 32 sub-tile with
+// mma.sync (m16n8k32 for s8 and e4m3, m16n8k16 for f16 and bf16: 32 bytes of K per step for all
+// four, so the fragments are addressed alike). Blocks stay resident and walk tiles in two stages
+// (the next step's loads fly while this one multiplies); where every chunk's weights fit, they are
+// loaded once per block. The epilogue runs on the sums in registers, stages y in the halo's place
+// (a residual of y's format is staged there first, read with 16-byte vectors) and writes it out in
+// 16-byte vectors.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
