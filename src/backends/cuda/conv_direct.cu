@@ -215,12 +215,7 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
     for (int q = 0; q < P; ++q)
 #pragma unroll
-      for (int j = 0; j < TILE; ++j) {
-        if (p.act == kActRelu)
-          acc[q][j] = fmaxf(acc[q][j], 0.0f);
-        else if (p.act == kActClip)
-          acc[q][j] = fminf(fmaxf(acc[q][j], p.lo), p.hi);
-      }
+      for (int j = 0; j < TILE; ++j) acc[q][j] = activate(acc[q][j], p.act, p.lo, p.hi);
     // To the stage (rows of the block) or straight to y.
     unsigned char* out = l.stage_bytes ? stage : static_cast<unsigned char*>(y);
     const int64_t out_first = l.stage_bytes ? 0 : first;
@@ -408,11 +403,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
         float v = float(c_s[m * l.kp + ch]) * scale + bias;
         const int64_t out = int64_t(first + m) * K + ch;
         if (p.residual) v += load_real(p.residual, out, p.residual_grid);
-        if (p.act == kActRelu)
-          v = fmaxf(v, 0.0f);
-        else if (p.act == kActClip)
-          v = fminf(fmaxf(v, p.lo), p.hi);
-        static_cast<Y*>(y)[out] = encode<YT>(v, p.y_grid);
+        static_cast<Y*>(y)[out] = encode<YT>(activate(v, p.act, p.lo, p.hi), p.y_grid);
       }
     }
     __syncwarp();

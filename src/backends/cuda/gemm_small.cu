@@ -49,11 +49,7 @@ __global__ void __launch_bounds__(32 * kWarps)
       float v = float(mine) * p.scale[n] + (p.bias ? p.bias[n] : 0.0f);
       const int64_t out = row * N + n;
       if (p.residual) v += load_real(p.residual, out, p.residual_grid);
-      if (p.act == kActRelu)
-        v = fmaxf(v, 0.0f);
-      else if (p.act == kActClip)
-        v = fminf(fmaxf(v, p.lo), p.hi);
-      store_real(y, out, v, p.y_grid);
+      store_real(y, out, activate(v, p.act, p.lo, p.hi), p.y_grid);
     }
   }
 }

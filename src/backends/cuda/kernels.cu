@@ -261,11 +261,7 @@ __global__ void epilogue_kernel(const void* acc, void* y, Grid gy, EpilogueParam
   float v = load_acc(acc, i, p.acc_dt) * (p.scale ? p.scale[c] : p.scalar_scale);
   if (p.bias) v += p.bias[c];
   if (p.residual) v += load_real(p.residual, i, p.residual_grid);
-  if (p.act == kActRelu)
-    v = fmaxf(v, 0.0f);
-  else if (p.act == kActClip)
-    v = fminf(fmaxf(v, p.lo), p.hi);
-  store_real(y, i, v, gy);
+  store_real(y, i, activate(v, p.act, p.lo, p.hi), gy);
 }
 
 template <typename T>

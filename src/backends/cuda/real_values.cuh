@@ -127,6 +127,13 @@ __device__ __forceinline__ void store_real(void* p, int64_t i, float x, const Gr
   });
 }
 
+// The activation the fused epilogues apply: relu, or clip to [lo, hi] (in y's real units).
+__device__ __forceinline__ float activate(float v, int act, float lo, float hi) {
+  if (act == kActRelu) return fmaxf(v, 0.0f);
+  if (act == kActClip) return fminf(fmaxf(v, lo), hi);
+  return v;
+}
+
 // The bits of a stored element, for packing several into one 32-bit word.
 template <typename T>
 __device__ __forceinline__ uint32_t bits_of(T v) {
