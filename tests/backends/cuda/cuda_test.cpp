@@ -386,23 +386,29 @@ std::vector<ConvCase> direct_conv_cases() {
   };
 }
 
-class CudaDirectConv : public ::testing::TestWithParam<ConvParam> {};
-
-TEST_P(CudaDirectConv, MatchesReference) {
-  REQUIRE_CUDA();
-  const ConvParam& p = GetParam();
-  testing::ScopedEnv direct_only("MIXQ_CUDA_CONV", "direct");
-  auto model = conv_model(p.c, 17);
+// One of our convolutions, forced (MIXQ_CUDA_CONV=`implementation`), against the reference: the
+// layer runs at the precision asked, through `expected` (in its implementation), epilogue fused.
+void check_forced_conv(const ConvParam& p, uint64_t seed, const char* implementation,
+                       const char* expected) {
+  testing::ScopedEnv forced("MIXQ_CUDA_CONV", implementation);
+  auto model = conv_model(p.c, seed);
   ASSERT_TRUE(model);
   const CheckResult r = check_engine(model, p.precision, plan_for({"layer"}, p.precision));
   ASSERT_TRUE(r.built) << r.error;
   const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
   ASSERT_NE(conv, nullptr) << testing::describe_layers(r.report);
   EXPECT_EQ(conv->actual, p.precision);
-  EXPECT_NE(conv->implementation.find("direct conv"), std::string::npos) << conv->implementation;
+  EXPECT_NE(conv->implementation.find(expected), std::string::npos) << conv->implementation;
   EXPECT_EQ(r.report.layers.size() - size_t(testing::count_op(r.report, "Reformat")), 1u)
       << "the epilogue fuses into the convolution:\n"
       << testing::describe_layers(r.report);
+}
+
+class CudaDirectConv : public ::testing::TestWithParam<ConvParam> {};
+
+TEST_P(CudaDirectConv, MatchesReference) {
+  REQUIRE_CUDA();
+  check_forced_conv(GetParam(), 17, "direct", "direct conv");
 }
 
 std::vector<ConvParam> direct_conv_params() {
@@ -435,20 +441,7 @@ class CudaIgemmConv : public ::testing::TestWithParam<ConvParam> {};
 
 TEST_P(CudaIgemmConv, MatchesReference) {
   REQUIRE_CUDA();
-  const ConvParam& p = GetParam();
-  testing::ScopedEnv igemm_only("MIXQ_CUDA_CONV", "igemm");
-  auto model = conv_model(p.c, 19);
-  ASSERT_TRUE(model);
-  const CheckResult r = check_engine(model, p.precision, plan_for({"layer"}, p.precision));
-  ASSERT_TRUE(r.built) << r.error;
-  const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
-  ASSERT_NE(conv, nullptr) << testing::describe_layers(r.report);
-  EXPECT_EQ(conv->actual, p.precision);
-  EXPECT_NE(conv->implementation.find("implicit-gemm conv"), std::string::npos)
-      << conv->implementation;
-  EXPECT_EQ(r.report.layers.size() - size_t(testing::count_op(r.report, "Reformat")), 1u)
-      << "the epilogue fuses into the convolution:\n"
-      << testing::describe_layers(r.report);
+  check_forced_conv(GetParam(), 19, "igemm", "implicit-gemm conv");
 }
 
 std::vector<ConvParam> igemm_conv_params() {
