@@ -141,6 +141,10 @@ class Backend {
   virtual ir::Layout required_input_layout(const ir::Node& node, size_t slot) const {
     return ir::Layout::kPlain;
   }
+  // Last step of a build, after insert_reformats: merges nodes the backend runs as one kernel (the
+  // CUDA backend: a max pool into the convolution before it, as attribute "mixq.pool"). The
+  // merged nodes keep the IR's meaning (the reference runs them); the default merges nothing.
+  virtual Status fuse_for_execution(ir::Graph& graph) const { return Status::Ok(); }
   // A value's contents as plain fp32 (dequantised), e.g. for `compare`.
   virtual Expected<Tensor> read_value(const Buffer& buffer) const;
   // Non-null for device backends (see DeviceOps).

@@ -60,6 +60,9 @@ void finish_report(Engine::Impl& impl, const engine::PrecisionAssignment& assign
       l.requested = n->precision.value_or(Precision::kFP32);
     }
     l.actual = n->precision.value_or(Precision::kFP32);
+    // Execution fusion (Backend::fuse_for_execution) may have merged more nodes since.
+    if (auto it = n->attrs.find("mixq.fused"); it != n->attrs.end())
+      l.fused = std::get<std::vector<std::string>>(it->second);
     l.output = n->output(0) ? n->output(0)->name : "";
     l.implementation = impl.kernels[i]->implementation();
     const ir::NodeCost cost = ir::node_cost(*n);
@@ -169,6 +172,7 @@ Expected<Engine> Builder::build() {
   MIXQ_RETURN_IF_ERROR(engine::quantize(*graph, plan, ranges, policy));
   MIXQ_RETURN_IF_ERROR(backend->assign_layouts(*graph));
   MIXQ_RETURN_IF_ERROR(engine::insert_reformats(*graph, *backend));
+  MIXQ_RETURN_IF_ERROR(backend->fuse_for_execution(*graph));
   MIXQ_RETURN_IF_ERROR(ir::verify(*graph));
   if (options.deterministic)
     for (ir::Node* n : graph->nodes()) n->attrs[backends::kDeterministicAttr] = int64_t(1);

@@ -51,6 +51,8 @@ using Clock = std::chrono::steady_clock;
 using Desc = std::shared_ptr<void>;  // a cudnnBackendDescriptor_t, destroyed with its last owner
 
 constexpr const char* kChoiceAttr = "mixq.cudnn_choice";
+// A max pool absorbed by the layer (CudaBackend::fuse_for_execution): [window rows, columns].
+constexpr const char* kPoolAttr = "mixq.pool";
 constexpr int64_t kMaxWorkspace = int64_t(256) << 20;
 
 Expected<Desc> make_desc(cudnnBackendDescriptorType_t type) {
@@ -202,6 +204,7 @@ struct Spec {
   double lo = 0, hi = 0;         // clip bounds in the units of the clipped value
   bool no_tensor_cores = false;  // fp32: exclude TF32 engines
   Mode mode = Mode::kFused;
+  int64_t pool_h = 0, pool_w = 0;  // a fused max pool (our window form only); oh, ow: before it
 
   bool has_pointwise() const {
     return scale || bias || residual || out_scale || act != kernels::kActNone;
@@ -220,6 +223,7 @@ struct Spec {
       << geo.groups << " t" << int(xt) << "," << int(wt) << "," << int(comp) << "," << int(acc)
       << "," << int(yt) << "," << int(rt) << " e" << scale << bias << residual << out_scale << act
       << "," << lo << "," << hi << " tc" << !no_tensor_cores;
+    if (pool_h) o << " pool" << pool_h << "," << pool_w;
     return o.str();
   }
 };
@@ -679,6 +683,23 @@ Expected<Layer> describe_layer(const ir::Node& node, Precision p, DType y_dtype,
   if (ys[1] != s.k)
     return InvalidArgument("output channels " + std::to_string(ys[1]) +
                            " differ from the weights'");
+  if (const auto pool = node.attr_ints(kPoolAttr, {}); !pool.empty()) {
+    // y is pooled: the convolution's own output size comes from its geometry.
+    if (pool.size() != 2 || pool[0] < 1 || pool[1] < 1)
+      return InvalidArgument(std::string(kPoolAttr) + " must be two window sizes");
+    s.pool_h = pool[0];
+    s.pool_w = pool[1];
+    s.oh =
+        (s.h + s.geo.pre[0] + s.geo.post[0] - s.geo.dilation[0] * (s.r - 1) - 1) / s.geo.stride[0] +
+        1;
+    s.ow =
+        (s.w + s.geo.pre[1] + s.geo.post[1] - s.geo.dilation[1] * (s.s - 1) - 1) / s.geo.stride[1] +
+        1;
+    if (s.oh / s.pool_h != ys[2] || s.ow / s.pool_w != ys[3])
+      return InvalidArgument("the pooled output " + shape_to_string(ys) + " does not follow from " +
+                             std::to_string(s.oh) + "x" + std::to_string(s.ow) + " pooled by " +
+                             std::to_string(s.pool_h) + "x" + std::to_string(s.pool_w));
+  }
   const int64_t multiple = channel_multiple(p);
   if (s.geo.groups == 1 && s.c % multiple != 0) {
     L.unpadded_c = s.c;
@@ -743,6 +764,14 @@ bool direct_eligible(const Layer& L, Precision p) {
   return direct_eligible(p, s.geo.groups, L.unpadded_c ? L.unpadded_c : s.c, s.k, s.r, s.s);
 }
 
+// Whether the staged-window form can run a layer (kernels::window_eligible at `batch`): ungrouped,
+// a tensor-core type (not fp32 or tf32).
+kernels::DirectConvParams direct_geometry(const Layer& layer, Precision precision, int64_t batch);
+bool window_eligible(const Layer& L, Precision p, int64_t batch) {
+  return L.base.geo.groups == 1 && p != Precision::kFP32 && p != Precision::kTF32 &&
+         kernels::window_eligible(direct_geometry(L, p, batch));
+}
+
 Status static_checks(const ir::Node& node, Precision p) {
   const ir::Value* x = node.input(0);
   const ir::Value* w = node.input(1);
@@ -762,6 +791,26 @@ Status static_checks(const ir::Node& node, Precision p) {
   const Shape& ws = w->constant.shape();
   if (direct_eligible(p, g.groups, x->shape[1], ws[0], ws[2], ws[3]))
     return Status::Ok();  // any channel counts (cuDNN's engines may still take it, padded)
+  if (g.groups == 1 && p != Precision::kFP32 && p != Precision::kTF32) {
+    kernels::DirectConvParams d;  // the window form takes any channel counts
+    d.n = 1;
+    d.c = x->shape[1];
+    d.h = x->shape[2];
+    d.w = x->shape[3];
+    d.k = ws[0];
+    d.r = int(ws[2]);
+    d.s = int(ws[3]);
+    d.stride_h = int(g.stride[0]);
+    d.stride_w = int(g.stride[1]);
+    d.pad_h = int(g.pre[0]);
+    d.pad_w = int(g.pre[1]);
+    d.dil_h = int(g.dilation[0]);
+    d.dil_w = int(g.dilation[1]);
+    d.oh = (d.h + g.pre[0] + g.post[0] - g.dilation[0] * (d.r - 1) - 1) / g.stride[0] + 1;
+    d.ow = (d.w + g.pre[1] + g.post[1] - g.dilation[1] * (d.s - 1) - 1) / g.stride[1] + 1;
+    d.x_dt = kernel_dtype(input_dtype(p));
+    if (kernels::window_eligible(d)) return Status::Ok();
+  }
   // Input channels of an ungrouped convolution are padded (see Layer::unpadded_c).
   if ((g.groups != 1 && cg % multiple != 0) || kg % multiple != 0)
     return Unsupported(
@@ -799,6 +848,7 @@ struct Packed {
   DeviceBuffer direct_weights;     // kernels::direct_pack_weights of the codes (the FMA form)
   DeviceBuffer direct_tc_weights;  // kernels::direct_tc_pack_weights (the small tensor-core form)
   DeviceBuffer igemm_weights;      // kernels::igemm_pack_weights (the implicit GEMM)
+  DeviceBuffer window_weights;     // kernels::window_pack_weights (the staged-window form)
 };
 
 // Weights [K, C/g, R, S] (row-major) -> KRSC in `dtype` (from fp32, or the stored s8/e4m3 codes).
@@ -1085,6 +1135,8 @@ kernels::DirectConvParams direct_geometry(const Layer& layer, Precision precisio
   p.dil_h = int(s.geo.dilation[0]);
   p.dil_w = int(s.geo.dilation[1]);
   p.x_dt = kernel_dtype(input_dtype(precision));
+  p.pool_h = int(s.pool_h);
+  p.pool_w = int(s.pool_w);
   return p;
 }
 
@@ -1093,8 +1145,9 @@ kernels::DirectConvParams ConvKernel::direct_params(int64_t batch, int form) con
   kernels::DirectConvParams p = direct_geometry(layer_, precision_, batch);
   p.form = form;
   p.weights = static_cast<const float*>(packed_->direct_weights.get());
-  const DeviceBuffer& tc =
-      form == kernels::kDirectIgemm ? packed_->igemm_weights : packed_->direct_tc_weights;
+  const DeviceBuffer& tc = form == kernels::kDirectIgemm    ? packed_->igemm_weights
+                           : form == kernels::kDirectWindow ? packed_->window_weights
+                                                            : packed_->direct_tc_weights;
   p.tc_weights = tc.ptr ? tc.get() : nullptr;
   p.scale = static_cast<const float*>(packed_->split_scale.get());
   p.bias = packed_->real_bias.ptr ? static_cast<const float*>(packed_->real_bias.get()) : nullptr;
@@ -1130,6 +1183,10 @@ Expected<double> ConvKernel::time_direct(BuildResources& b, int form) const {
 }
 
 bool ConvKernel::form_available(const std::string& form) const {
+  if (form == "window")
+    return packed_->window_weights.ptr &&
+           kernels::window_eligible(direct_geometry(layer_, precision_, max_batch_));
+  if (layer_.base.pool_h) return false;  // only the window form pools
   if (form == "igemm")
     return packed_->igemm_weights.ptr &&
            kernels::igemm_eligible(direct_geometry(layer_, precision_, max_batch_));
@@ -1143,27 +1200,40 @@ void ConvKernel::choose_direct(const std::string& tag, const std::string& form,
   prepared_.reset();
   choice_.clear();
   const Spec& s = layer_.base;
-  const bool igemm = form == "igemm";
+  const bool igemm = form == "igemm", window = form == "window";
   const bool tc =
-      !igemm && form == "tc" && packed_->direct_tc_weights.ptr &&
+      !igemm && !window && form == "tc" && packed_->direct_tc_weights.ptr &&
       kernels::direct_tensor_core_eligible(kernel_dtype(input_dtype(precision_)), s.k,
                                            layer_.unpadded_c ? layer_.unpadded_c : s.c, s.r, s.s);
-  direct_form_ = igemm ? kernels::kDirectIgemm : tc ? kernels::kDirectTc : kernels::kDirectFma;
+  direct_form_ = igemm    ? kernels::kDirectIgemm
+                 : window ? kernels::kDirectWindow
+                 : tc     ? kernels::kDirectTc
+                          : kernels::kDirectFma;
   // Only the chosen form's weights stay on the device.
   if (!tc) packed_->direct_tc_weights = DeviceBuffer{};
   if (!igemm) packed_->igemm_weights = DeviceBuffer{};
-  if (igemm || tc) packed_->direct_weights = DeviceBuffer{};
-  record_choice(node_, kChoiceAttr, tag + "|direct|" + (igemm ? "igemm" : tc ? "tc" : "fma"));
+  if (!window) packed_->window_weights = DeviceBuffer{};
+  if (igemm || tc || window) packed_->direct_weights = DeviceBuffer{};
+  record_choice(node_, kChoiceAttr,
+                tag + "|direct|" +
+                    (igemm    ? "igemm"
+                     : window ? "window"
+                     : tc     ? "tc"
+                              : "fma"));
   std::string epi;
   if (s.bias) epi += "+bias";
   if (s.residual) epi += "+residual";
   if (s.act == kernels::kActRelu) epi += "+relu";
   if (s.act == kernels::kActClip) epi += "+clip";
+  if (s.pool_h) epi += "+maxpool " + std::to_string(s.pool_h) + "x" + std::to_string(s.pool_w);
   const std::string sums = precision_ == Precision::kINT8 ? "s32 sums" : "f32 sums";
-  impl_ = std::string(igemm ? "mixq cuda implicit-gemm conv" : "mixq cuda direct conv") + epi +
-          " " + type_name(s.xt) + "->" + type_name(s.yt) +
-          (igemm || tc ? " (tensor cores, " + sums + ")" : std::string(" (fp32 FMA sums)")) + " [" +
-          note + "]";
+  impl_ =
+      std::string(igemm    ? "mixq cuda implicit-gemm conv"
+                  : window ? "mixq cuda window conv"
+                           : "mixq cuda direct conv") +
+      epi + " " + type_name(s.xt) + "->" + type_name(s.yt) +
+      (igemm || tc || window ? " (tensor cores, " + sums + ")" : std::string(" (fp32 FMA sums)")) +
+      " [" + note + "]";
 }
 
 // Runs the plan once on poisoned output and checks it wrote: an engine that returns success but
@@ -1404,12 +1474,22 @@ Status ConvKernel::prepare(int64_t max_batch) {
                          max_batch * base.h * base.w * base.c <= kernels::kDirectMaxElements &&
                          max_batch * base.oh * base.ow * base.k <= kernels::kDirectMaxElements;
   const bool automatic = implementation == ConvImplementation::kAuto;
-  const bool small_ok = layout_ok && (automatic || implementation == ConvImplementation::kDirect) &&
+  const bool pooled = base.pool_h > 0;  // only the window form pools
+  const bool small_ok = !pooled && layout_ok &&
+                        (automatic || implementation == ConvImplementation::kDirect) &&
                         direct_eligible(layer_, precision_);
-  const bool igemm_ok = layout_ok && (automatic || implementation == ConvImplementation::kIgemm) &&
+  const bool igemm_ok = !pooled && layout_ok &&
+                        (automatic || implementation == ConvImplementation::kIgemm) &&
                         precision_ != Precision::kTF32 && base.geo.groups == 1 &&
                         kernels::igemm_eligible(direct_geometry(layer_, precision_, max_batch));
-  const bool direct = small_ok || igemm_ok;
+  const bool window_ok = layout_ok &&
+                         (automatic || pooled || implementation == ConvImplementation::kWindow) &&
+                         window_eligible(layer_, precision_, max_batch);
+  if (pooled && !window_ok)
+    return Unsupported(node_.describe() + ": its fused max pool needs the window convolution, " +
+                       "which does not take this layer at " +
+                       std::string(precision_name(precision_)));
+  const bool direct = small_ok || igemm_ok || window_ok;
   const bool remember = automatic;
 
   // Scales: per output channel s_x * s_w[c] (int8/fp8), divided by the chain's units.
@@ -1475,6 +1555,13 @@ Status ConvKernel::prepare(int64_t max_batch) {
                                     sp.s, host.data());
         MIXQ_ASSIGN_OR_RETURN(packed->igemm_weights, upload(host.data(), host.size()));
       }
+      if (window_ok) {
+        std::vector<unsigned char> host(
+            size_t(kernels::window_weight_bytes(x_dt, sp.k, c, sp.r, sp.s)));
+        kernels::window_pack_weights(x_dt, static_cast<const float*>(codes.raw()), sp.k, c, sp.r,
+                                     sp.s, host.data());
+        MIXQ_ASSIGN_OR_RETURN(packed->window_weights, upload(host.data(), host.size()));
+      }
       if (small_ok && kernels::direct_tensor_core_eligible(x_dt, sp.k, c, sp.r, sp.s)) {
         std::vector<unsigned char> tc(
             size_t(kernels::direct_tc_weight_bytes(x_dt, sp.k, c, sp.r, sp.s)));
@@ -1509,6 +1596,10 @@ Status ConvKernel::prepare(int64_t max_batch) {
   }
   if (igemm_ok && implementation == ConvImplementation::kIgemm) {
     choose_direct(tag, "igemm", "MIXQ_CUDA_CONV=igemm");
+    return Status::Ok();
+  }
+  if (window_ok && (pooled || implementation == ConvImplementation::kWindow)) {
+    choose_direct(tag, "window", pooled ? "fused max pool" : "MIXQ_CUDA_CONV=window");
     return Status::Ok();
   }
   if (direct && decided == "direct") {
@@ -1552,7 +1643,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
       split_plan &&
       (!fused_plan || (split_plan->ms > 0 && split_plan->ms + epilogue_ms < fused_plan->ms));
   if (direct && !fused_plan && !split_plan) {
-    const std::string form = small_ok ? "tc" : "igemm";
+    const std::string form = window_ok ? "window" : small_ok ? "tc" : "igemm";
     if (rec_mode.empty() && remember) {
       cache_choice(node_, mode_key, "direct");
       cache_choice(node_, form_key, form);
@@ -1581,7 +1672,8 @@ Status ConvKernel::prepare(int64_t max_batch) {
                        kernels::direct_tensor_core_eligible(x_dt, sp.k, c, sp.r, sp.s);
     for (auto [form, id, ok] : {std::tuple{"fma", int(kernels::kDirectFma), small_ok},
                                 std::tuple{"tc", int(kernels::kDirectTc), tc_ok},
-                                std::tuple{"igemm", int(kernels::kDirectIgemm), igemm_ok}}) {
+                                std::tuple{"igemm", int(kernels::kDirectIgemm), igemm_ok},
+                                std::tuple{"window", int(kernels::kDirectWindow), window_ok}}) {
       if (!ok) continue;
       auto t = time_direct(br, id);
       if (!t.ok()) failures += std::string("; ") + form + " failed: " + t.status().message();
@@ -1695,7 +1787,7 @@ bool conv_supports(const ir::Node& node, Precision p, std::string* why) {
     if (!br.ok()) return fail(br.status().message());
     Status fused = probe(layer->base, br->res->cudnn);
     std::string reason;
-    if (!fused.ok() && !direct_eligible(*layer, p)) {
+    if (!fused.ok() && !direct_eligible(*layer, p) && !window_eligible(*layer, p, 1)) {
       Status split = probe(split_spec(layer->base, p), br->res->cudnn);
       if (!split.ok())
         reason = "cuDNN has no engine for this " + std::string(precision_name(p)) +
@@ -1707,6 +1799,22 @@ bool conv_supports(const ir::Node& node, Precision p, std::string* why) {
     if (!reason.empty()) return fail(reason);
   }
   return true;
+}
+
+bool conv_can_pool(const ir::Node& node, int64_t pool_h, int64_t pool_w) {
+  auto implementation = conv_implementation();
+  if (!implementation.ok() || *implementation == ConvImplementation::kCudnn || !node.precision ||
+      node.input(3) || !static_checks(node, *node.precision).ok())
+    return false;
+  const ir::Value* y = node.output(0);
+  const bool y_quantized = stored_quantized(*y);
+  auto layer = describe_layer(node, *node.precision, y->dtype, y_quantized,
+                              y_quantized ? y->quant->scale[0] : 1.0f, 1.0f);
+  if (!layer.ok() || layer->base.pool_h) return false;
+  layer->base.pool_h = pool_h;
+  layer->base.pool_w = pool_w;
+  return value_grid(*node.input(0)).nhwc && value_grid(*y).nhwc &&
+         window_eligible(*layer, *node.precision, 1);
 }
 
 Expected<std::unique_ptr<Kernel>> make_conv_kernel(const ir::Node& node, Precision precision) {

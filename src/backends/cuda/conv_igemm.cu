@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/real_values.cuh"
 
 namespace mixq::backends::cuda::kernels {
@@ -40,29 +41,6 @@ constexpr int kWarpsM = 4, kWarpsN = 2;
 constexpr int kThreads = 32 * kWarpsM * kWarpsN;
 constexpr int kMaxTaps = 9;  // R * S (the weights of a chunk stay in shared memory)
 constexpr size_t kMaxSmem = 227 << 10;
-
-template <int DT>
-struct Mma;
-template <>
-struct Mma<kS8> {
-  using acc = int;
-  static constexpr int kElem = 1;
-};
-template <>
-struct Mma<kF16> {
-  using acc = float;
-  static constexpr int kElem = 2;
-};
-template <>
-struct Mma<kBF16> {
-  using acc = float;
-  static constexpr int kElem = 2;
-};
-template <>
-struct Mma<kE4M3> {
-  using acc = float;
-  static constexpr int kElem = 1;
-};
 
 // 16 bytes global -> shared, zero-filled where !valid.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
@@ -84,49 +62,6 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned smem_addr
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_address));
-}
-
-// c += A (16 x 32 bytes, row-major) x B (32 bytes x 8, column-major).
-template <int DT>
-__device__ __forceinline__ void mma_step(typename Mma<DT>::acc (&c)[4], const unsigned (&a)[4],
-                                         unsigned b0, unsigned b1) {
-  if constexpr (DT == kS8) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else if constexpr (DT == kF16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else if constexpr (DT == kBF16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// encode<YT>, with s8's rounding and saturation in one conversion (cvt to s8 clamps).
-template <int YT>
-__device__ __forceinline__ typename Stored<YT>::type encode_fast(float v, const Grid& g) {
-  if constexpr (YT == kS8) {
-    short r;
-    asm("cvt.rni.s8.f32 %0, %1;" : "=h"(r) : "f"(__fmul_rn(v, g.inv_scale) + g.zero));
-    return int8_t(r);
-  } else {
-    return encode<YT>(v, g);
-  }
 }
 
 // The block's tiling of the output and its shared memory.

@@ -333,7 +333,63 @@ class CudaBackend final : public Backend {
 
   const DeviceOps* device_ops() const override { return &ops_; }
 
+  Status fuse_for_execution(ir::Graph& g) const override {
+    // Convolution + max pool -> one window convolution that pools in its epilogue (LeNet's and
+    // VGG's conv-relu-pool): the convolution's output never reaches memory.
+    std::vector<ir::Node*> doomed;
+    for (ir::Node* conv : g.nodes()) {
+      if (conv->op != ir::OpKind::kFusedConv || conv->attrs.count("mixq.pool")) continue;
+      ir::Value* mid = conv->output(0);
+      if (!mid || g.is_graph_output(mid)) continue;
+      const auto users = g.consumers(mid);
+      if (users.size() != 1) continue;
+      ir::Node* pool = users[0];
+      if (!poolable(*pool, *mid) || pool->precision != conv->precision) continue;
+      const auto window = pool->attr_ints("kernel_shape", {});
+      if (!conv_can_pool(*conv, window[0], window[1])) continue;
+      ir::Value* out = pool->outputs[0];
+      conv->outputs[0] = out;
+      out->producer = conv;
+      mid->producer = nullptr;
+      conv->attrs["mixq.pool"] = std::vector<int64_t>{window[0], window[1]};
+      std::vector<std::string> fused;
+      if (auto it = conv->attrs.find("mixq.fused"); it != conv->attrs.end())
+        fused = std::get<std::vector<std::string>>(it->second);
+      fused.push_back(pool->name);
+      conv->attrs["mixq.fused"] = fused;
+      doomed.push_back(pool);
+    }
+    if (doomed.empty()) return Status::Ok();
+    g.remove_nodes(doomed);
+    g.remove_unused_values();
+    return g.toposort();
+  }
+
  private:
+  // A MaxPool whose windows tile its input (kernel = stride, no padding or dilation, floor), one
+  // output, reading `in` in the format it writes.
+  static bool poolable(const ir::Node& pool, const ir::Value& in) {
+    if (pool.op != ir::OpKind::kMaxPool || pool.outputs.size() != 1 || !pool.output(0) ||
+        pool.input(0) != &in)
+      return false;
+    const auto window = pool.attr_ints("kernel_shape", {});
+    if (window.size() != 2 || pool.attr_ints("strides", {1, 1}) != window ||
+        pool.attr_int("ceil_mode", 0) != 0 || pool.attr_int("storage_order", 0) != 0)
+      return false;
+    for (int64_t p : pool.attr_ints("pads", {0, 0, 0, 0}))
+      if (p != 0) return false;
+    for (int64_t d : pool.attr_ints("dilations", {1, 1}))
+      if (d != 1) return false;
+    const std::string auto_pad = pool.attr_string("auto_pad", "NOTSET");
+    if (auto_pad != "NOTSET" && auto_pad != "VALID") return false;
+    const ir::Value& out = *pool.output(0);
+    if (out.dtype != in.dtype || out.layout != in.layout ||
+        in.quant.has_value() != out.quant.has_value())
+      return false;
+    return !in.quant ||
+           (in.quant->scale == out.quant->scale && in.quant->zero_point == out.quant->zero_point);
+  }
+
   // Ops whose own kernels read and write NHWC (elementwise, pooling, channel concat).
   static bool nhwc_capable(const ir::Node& n) {
     switch (n.op) {

@@ -75,6 +75,10 @@ Shape at_batch(const Shape& shape, int64_t batch);
 // cuDNN's graph API (NHWC; fp32/tf32/fp16/bf16/int8/fp8).
 bool conv_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_conv_kernel(const ir::Node& node, Precision precision);
+// Whether the convolution `node` (its precision and dtypes final) can absorb a following max pool
+// of pool_h x pool_w windows (stride = window, no padding): our window form runs it, unless
+// MIXQ_CUDA_CONV asks for cuDNN.
+bool conv_can_pool(const ir::Node& node, int64_t pool_h, int64_t pool_w);
 // gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).
 bool gemm_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_gemm_kernel(const ir::Node& node, Precision precision);

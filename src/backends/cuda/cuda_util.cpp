@@ -225,8 +225,9 @@ Expected<ConvImplementation> conv_implementation() {
   if (value == "cudnn") return ConvImplementation::kCudnn;
   if (value == "direct") return ConvImplementation::kDirect;
   if (value == "igemm") return ConvImplementation::kIgemm;
+  if (value == "window") return ConvImplementation::kWindow;
   return InvalidArgument("MIXQ_CUDA_CONV is '" + value +
-                         "'; expected auto, cudnn, direct or igemm");
+                         "'; expected auto, cudnn, direct, igemm or window");
 }
 
 Expected<GemmImplementation> gemm_implementation() {

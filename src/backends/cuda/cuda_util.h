@@ -54,9 +54,11 @@ double tune_seconds();
 bool tuning_enabled(const ir::Node& node);
 // Which convolutions run (MIXQ_CUDA_CONV): auto (default) times our own convolutions (the direct
 // forms for small filters, the implicit GEMM) against cuDNN's engines where they apply and keeps
-// the fastest; cudnn never uses ours; direct uses the small-filter direct forms and igemm the
-// implicit GEMM wherever they apply, untimed (cuDNN elsewhere). Other values are an error.
-enum class ConvImplementation { kAuto, kCudnn, kDirect, kIgemm };
+// the fastest; cudnn never uses ours; direct uses the small-filter direct forms, igemm the
+// implicit GEMM and window the staged-window form wherever they apply, untimed (cuDNN elsewhere).
+// Other values are an error. A convolution with a fused max pool runs the window form whatever
+// the value (only it pools).
+enum class ConvImplementation { kAuto, kCudnn, kDirect, kIgemm, kWindow };
 Expected<ConvImplementation> conv_implementation();
 // Which int8 linear layers run (MIXQ_CUDA_GEMM): auto (default) times our small dot-product kernel
 // against cuBLASLt's algorithms where it applies and keeps the fastest; cublaslt never uses ours;

@@ -124,7 +124,8 @@ constexpr int64_t kDirectMaxChannels = 128;  // K: at most 8 channel tiles (warp
 constexpr int64_t kDirectMaxElements = (int64_t(1) << 31) - 1;  // x and y: 32-bit indices
 // Which of our convolution kernels runs: the FMA form (small filters), the small tensor-core form
 // (at most kDirectTcTaps products per output) or the implicit GEMM (igemm_conv, any filter).
-enum DirectForm { kDirectFma = 0, kDirectTc = 1, kDirectIgemm = 2 };
+// The window form (window_conv) also pools.
+enum DirectForm { kDirectFma = 0, kDirectTc = 1, kDirectIgemm = 2, kDirectWindow = 3 };
 struct DirectConvParams {
   int form = kDirectFma;
   int64_t n = 0, h = 0, w = 0, c = 0, k = 0, oh = 0, ow = 0;
@@ -142,6 +143,10 @@ struct DirectConvParams {
   // set, the convolution runs as an implicit GEMM on tensor cores (s8 x s8 -> s32 exactly; e4m3
   // as the f16 values they are exactly, f16 and bf16 with f32 sums).
   const void* tc_weights = nullptr;
+  // Window form only. A fused max pool of pool_h x pool_w windows with the same strides, no
+  // padding (0: none): y holds (oh / pool_h) x (ow / pool_w) pixels, each the maximum of its
+  // window after the epilogue (encoding is monotonic, so pooling before it is exact).
+  int pool_h = 0, pool_w = 0;
 };
 // Whether the tensor-core form applies: f16, bf16, s8 or e4m3 input, at most kDirectTcTaps
 // products per output and kDirectTcChannels output channels, its tiles within 48 KiB of shared
@@ -179,6 +184,22 @@ int64_t igemm_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s)
 void igemm_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
                         void* packed);
 cudaError_t igemm_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
+
+// --- convolution from a staged input window (conv_window.cu)
+// ------------------------------------------ An ungrouped 2-D convolution of any filter, stride and
+// dilation on tensor cores (s8 x s8 -> s32 exactly; f16, bf16, e4m3 with f32 sums) for layers with
+// few input channels (stems, LeNet-sized layers): a block stages the input rows a band of output
+// rows reads (zero outside the image) and its channel group's weights in shared memory, and the
+// warps gather their A fragments from the window through a per-tap offset table. Optionally pools
+// (DirectConvParams::pool_h). Weights (`tc_weights`):
+// window_pack_weights().
+bool window_eligible(const DirectConvParams& p);
+// Bytes of the packed weights, and the packing of codes [K, C, R, S]: [K padded to 8] x [taps (R,
+// S, C) padded to 32 bytes] row-major, of the multiplied type (s8, e4m3, f16, bf16).
+int64_t window_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s);
+void window_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
+                         void* packed);
+cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
 
 // --- small int8 linear layers (gemm_small.cu)
 // ----------------------------------------------------- y[m, n] = act(scale[n] * sum_k q_x[m, k]

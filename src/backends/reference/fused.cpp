@@ -80,7 +80,35 @@ Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
   if (in.size() > 3 && in[3].present && in[3].shape != out[0].shape)
     return InvalidArgument("residual input shape " + shape_to_string(in[3].shape) +
                            " differs from the output " + shape_to_string(out[0].shape));
+  if (const auto pool = node.attr_ints("mixq.pool", {}); !pool.empty()) {
+    // A fused max pool (window = stride, no padding): floor(size / window).
+    if (pool.size() != 2 || pool[0] < 1 || pool[1] < 1 || out[0].shape.size() != 4 ||
+        (in.size() > 3 && in[3].present))
+      return InvalidArgument(node.describe() +
+                             ": mixq.pool needs two window sizes, a 4-D output "
+                             "and no residual");
+    out[0].shape[2] = out[0].shape[2] < 0 ? -1 : out[0].shape[2] / pool[0];
+    out[0].shape[3] = out[0].shape[3] < 0 ? -1 : out[0].shape[3] / pool[1];
+  }
   return Status::Ok();
+}
+
+// The fused max pool of a convolution's activated fp32 output (NCHW).
+Tensor max_pool_windows(const Tensor& t, int64_t ph, int64_t pw) {
+  const int64_t N = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3), OH = H / ph, OW = W / pw;
+  Tensor out = Tensor::empty(DType::kFloat32, {N, C, OH, OW});
+  const float* src = t.data<float>();
+  float* dst = out.data<float>();
+  for (int64_t nc = 0; nc < N * C; ++nc)
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        float m = -INFINITY;
+        for (int64_t i = 0; i < ph; ++i)
+          for (int64_t j = 0; j < pw; ++j)
+            m = std::max(m, src[(nc * H + oh * ph + i) * W + ow * pw + j]);
+        dst[(nc * OH + oh) * OW + ow] = m;
+      }
+  return out;
 }
 
 Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span<Tensor> out) {
@@ -95,7 +123,17 @@ Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span
     args.push_back(in[i].defined() ? dequantize_to_float(in[i], quant_of(i)) : Tensor());
   const ir::Value* y = node.output(0);
   const bool quantized_out = out[0].dtype() != DType::kFloat32;
-  Tensor result = quantized_out ? Tensor::empty(DType::kFloat32, out[0].shape()) : out[0];
+  const auto pool = node.attr_ints("mixq.pool", {});
+  Tensor result;
+  if (!pool.empty()) {
+    // The convolution's own output, pooled after the activation.
+    std::vector<TensorInfo> infos, conv_out(1);
+    for (const Tensor& a : args) infos.push_back(TensorInfo::of(a));
+    MIXQ_RETURN_IF_ERROR(base->infer(node, infos, conv_out));
+    result = Tensor::empty(DType::kFloat32, conv_out[0].shape);
+  } else {
+    result = quantized_out ? Tensor::empty(DType::kFloat32, out[0].shape()) : out[0];
+  }
   std::vector<Tensor> outs = {result};
   MIXQ_RETURN_IF_ERROR(base->compute(node, args, outs));
   if (in.size() > 3 && in[3].defined()) {
@@ -103,6 +141,13 @@ Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span
     for (int64_t i = 0; i < result.numel(); ++i) result.data<float>()[i] += r.data<float>()[i];
   }
   MIXQ_RETURN_IF_ERROR(apply_activation(node, result));
+  if (!pool.empty()) {
+    result = max_pool_windows(result, pool[0], pool[1]);
+    if (!quantized_out) {
+      std::memcpy(out[0].raw(), result.raw(), result.nbytes());
+      return Status::Ok();
+    }
+  }
   if (quantized_out) {
     Tensor q = quantize_from_float(result, out[0].dtype(), y && y->quant ? &*y->quant : nullptr);
     std::memcpy(out[0].raw(), q.raw(), q.nbytes());

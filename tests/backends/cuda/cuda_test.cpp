@@ -457,6 +457,128 @@ INSTANTIATE_TEST_SUITE_P(Igemm, CudaIgemmConv, ::testing::ValuesIn(igemm_conv_pa
                            return param_name(i.param.c.name, i.param.precision);
                          });
 
+// --- convolutions (our staged-window form), alone and with an absorbed max pool
+// -------------------
+
+std::vector<ConvCase> window_conv_cases() {
+  return {
+      {"lenet_conv2_c20_k50_relu", 20, 50, 12, 12, 5, 1, 0, 1, true,
+       "relu"},                                // channels fill words
+      {"c1_k20_5x5", 1, 20, 28, 28, 5, 1, 0},  // element by element
+      {"stem_c3_k64", 3, 64, 12, 12, 3},
+      {"c8_k96_stride2_clip", 8, 96, 11, 11, 3, 2, 1, 1, true, "clip"},  // two channel groups
+      {"residual_add_relu", 16, 16, 8, 8, 3, 1, 1, 1, true, "add_relu"},
+      {"c6_k24_7x7_stride2_wide", 6, 24, 9, 150, 7, 2, 3},  // one 75-pixel row per band
+  };
+}
+
+class CudaWindowConv : public ::testing::TestWithParam<ConvParam> {};
+
+TEST_P(CudaWindowConv, MatchesReference) {
+  REQUIRE_CUDA();
+  check_forced_conv(GetParam(), 29, "window", "window conv");
+}
+
+std::vector<ConvParam> window_conv_params() {
+  std::vector<ConvParam> v;
+  for (const ConvCase& c : window_conv_cases())
+    for (Precision p : {Precision::kFP16, Precision::kBF16, Precision::kINT8, Precision::kFP8})
+      v.push_back({c, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Window, CudaWindowConv, ::testing::ValuesIn(window_conv_params()),
+                         [](const ::testing::TestParamInfo<ConvParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// conv -> relu -> MaxPool(window, stride = window): the pool is absorbed by the convolution (one
+// step, "+maxpool" in its implementation, the pool named among its fused nodes) and the output
+// matches the reference of the unfused model.
+std::shared_ptr<const Model> conv_pool_model(const ConvCase& c, int64_t window, uint64_t seed) {
+  OnnxBuilder b(13, "conv_pool_" + c.name);
+  const int64_t oh = (c.h + 2 * c.pad - c.k) / c.stride + 1,
+                ow = (c.w + 2 * c.pad - c.k) / c.stride + 1;
+  b.input("x", {"N", c.cin, c.h, c.w});
+  b.output("y", {"N", c.cout, oh / window, ow / window});
+  const float bound = 1.0f / std::sqrt(float(c.cin * c.k * c.k));
+  b.initializer("layer.weight",
+                random_tensor({c.cout, c.cin, c.k, c.k}, seed, -2 * bound, 2 * bound));
+  b.initializer("layer.bias", random_tensor({c.cout}, seed + 1, -0.2f, 0.2f));
+  b.node("Conv", {"x", "layer.weight", "layer.bias"}, {"conv_out"}, "/layer/Conv")
+      .attr("kernel_shape", {c.k, c.k})
+      .attr("strides", {c.stride, c.stride})
+      .attr("pads", {c.pad, c.pad, c.pad, c.pad});
+  b.node("Relu", {"conv_out"}, {"relu_out"}, "/relu/Relu");
+  b.node("MaxPool", {"relu_out"}, {"y"}, "/pool/MaxPool")
+      .attr("kernel_shape", {window, window})
+      .attr("strides", {window, window});
+  return load_model(b, "conv_pool_" + c.name);
+}
+
+struct PoolParam {
+  ConvCase c;
+  int64_t window;
+  Precision precision;
+};
+
+void PrintTo(const PoolParam& p, std::ostream* os) {
+  *os << param_name(p.c.name, p.precision);
+}
+
+class CudaConvPool : public ::testing::TestWithParam<PoolParam> {};
+
+TEST_P(CudaConvPool, PoolIsAbsorbedAndMatchesReference) {
+  REQUIRE_CUDA();
+  const PoolParam& p = GetParam();
+  auto model = conv_pool_model(p.c, p.window, 31);
+  ASSERT_TRUE(model);
+  const CheckResult r = check_engine(model, p.precision, plan_for({"layer"}, p.precision));
+  ASSERT_TRUE(r.built) << r.error;
+  EXPECT_EQ(testing::count_op(r.report, "MaxPool"), 0) << testing::describe_layers(r.report);
+  const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
+  ASSERT_NE(conv, nullptr) << testing::describe_layers(r.report);
+  EXPECT_EQ(conv->actual, p.precision);
+  EXPECT_NE(conv->implementation.find("window conv+bias+relu+maxpool"), std::string::npos)
+      << conv->implementation;
+  EXPECT_NE(std::find(conv->fused.begin(), conv->fused.end(), "/pool/MaxPool"), conv->fused.end())
+      << testing::describe_layers(r.report);
+}
+
+std::vector<PoolParam> pool_params() {
+  const std::vector<std::pair<ConvCase, int64_t>> cases = {
+      {{"lenet_conv1", 1, 20, 28, 28, 5, 1, 0}, 2},
+      {{"lenet_conv2", 20, 50, 12, 12, 5, 1, 0}, 2},
+      {{"odd_9x9_pool2_k80", 8, 80, 9, 9, 3, 1, 1}, 2},  // floor drops a row and a column
+      {{"pool3", 4, 16, 12, 12, 3, 1, 1}, 3},
+  };
+  std::vector<PoolParam> v;
+  for (const auto& [c, window] : cases)
+    for (Precision p : {Precision::kFP16, Precision::kBF16, Precision::kINT8, Precision::kFP8})
+      v.push_back({c, window, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Window, CudaConvPool, ::testing::ValuesIn(pool_params()),
+                         [](const ::testing::TestParamInfo<PoolParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// Asked for cuDNN, the pool stays a step of its own (cuDNN's graphs do not pool).
+TEST(CudaConvPool, CudnnOnlyKeepsThePoolSeparate) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv cudnn_only("MIXQ_CUDA_CONV", "cudnn");
+  auto model = conv_pool_model({"c16", 16, 32, 12, 12, 3, 1, 1}, 2, 33);
+  ASSERT_TRUE(model);
+  const CheckResult r =
+      check_engine(model, Precision::kFP16, plan_for({"layer"}, Precision::kFP16));
+  ASSERT_TRUE(r.built) << r.error;
+  EXPECT_EQ(testing::count_op(r.report, "MaxPool"), 1) << testing::describe_layers(r.report);
+  const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
+  ASSERT_NE(conv, nullptr);
+  EXPECT_NE(conv->implementation.find("cudnn"), std::string::npos) << conv->implementation;
+}
+
 // Our int8 convolutions sum code products exactly: inputs on the grid s_x = 0.01 (codes
 // -127..127, both ends present), the engine's own int8 weights and scales; the result must equal
 // s_x * s_w[k] * sum(q_x * q_w) + b[k] computed here in integers, padding included. 3 input
@@ -536,7 +658,9 @@ TEST_P(CudaDirectConvExact, Int8MatchesIntegerReference) {
 INSTANTIATE_TEST_SUITE_P(Direct, CudaDirectConvExact,
                          ::testing::Values(ExactCase{3, "direct", "tensor cores"},
                                            ExactCase{16, "direct", "FMA"},
-                                           ExactCase{64, "igemm", "implicit-gemm conv"}),
+                                           ExactCase{64, "igemm", "implicit-gemm conv"},
+                                           ExactCase{3, "window", "window conv"},
+                                           ExactCase{16, "window", "window conv"}),
                          [](const ::testing::TestParamInfo<ExactCase>& i) {
                            return "c" + std::to_string(i.param.c) + "_" + i.param.implementation;
                          });
@@ -551,7 +675,7 @@ TEST(CudaDirectConv, UnknownImplementationIsAClearError) {
   ASSERT_FALSE(engine.ok());
   const std::string message = engine.status().message();
   EXPECT_NE(message.find("MIXQ_CUDA_CONV is 'fastest'"), std::string::npos) << message;
-  EXPECT_NE(message.find("auto, cudnn, direct or igemm"), std::string::npos) << message;
+  EXPECT_NE(message.find("auto, cudnn, direct, igemm or window"), std::string::npos) << message;
 }
 
 // With the default (auto), the faster of cuDNN and the direct kernel is kept, and the choice is

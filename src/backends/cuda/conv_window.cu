@@ -1,0 +1,407 @@
+// Convolution from a staged input window on tensor cores (see kernels.h, window_conv): for layers
+// with few input channels and any filter (stems, LeNet-sized layers), where the implicit GEMM's
+// 64-byte channel chunks do not apply and cuDNN's tiles are mostly padding. A block owns a band of
+// whole output rows of one image and a group of up to 64 output channels. It stages the input rows
+// the band reads (zero outside the image) and the group's weights (per output channel, the taps
+// contiguous: the column-major B of mma.sync) in shared memory, by cp.async. A warp takes 16 pixels
+// at a time; each lane gathers its A fragment words straight from the window through a table of
+// per-tap offsets (no im2col copy), a 32-bit word at a time where the channels fill words, else
+// element by element. The sums go to shared memory; the epilogue (scale, bias, residual,
+// activation, then an optional max pool) writes y.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/mma.cuh"
+#include "backends/cuda/real_values.cuh"
+
+namespace mixq::backends::cuda::kernels {
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kGroupN = 64;              // output channels per block (blockIdx.y: the group)
+constexpr int kMaxPixels = 128;          // output pixels per band (whole rows; more if one row is)
+constexpr int kAccStride = kGroupN + 8;  // words per pixel of the staged sums
+constexpr size_t kMaxSmem = 227 << 10;
+
+int element_bytes(int x_dt) {
+  return x_dt == kS8 || x_dt == kE4M3 ? 1 : x_dt == kF16 || x_dt == kBF16 ? 2 : 0;
+}
+
+int64_t align16(int64_t v) {
+  return (v + 15) / 16 * 16;
+}
+
+// Taps (C R S) padded to one mma step: 32 bytes of K.
+int64_t padded_taps(int x_dt, int64_t taps) {
+  const int64_t step = 32 / element_bytes(x_dt);
+  return (taps + step - 1) / step * step;
+}
+
+// a / d for 0 <= a < 2^22 by a float multiply and one correction: the kernel is bound by its
+// instruction count, and an integer division by a run-time value costs about 20.
+struct FastDiv {
+  int d = 1;
+  float inv = 1.0f;
+};
+FastDiv fast_div(int d) {
+  return {d, 1.0f / float(d)};
+}
+__device__ __forceinline__ int quotient(int a, FastDiv f) {
+  int q = __float2int_rz(float(a) * f.inv);
+  const int r = a - q * f.d;
+  q += r >= f.d ? 1 : r < 0 ? -1 : 0;
+  return q;
+}
+
+struct WindowPlan {
+  int bh = 0;            // output rows per band
+  int bands = 0;         // bands per image
+  int wh = 0, ww = 0;    // the window: input rows and columns a band reads (padding included)
+  int pixels = 0;        // bh * ow
+  int mtiles = 0;        // 16-pixel tiles of a band
+  int taps = 0, tp = 0;  // C R S, padded to a step
+  int groups = 0;        // channel groups of kGroupN
+  int w_row = 0;         // bytes per output channel of the staged weights (padded: no conflicts)
+  int yh = 0, yw = 0;    // y's rows and columns (pooled or not)
+  int weight_bytes = 0, window_bytes = 0, table_bytes = 0, acc_bytes = 0;
+  size_t smem = 0;
+  bool copy_words = false;  // x is staged a 32-bit word at a time (channels fill words, aligned)
+  FastDiv by_c, by_ww, by_ow, by_yw, by_wpp;
+};
+
+WindowPlan plan_window(const DirectConvParams& p, int bh) {
+  const int elem = element_bytes(p.x_dt);
+  WindowPlan l;
+  l.bh = bh;
+  const bool pool = p.pool_h > 0;
+  const int rows = pool ? int(p.oh / p.pool_h) * p.pool_h : int(p.oh);  // rows y depends on
+  l.bands = (rows + bh - 1) / bh;
+  l.wh = (bh - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1;
+  l.ww = int((p.ow - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1);
+  l.pixels = bh * int(p.ow);
+  l.mtiles = (l.pixels + 15) / 16;
+  l.taps = int(p.c * p.r * p.s);
+  l.tp = int(padded_taps(p.x_dt, l.taps));
+  l.groups = int((p.k + kGroupN - 1) / kGroupN);
+  l.w_row = l.tp * elem + 16;
+  l.yh = pool ? int(p.oh / p.pool_h) : int(p.oh);
+  l.yw = pool ? int(p.ow / p.pool_w) : int(p.ow);
+  const int group_rows = int(std::min<int64_t>(p.k, kGroupN) + 7) / 8 * 8;
+  l.weight_bytes = group_rows * l.w_row;
+  l.window_bytes = int(align16(int64_t(l.wh) * l.ww * p.c * elem));
+  l.table_bytes = int(align16(int64_t(l.tp) * 4));
+  l.acc_bytes = l.mtiles * 16 * kAccStride * 4;
+  l.smem = size_t(l.weight_bytes) + l.window_bytes + l.table_bytes + l.acc_bytes;
+  l.by_c = fast_div(int(p.c));
+  l.by_ww = fast_div(l.ww);
+  l.by_ow = fast_div(int(p.ow));
+  l.by_yw = fast_div(l.yw);
+  l.by_wpp = fast_div(std::max(1, int(p.c * elem / 4)));
+  return l;
+}
+
+// Bands of whole rows, about kMaxPixels pixels (a multiple of the pool's rows), fewer rows where
+// the grid would not fill the GPU once, fewer still where shared memory is short.
+WindowPlan choose_plan(const DirectConvParams& p) {
+  const int unit = p.pool_h > 0 ? p.pool_h : 1;
+  const int rows = p.pool_h > 0 ? int(p.oh / p.pool_h) * p.pool_h : int(p.oh);
+  int bh = std::max(1, int(kMaxPixels / std::max<int64_t>(p.ow, 1)));
+  bh = std::max(unit, bh / unit * unit);
+  bh = std::min(bh, std::max(unit, (rows + unit - 1) / unit * unit));
+  const int64_t groups = (p.k + kGroupN - 1) / kGroupN;
+  while (bh > unit && p.n * ((rows + bh - 1) / bh) * groups < sm_count()) bh -= unit;
+  WindowPlan l = plan_window(p, bh);
+  while (l.smem > kMaxSmem && bh > unit) l = plan_window(p, bh -= unit);
+  return l;
+}
+
+// cp.async of 16 bytes, and of 4 bytes zero-filled where !valid: every thread's copies fly at once
+// (plain load-store loops wait for each load in turn: 28 round trips per thread for LeNet's conv2).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::);
+}
+
+// The A fragment word of pixel offset `pix` (elements into the window) at taps k .. k + 4/E - 1;
+// WORDS: the channels fill 32-bit words (C * E % 4 == 0), so a word's taps share one pixel.
+template <int DT, bool WORDS>
+__device__ __forceinline__ uint32_t a_word(const unsigned char* win, int pix, const int* tap_s,
+                                           int k, int taps) {
+  constexpr int E = Mma<DT>::kElem, EPW = 4 / E;
+  if constexpr (WORDS) {
+    return k < taps ? *reinterpret_cast<const uint32_t*>(win + (pix + tap_s[k]) * E) : 0u;
+  } else {
+    uint32_t w = 0;
+#pragma unroll
+    for (int e = 0; e < EPW; ++e) {
+      if (k + e >= taps) break;
+      const int at = pix + tap_s[k + e];
+      const uint32_t bits =
+          E == 1 ? uint32_t(win[at]) : uint32_t(reinterpret_cast<const uint16_t*>(win)[at]);
+      w |= bits << (8 * E * e);
+    }
+    return w;
+  }
+}
+
+template <int DT, bool WORDS>
+__global__ void __launch_bounds__(kThreads, 4)
+    window_conv_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p,
+                       WindowPlan l) {
+  using Acc = typename Mma<DT>::acc;
+  using T = typename Stored<DT>::type;
+  constexpr int E = Mma<DT>::kElem;
+  constexpr int EPW = 4 / E;     // elements per 32-bit word
+  constexpr int KSTEP = 32 / E;  // elements of K per mma
+  extern __shared__ __align__(16) unsigned char window_smem[];
+  unsigned char* w_s = window_smem;
+  unsigned char* win = w_s + l.weight_bytes;
+  int* tap_s = reinterpret_cast<int*>(win + l.window_bytes);
+  Acc* acc_s = reinterpret_cast<Acc*>(win + l.window_bytes + l.table_bytes);
+
+  const int C = int(p.c), H = int(p.h), W = int(p.w), K = int(p.k), OW = int(p.ow);
+  const int n = int(blockIdx.x) / l.bands, band = int(blockIdx.x) % l.bands;
+  const int oh0 = band * l.bh;
+  const int k0 = int(blockIdx.y) * kGroupN, kn = min(kGroupN, K - k0), nt = (kn + 7) / 8;
+
+  // The group's weights (packed rows past K are zero), 16 bytes at a time.
+  {
+    const int chunks = l.tp * E / 16;
+    const uint4* src = static_cast<const uint4*>(p.tc_weights) + int64_t(k0) * chunks;
+    for (int i = threadIdx.x; i < nt * 8 * chunks; i += kThreads) {
+      const int row = i / chunks, col = i - row * chunks;
+      cp_async16(w_s + row * l.w_row + col * 16, src + i);
+    }
+  }
+  // Per tap (r, s, c): its offset in the window, in elements.
+  for (int k = threadIdx.x; k < l.tp; k += kThreads) {
+    int off = 0;
+    if (k < l.taps) {
+      const int c = k % C, rs = k / C;
+      off = ((rs / p.s) * p.dil_h * l.ww + (rs % p.s) * p.dil_w) * C + c;
+    }
+    tap_s[k] = off;
+  }
+  // The window: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1.
+  const int ih0 = oh0 * p.stride_h - p.pad_h;
+  if (l.copy_words) {
+    const int wpp = C * E / 4;  // words per pixel
+    const int total = l.wh * l.ww * wpp;
+    const uint32_t* src = static_cast<const uint32_t*>(x);
+    for (int i = threadIdx.x; i < total; i += kThreads) {
+      const int pix = quotient(i, l.by_wpp), wd = i - pix * wpp, wr = quotient(pix, l.by_ww),
+                wc = pix - wr * l.ww;
+      const int ih = ih0 + wr, iw = wc - p.pad_w;
+      const bool inside = ih >= 0 && ih < H && iw >= 0 && iw < W;
+      cp_async4(reinterpret_cast<uint32_t*>(win) + i,
+                src + (inside ? ((int64_t(n) * H + ih) * W + iw) * wpp + wd : 0), inside);
+    }
+  } else {
+    using Bits = std::conditional_t<E == 1, uint8_t, uint16_t>;
+    const Bits* src = static_cast<const Bits*>(x);
+    Bits* dst = reinterpret_cast<Bits*>(win);
+    const int total = l.wh * l.ww * C;
+    // Four loads in flight per thread before the first store; code 0 (the zero of every
+    // symmetric grid) outside the image.
+    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * kThreads) {
+      Bits v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + u * kThreads;
+        const int pix = quotient(i, l.by_c), c = i - pix * C, wr = quotient(pix, l.by_ww),
+                  wc = pix - wr * l.ww;
+        const int ih = ih0 + wr, iw = wc - p.pad_w;
+        v[u] = i < total && ih >= 0 && ih < H && iw >= 0 && iw < W
+                   ? src[((int64_t(n) * H + ih) * W + iw) * C + c]
+                   : Bits(0);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (i0 + u * kThreads < total) dst[i0 + u * kThreads] = v[u];
+    }
+  }
+  cp_async_wait_all();
+  __syncthreads();
+
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+  const uint32_t* w_words = reinterpret_cast<const uint32_t*>(w_s);
+  const int w_row_words = l.w_row / 4;
+  for (int mt = warp; mt < l.mtiles; mt += kWarps) {
+    int pix[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = mt * 16 + g + 8 * h, lr = quotient(m, l.by_ow), col = m - lr * OW;
+      pix[h] = m < l.pixels ? (lr * p.stride_h * l.ww + col * p.stride_w) * C : 0;
+    }
+    Acc c[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[j][i] = Acc(0);
+    for (int kb = 0; kb < l.tp; kb += KSTEP) {
+      const int ka = kb + EPW * t, kc = ka + 4 * EPW;
+      const unsigned a[4] = {a_word<DT, WORDS>(win, pix[0], tap_s, ka, l.taps),
+                             a_word<DT, WORDS>(win, pix[1], tap_s, ka, l.taps),
+                             a_word<DT, WORDS>(win, pix[0], tap_s, kc, l.taps),
+                             a_word<DT, WORDS>(win, pix[1], tap_s, kc, l.taps)};
+      const int wa = kb * E / 4 + t;  // the word of tap ka in a weights row
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (j < nt) {
+          const uint32_t* row = w_words + (j * 8 + g) * w_row_words;
+          mma_step<DT>(c[j], a, row[wa], row[wa + 4]);
+        }
+      }
+    }
+    // Sums: rows g and g + 8 of the tile, columns 8j + 2t and + 1.
+    const int r0 = mt * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (j < nt) {
+        Acc* lo = acc_s + r0 * kAccStride + 8 * j + 2 * t;
+        Acc* hi = lo + 8 * kAccStride;
+        lo[0] = c[j][0];
+        lo[1] = c[j][1];
+        hi[0] = c[j][2];
+        hi[1] = c[j][3];
+      }
+    }
+  }
+  __syncthreads();
+
+  // Epilogue: scale, bias, residual, activation, the pool; y in its grid.
+  const bool pool = p.pool_h > 0;
+  const int y_row0 = pool ? oh0 / p.pool_h : oh0;
+  const int out_rows = min(pool ? l.bh / p.pool_h : l.bh, l.yh - y_row0);
+  const int out_pixels = out_rows * l.yw;
+  const int64_t y_first = (int64_t(n) * l.yh + y_row0) * l.yw;
+  // Threads over (output pixel, channel), channels fastest: every lane busy, neighbouring lanes
+  // write neighbouring elements of y.
+  const FastDiv by_kn = {kn, 1.0f / float(kn)};
+  with_stored_type(p.y_grid.dt, [&](auto yt) {
+    constexpr int YT = decltype(yt)::value;
+    using Y = typename Stored<YT>::type;
+    for (int idx = threadIdx.x; idx < out_pixels * kn; idx += kThreads) {
+      const int op = quotient(idx, by_kn), ch = idx - op * kn;
+      const float sc = p.scale[k0 + ch], bi = p.bias ? p.bias[k0 + ch] : 0.0f;
+      const int64_t out = (y_first + op) * K + k0 + ch;
+      float v;
+      if (!pool) {
+        v = float(acc_s[op * kAccStride + ch]) * sc + bi;
+        if (p.residual) v += load_real(p.residual, out, p.residual_grid);
+        v = activate(v, p.act, p.lo, p.hi);
+      } else {
+        const int orow = quotient(op, l.by_yw), ocol = op - orow * l.yw;
+        const Acc* first = acc_s + ((orow * p.pool_h) * OW + ocol * p.pool_w) * kAccStride + ch;
+        v = -INFINITY;
+        for (int i = 0; i < p.pool_h; ++i)
+          for (int j = 0; j < p.pool_w; ++j)
+            v = fmaxf(v, float(first[(i * OW + j) * kAccStride]) * sc + bi);
+        v = activate(v, p.act, p.lo, p.hi);  // monotonic: the max of the activations
+      }
+      static_cast<Y*>(y)[out] = encode_fast<YT>(v, p.y_grid);
+    }
+  });
+}
+
+template <int DT, bool WORDS>
+cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, const WindowPlan& l,
+                         cudaStream_t stream) {
+  auto kernel = window_conv_kernel<DT, WORDS>;
+  // Above 48 KiB a kernel must ask for its shared memory (once per instantiation).
+  static std::atomic<bool> configured{false};
+  if (!configured.load()) {
+    cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem));
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               int(cudaSharedmemCarveoutMaxShared));
+    if (e != cudaSuccess) return e;
+    configured = true;
+  }
+  kernel<<<dim3(unsigned(p.n * l.bands), unsigned(l.groups)), kThreads, l.smem, stream>>>(x, y, p,
+                                                                                          l);
+  return cudaGetLastError();
+}
+
+template <int DT>
+cudaError_t launch(const void* x, void* y, const DirectConvParams& p, const WindowPlan& l,
+                   bool words, cudaStream_t stream) {
+  return words ? launch_typed<DT, true>(x, y, p, l, stream)
+               : launch_typed<DT, false>(x, y, p, l, stream);
+}
+
+}  // namespace
+
+int64_t window_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s) {
+  return (k + 7) / 8 * 8 * padded_taps(x_dt, c * r * s) * element_bytes(x_dt);
+}
+
+void window_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
+                         void* packed) {
+  const int64_t tp = padded_taps(x_dt, C * R * S);
+  std::memset(packed, 0, size_t(window_weight_bytes(x_dt, K, C, R, S)));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t i = k * tp + (r * S + s) * C + c;
+          const float v = codes[((k * C + c) * R + r) * S + s];
+          if (x_dt == kS8)
+            static_cast<int8_t*>(packed)[i] = int8_t(v);
+          else if (x_dt == kE4M3)
+            static_cast<__nv_fp8_storage_t*>(packed)[i] = __nv_fp8_e4m3(v).__x;
+          else if (x_dt == kBF16)
+            static_cast<__nv_bfloat16*>(packed)[i] = __float2bfloat16_rn(v);
+          else
+            static_cast<__half*>(packed)[i] = __float2half_rn(v);
+        }
+}
+
+bool window_eligible(const DirectConvParams& p) {
+  if (element_bytes(p.x_dt) == 0 || p.n < 1 || p.oh < 1 || p.ow < 1 || p.k < 1) return false;
+  if (p.pool_h < 0 || p.pool_w < 0 || (p.pool_h > 0) != (p.pool_w > 0) ||
+      (p.pool_h > 0 && (p.oh < p.pool_h || p.ow < p.pool_w)))
+    return false;
+  // 32-bit offsets within a band and indices within an image.
+  if (p.c * p.r * p.s > 4096 || p.h * p.w * p.c > (int64_t(1) << 30)) return false;
+  return choose_plan(p).smem <= kMaxSmem;
+}
+
+cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream) {
+  if (!window_eligible(p) || !p.tc_weights || (p.pool_h > 0 && p.residual) ||
+      reinterpret_cast<uintptr_t>(p.tc_weights) % 16 != 0)
+    return cudaErrorInvalidValue;
+  WindowPlan l = choose_plan(p);
+  const bool words = (p.c * element_bytes(p.x_dt)) % 4 == 0;
+  l.copy_words = words && reinterpret_cast<uintptr_t>(x) % 4 == 0;
+  switch (p.x_dt) {
+    case kS8:
+      return launch<kS8>(x, y, p, l, words, stream);
+    case kF16:
+      return launch<kF16>(x, y, p, l, words, stream);
+    case kE4M3:
+      return launch<kE4M3>(x, y, p, l, words, stream);
+    default:
+      return launch<kBF16>(x, y, p, l, words, stream);
+  }
+}
+
+}  // namespace mixq::backends::cuda::kernels
