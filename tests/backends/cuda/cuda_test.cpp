@@ -345,12 +345,12 @@ INSTANTIATE_TEST_SUITE_P(Cudnn, CudaBlock, ::testing::ValuesIn(kPrecisions),
                          });
 
 // cuDNN's int8 / fp8 engines need output channel multiples (input channels are padded, see
-// stem_c3); where our direct convolution cannot take the layer either (more than
-// kDirectMaxTaps products per output), supports() says so and the build names the layer instead
+// stem_c3); where none of our convolutions can take the layer either (they are ungrouped; the
+// window form takes any channel counts), supports() says so and the build names the layer instead
 // of running something else.
 TEST(CudaConvSupport, RefusesInt8AndFp8WithOddOutputChannels) {
   REQUIRE_CUDA();
-  auto model = conv_model({"k6", 128, 6, 8, 8, 3}, 5);
+  auto model = conv_model({"g2_k6", 12, 6, 8, 8, 3, 1, 1, 2}, 5);  // 6 and 3 channels per group
   ASSERT_TRUE(model);
   for (Precision p : {Precision::kINT8, Precision::kFP8}) {
     auto engine = build_engine(model, cuda_options(), plan_for({"layer"}, p),
