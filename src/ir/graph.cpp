@@ -444,6 +444,10 @@ NodeCost node_cost(const Node& node) {
       if (a && a->shape_known && !a->shape.empty()) {
         int64_t k = a->shape.back();
         if (node.op == OpKind::kGemm && node.attr_int("transA", 0)) k = a->shape[0];
+        // A fused layer's weights are [N, K] (its input may be 4-D, flattened by the layer).
+        const Value* w = node.input(1);
+        if (node.op == OpKind::kFusedGemm && w && w->is_constant() && w->constant.rank() == 2)
+          k = w->constant.dim(1);
         cost.macs = out_elems * (k < 0 ? 1 : k);
       }
       cost.flops = 2 * cost.macs;

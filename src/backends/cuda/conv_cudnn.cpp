@@ -53,6 +53,9 @@ using Desc = std::shared_ptr<void>;  // a cudnnBackendDescriptor_t, destroyed wi
 constexpr const char* kChoiceAttr = "mixq.cudnn_choice";
 // A max pool absorbed by the layer (CudaBackend::fuse_for_execution): [window rows, columns].
 constexpr const char* kPoolAttr = "mixq.pool";
+// A Reformat absorbed by the layer: the type its input is converted to, and the scale (int8/fp8).
+constexpr const char* kInputDtypeAttr = "mixq.input_dtype";
+constexpr const char* kInputScaleAttr = "mixq.input_scale";
 constexpr int64_t kMaxWorkspace = int64_t(256) << 20;
 
 Expected<Desc> make_desc(cudnnBackendDescriptorType_t type) {
@@ -938,6 +941,10 @@ class ConvKernel final : public Kernel {
   std::string choice_;              // engine choice (without the mode)
   std::string impl_ = "cudnn graph";
   kernels::Grid y_grid_, r_grid_;
+  // A reformat absorbed into the layer (CudaBackend::fuse_for_execution): x is stored in x_src_
+  // and converted to x_grid_ (the precision's input type and scale) as the window form stages it.
+  bool convert_input_ = false;
+  kernels::Grid x_src_, x_grid_;
   int direct_form_ = kernels::kDirectFma;
 };
 
@@ -1156,6 +1163,10 @@ kernels::DirectConvParams ConvKernel::direct_params(int64_t batch, int form) con
   p.lo = layer_.clip_lo;
   p.hi = layer_.clip_hi;
   p.y_grid = y_grid_;
+  p.convert_input = convert_input_;
+  p.x_src = x_src_;
+  p.x_src_nchw = convert_input_ && !x_src_.nhwc;
+  p.x_grid = x_grid_;
   return p;
 }
 
@@ -1443,10 +1454,27 @@ Status ConvKernel::prepare(int64_t max_batch) {
   const ir::Value* y = node_.output(0);
   const bool quant = quantized_precision(precision_);
   const DType in = input_dtype(precision_);
-  if (x->dtype != in)
+  // An absorbed reformat: x stays in its own format, converted to `in` (scale sx) on the way in.
+  convert_input_ = node_.attrs.count(kInputDtypeAttr) != 0;
+  float sx = quant && x->quant ? x->quant->scale[0] : 1.0f;
+  if (convert_input_) {
+    if (node_.attr_string(kInputDtypeAttr, "") != dtype_name(in))
+      return Internal(node_.describe() + ": the absorbed reformat converts to " +
+                      node_.attr_string(kInputDtypeAttr, "") + "; a " +
+                      std::string(precision_name(precision_)) + " convolution reads " +
+                      std::string(dtype_name(in)));
+    sx = quant ? node_.attr_float(kInputScaleAttr, 0.0f) : 1.0f;
+    if (!(sx > 0.0f)) return Internal(node_.describe() + ": the absorbed reformat has no scale");
+    x_src_ = value_grid(*x);
+    x_grid_.dt = kernel_dtype(in);
+    x_grid_.scale = sx;
+    x_grid_.inv_scale = 1.0f / sx;
+    x_grid_.nhwc = true;
+  } else if (x->dtype != in) {
     return Internal("the input is " + std::string(dtype_name(x->dtype)) + "; a " +
                     std::string(precision_name(precision_)) + " convolution reads " +
                     std::string(dtype_name(in)));
+  }
   const bool y_quantized = stored_quantized(*y);
   if (y_quantized && y->quant->zero_point_at(0) != 0)
     return Unsupported("quantised outputs must be symmetric (zero point 0) on the GPU");
@@ -1470,24 +1498,25 @@ Status ConvKernel::prepare(int64_t max_batch) {
   // measure faster than cuDNN's engines.
   MIXQ_ASSIGN_OR_RETURN(const ConvImplementation implementation, conv_implementation());
   const Spec& base = layer_.base;
-  const bool layout_ok = value_grid(*x).nhwc && y_grid_.nhwc && (!r || r_grid_.nhwc) &&
+  const bool layout_ok = (value_grid(*x).nhwc || convert_input_) && y_grid_.nhwc &&
+                         (!r || r_grid_.nhwc) &&
                          max_batch * base.h * base.w * base.c <= kernels::kDirectMaxElements &&
                          max_batch * base.oh * base.ow * base.k <= kernels::kDirectMaxElements;
   const bool automatic = implementation == ConvImplementation::kAuto;
-  const bool pooled = base.pool_h > 0;  // only the window form pools
-  const bool small_ok = !pooled && layout_ok &&
+  const bool window_only = base.pool_h > 0 || convert_input_;  // only the window form does these
+  const bool small_ok = !window_only && layout_ok &&
                         (automatic || implementation == ConvImplementation::kDirect) &&
                         direct_eligible(layer_, precision_);
-  const bool igemm_ok = !pooled && layout_ok &&
+  const bool igemm_ok = !window_only && layout_ok &&
                         (automatic || implementation == ConvImplementation::kIgemm) &&
                         precision_ != Precision::kTF32 && base.geo.groups == 1 &&
                         kernels::igemm_eligible(direct_geometry(layer_, precision_, max_batch));
-  const bool window_ok = layout_ok &&
-                         (automatic || pooled || implementation == ConvImplementation::kWindow) &&
-                         window_eligible(layer_, precision_, max_batch);
-  if (pooled && !window_ok)
-    return Unsupported(node_.describe() + ": its fused max pool needs the window convolution, " +
-                       "which does not take this layer at " +
+  const bool window_ok =
+      layout_ok && (automatic || window_only || implementation == ConvImplementation::kWindow) &&
+      window_eligible(layer_, precision_, max_batch);
+  if (window_only && !window_ok)
+    return Unsupported(node_.describe() + ": its fused max pool or input reformat needs the " +
+                       "window convolution, which does not take this layer at " +
                        std::string(precision_name(precision_)));
   const bool direct = small_ok || igemm_ok || window_ok;
   const bool remember = automatic;
@@ -1497,11 +1526,10 @@ Status ConvKernel::prepare(int64_t max_batch) {
   std::vector<float> scale(size_t(K), 1.0f), bias(size_t(K), 0.0f), real_bias(size_t(K), 0.0f),
       conv_scale(size_t(K), 1.0f);
   if (quant) {
-    if (!x->quant || x->quant->zero_point_at(0) != 0)
+    if (!convert_input_ && (!x->quant || x->quant->zero_point_at(0) != 0))
       return Unsupported("int8/fp8 inputs must be symmetric (zero point 0) with a scale");
     if (!w->quant || w->dtype != in)
       return Internal("weights are not quantised for " + std::string(precision_name(precision_)));
-    const float sx = x->quant->scale[0];
     for (int64_t c = 0; c < K; ++c)
       conv_scale[size_t(c)] = sx * w->quant->scale[w->quant->per_tensor() ? 0 : size_t(c)];
   }
@@ -1598,8 +1626,12 @@ Status ConvKernel::prepare(int64_t max_batch) {
     choose_direct(tag, "igemm", "MIXQ_CUDA_CONV=igemm");
     return Status::Ok();
   }
-  if (window_ok && (pooled || implementation == ConvImplementation::kWindow)) {
-    choose_direct(tag, "window", pooled ? "fused max pool" : "MIXQ_CUDA_CONV=window");
+  if (window_ok && (window_only || implementation == ConvImplementation::kWindow)) {
+    choose_direct(tag, "window",
+                  base.pool_h && convert_input_ ? "fused input reformat and max pool"
+                  : base.pool_h                 ? "fused max pool"
+                  : convert_input_              ? "fused input reformat"
+                                                : "MIXQ_CUDA_CONV=window");
     return Status::Ok();
   }
   if (direct && decided == "direct") {
@@ -1799,6 +1831,22 @@ bool conv_supports(const ir::Node& node, Precision p, std::string* why) {
     if (!reason.empty()) return fail(reason);
   }
   return true;
+}
+
+bool conv_can_convert_input(const ir::Node& node, const ir::Value& source) {
+  // Only where the window form runs anyway (an absorbed pool): elsewhere the layer's timed choice
+  // may be another form, which the separate reformat leaves free.
+  const ir::Value* x = node.input(0);
+  if (!node.attrs.count(kPoolAttr) || node.attrs.count(kInputDtypeAttr) || !node.precision || !x ||
+      x->dtype != input_dtype(*node.precision) || x->layout != ir::Layout::kNHWC)
+    return false;
+  if (x->quant &&
+      (!x->quant->per_tensor() || x->quant->zero_point_at(0) != 0 || !(x->quant->scale[0] > 0.0f)))
+    return false;
+  if (quantized_precision(*node.precision) && !stored_quantized(*x)) return false;
+  const bool nchw_like = source.layout == ir::Layout::kPlain || source.layout == ir::Layout::kNHWC;
+  return nchw_like && source.shape_known && source.shape == x->shape &&
+         value_grid(source).dt <= kernels::kE4M3 && (!source.quant || source.quant->per_tensor());
 }
 
 bool conv_can_pool(const ir::Node& node, int64_t pool_h, int64_t pool_w) {

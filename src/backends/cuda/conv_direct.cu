@@ -527,7 +527,7 @@ int64_t direct_weight_count(int64_t k, int64_t c, int64_t r, int64_t s) {
 
 cudaError_t direct_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream) {
   if (p.form == kDirectWindow) return window_conv(x, y, p, stream);
-  if (p.pool_h) return cudaErrorInvalidValue;  // only the window form pools
+  if (p.pool_h || p.convert_input) return cudaErrorInvalidValue;  // only the window form does
   if (p.form == kDirectIgemm) return igemm_conv(x, y, p, stream);
   if (p.c * p.r * p.s > kDirectMaxTaps || p.k > kDirectMaxChannels ||
       direct_weight_count(p.k, p.c, p.r, p.s) > kDirectMaxWeights ||

@@ -2,7 +2,8 @@
 // with few input channels and any filter (stems, LeNet-sized layers), where the implicit GEMM's
 // 64-byte channel chunks do not apply and cuDNN's tiles are mostly padding. A block owns a band of
 // whole output rows of one image and a group of up to 64 output channels. It stages the input rows
-// the band reads (zero outside the image) and the group's weights (per output channel, the taps
+// the band reads (zero outside the image; converted on the way in where the layer absorbed its
+// input's reformat) and the group's weights (per output channel, the taps
 // contiguous: the column-major B of mma.sync) in shared memory, by cp.async. A warp takes 16 pixels
 // at a time; each lane gathers its A fragment words straight from the window through a table of
 // per-tap offsets (no im2col copy), a 32-bit word at a time where the channels fill words, else
@@ -26,10 +27,10 @@
 namespace mixq::backends::cuda::kernels {
 namespace {
 
-constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kGroupN = 64;              // output channels per block (blockIdx.y: the group)
-constexpr int kMaxPixels = 128;          // output pixels per band (whole rows; more if one row is)
-constexpr int kAccStride = kGroupN + 8;  // words per pixel of the staged sums
+// Eight warps: LeNet's conv1 in 288-pixel bands with four warps kept ~12% of the warp slots busy.
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kGroupN = 64;           // output channels per block (blockIdx.y: the group)
+constexpr int kAccBudget = 40 << 10;  // bytes of staged sums a band aims at (128-512 pixels)
 constexpr size_t kMaxSmem = 227 << 10;
 
 int element_bytes(int x_dt) {
@@ -72,6 +73,7 @@ struct WindowPlan {
   int groups = 0;        // channel groups of kGroupN
   int w_row = 0;         // bytes per output channel of the staged weights (padded: no conflicts)
   int yh = 0, yw = 0;    // y's rows and columns (pooled or not)
+  int acc_stride = 0;    // words per pixel of the staged sums (the group's channels + 4)
   int weight_bytes = 0, window_bytes = 0, table_bytes = 0, acc_bytes = 0;
   size_t smem = 0;
   bool copy_words = false;  // x is staged a 32-bit word at a time (channels fill words, aligned)
@@ -99,7 +101,8 @@ WindowPlan plan_window(const DirectConvParams& p, int bh) {
   l.weight_bytes = group_rows * l.w_row;
   l.window_bytes = int(align16(int64_t(l.wh) * l.ww * p.c * elem));
   l.table_bytes = int(align16(int64_t(l.tp) * 4));
-  l.acc_bytes = l.mtiles * 16 * kAccStride * 4;
+  l.acc_stride = group_rows + 4;
+  l.acc_bytes = l.mtiles * 16 * l.acc_stride * 4;
   l.smem = size_t(l.weight_bytes) + l.window_bytes + l.table_bytes + l.acc_bytes;
   l.by_c = fast_div(int(p.c));
   l.by_ww = fast_div(l.ww);
@@ -109,16 +112,23 @@ WindowPlan plan_window(const DirectConvParams& p, int bh) {
   return l;
 }
 
-// Bands of whole rows, about kMaxPixels pixels (a multiple of the pool's rows), fewer rows where
-// the grid would not fill the GPU once, fewer still where shared memory is short.
+// Bands of whole rows (a multiple of the pool's rows) whose sums fill about kAccBudget: a block's
+// fixed costs (weights, offset table, two barriers) dominated LeNet's conv1 at 96-pixel bands.
+// Fewer rows where the grid would leave a quarter of the GPU idle, then the rows spread evenly
+// over the bands, and fewer still where shared memory is short.
 WindowPlan choose_plan(const DirectConvParams& p) {
   const int unit = p.pool_h > 0 ? p.pool_h : 1;
   const int rows = p.pool_h > 0 ? int(p.oh / p.pool_h) * p.pool_h : int(p.oh);
-  int bh = std::max(1, int(kMaxPixels / std::max<int64_t>(p.ow, 1)));
-  bh = std::max(unit, bh / unit * unit);
+  const int ow = int(std::max<int64_t>(p.ow, 1));
+  const int stride = int(std::min<int64_t>(p.k, kGroupN) + 7) / 8 * 8 + 4;
+  const int pixels = std::clamp(kAccBudget / (stride * 4), 128, 512);
+  int bh = std::max(unit, pixels / ow / unit * unit);
   bh = std::min(bh, std::max(unit, (rows + unit - 1) / unit * unit));
   const int64_t groups = (p.k + kGroupN - 1) / kGroupN;
-  while (bh > unit && p.n * ((rows + bh - 1) / bh) * groups < sm_count()) bh -= unit;
+  while (bh > unit && 4 * p.n * ((rows + bh - 1) / bh) * groups < 3 * int64_t(sm_count()))
+    bh -= unit;
+  const int bands = (rows + bh - 1) / bh;
+  bh = std::max(unit, ((rows + bands - 1) / bands + unit - 1) / unit * unit);
   WindowPlan l = plan_window(p, bh);
   while (l.smem > kMaxSmem && bh > unit) l = plan_window(p, bh -= unit);
   return l;
@@ -162,7 +172,7 @@ __device__ __forceinline__ uint32_t a_word(const unsigned char* win, int pix, co
 }
 
 template <int DT, bool WORDS>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, 2)
     window_conv_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p,
                        WindowPlan l) {
   using Acc = typename Mma<DT>::acc;
@@ -201,7 +211,32 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
   // The window: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1.
   const int ih0 = oh0 * p.stride_h - p.pad_h;
-  if (l.copy_words) {
+  if (p.convert_input) {
+    using Stored_t = typename Stored<DT>::type;
+    Stored_t* dst = reinterpret_cast<Stored_t*>(win);
+    const int total = l.wh * l.ww * C;
+    // Four loads in flight per thread before the first store.
+    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * kThreads) {
+      float v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + u * kThreads;
+        const int pix = quotient(i, l.by_c), c = i - pix * C, wr = quotient(pix, l.by_ww),
+                  wc = pix - wr * l.ww;
+        const int ih = ih0 + wr, iw = wc - p.pad_w;
+        v[u] = 0.0f;
+        if (i < total && ih >= 0 && ih < H && iw >= 0 && iw < W) {
+          const int64_t at = p.x_src_nchw ? ((int64_t(n) * C + c) * H + ih) * W + iw
+                                          : ((int64_t(n) * H + ih) * W + iw) * C + c;
+          // fp32 network inputs read directly (the generic load dispatches on the type).
+          v[u] = p.x_src.dt == kF32 ? static_cast<const float*>(x)[at] : load_real(x, at, p.x_src);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (i0 + u * kThreads < total) dst[i0 + u * kThreads] = encode<DT>(v[u], p.x_grid);
+    }
+  } else if (l.copy_words) {
     const int wpp = C * E / 4;  // words per pixel
     const int total = l.wh * l.ww * wpp;
     const uint32_t* src = static_cast<const uint32_t*>(x);
@@ -243,7 +278,13 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const uint32_t* w_words = reinterpret_cast<const uint32_t*>(w_s);
   const int w_row_words = l.w_row / 4;
-  for (int mt = warp; mt < l.mtiles; mt += kWarps) {
+  // Work items: a 16-pixel tile and a half of the group's channel tiles where the tiles are too few
+  // for the warps (LeNet's conv2: four tiles, seven channel tiles).
+  const int split = l.mtiles < kWarps && nt > 4 ? 2 : 1, half = (nt + 1) / 2;
+  for (int item = warp; item < l.mtiles * split; item += kWarps) {
+    const int mt = item % l.mtiles;
+    const int j0 = split == 1 ? 0 : item < l.mtiles ? 0 : half;
+    const int j1 = split == 1 ? nt : item < l.mtiles ? half : nt;
     int pix[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -264,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 4)
       const int wa = kb * E / 4 + t;  // the word of tap ka in a weights row
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (j < nt) {
+        if (j >= j0 && j < j1) {
           const uint32_t* row = w_words + (j * 8 + g) * w_row_words;
           mma_step<DT>(c[j], a, row[wa], row[wa + 4]);
         }
@@ -274,9 +315,9 @@ __global__ void __launch_bounds__(kThreads, 4)
     const int r0 = mt * 16 + g;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      if (j < nt) {
-        Acc* lo = acc_s + r0 * kAccStride + 8 * j + 2 * t;
-        Acc* hi = lo + 8 * kAccStride;
+      if (j >= j0 && j < j1) {
+        Acc* lo = acc_s + r0 * l.acc_stride + 8 * j + 2 * t;
+        Acc* hi = lo + 8 * l.acc_stride;
         lo[0] = c[j][0];
         lo[1] = c[j][1];
         hi[0] = c[j][2];
@@ -304,16 +345,16 @@ __global__ void __launch_bounds__(kThreads, 4)
       const int64_t out = (y_first + op) * K + k0 + ch;
       float v;
       if (!pool) {
-        v = float(acc_s[op * kAccStride + ch]) * sc + bi;
+        v = float(acc_s[op * l.acc_stride + ch]) * sc + bi;
         if (p.residual) v += load_real(p.residual, out, p.residual_grid);
         v = activate(v, p.act, p.lo, p.hi);
       } else {
         const int orow = quotient(op, l.by_yw), ocol = op - orow * l.yw;
-        const Acc* first = acc_s + ((orow * p.pool_h) * OW + ocol * p.pool_w) * kAccStride + ch;
+        const Acc* first = acc_s + ((orow * p.pool_h) * OW + ocol * p.pool_w) * l.acc_stride + ch;
         v = -INFINITY;
         for (int i = 0; i < p.pool_h; ++i)
           for (int j = 0; j < p.pool_w; ++j)
-            v = fmaxf(v, float(first[(i * OW + j) * kAccStride]) * sc + bi);
+            v = fmaxf(v, float(first[(i * OW + j) * l.acc_stride]) * sc + bi);
         v = activate(v, p.act, p.lo, p.hi);  // monotonic: the max of the activations
       }
       static_cast<Y*>(y)[out] = encode_fast<YT>(v, p.y_grid);
@@ -391,7 +432,7 @@ cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaS
     return cudaErrorInvalidValue;
   WindowPlan l = choose_plan(p);
   const bool words = (p.c * element_bytes(p.x_dt)) % 4 == 0;
-  l.copy_words = words && reinterpret_cast<uintptr_t>(x) % 4 == 0;
+  l.copy_words = words && !p.convert_input && reinterpret_cast<uintptr_t>(x) % 4 == 0;
   switch (p.x_dt) {
     case kS8:
       return launch<kS8>(x, y, p, l, words, stream);

@@ -1,6 +1,7 @@
 // The CUDA backend: cuDNN graph convolutions, cuBLASLt GEMMs and own kernels, NHWC activations,
 // s8 symmetric int8 and e4m3 fp8 with per-tensor activation scales, per-channel weight scales.
 // Device memory, streams, graph capture and timing (DeviceOps) live here too.
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -334,9 +335,23 @@ class CudaBackend final : public Backend {
   const DeviceOps* device_ops() const override { return &ops_; }
 
   Status fuse_for_execution(ir::Graph& g) const override {
+    // MIXQ_CUDA_FUSION=0 keeps every node a step of its own (to compare, or to profile the parts).
+    if (const char* v = std::getenv("MIXQ_CUDA_FUSION")) {
+      const std::string value = v;
+      if (value == "0") return Status::Ok();
+      if (value != "1")
+        return InvalidArgument("MIXQ_CUDA_FUSION is '" + value + "'; expected 0 or 1");
+    }
     // Convolution + max pool -> one window convolution that pools in its epilogue (LeNet's and
     // VGG's conv-relu-pool): the convolution's output never reaches memory.
     std::vector<ir::Node*> doomed;
+    auto note_fused = [](ir::Node* into, const ir::Node* absorbed) {
+      std::vector<std::string> fused;
+      if (auto it = into->attrs.find("mixq.fused"); it != into->attrs.end())
+        fused = std::get<std::vector<std::string>>(it->second);
+      fused.push_back(absorbed->name);
+      into->attrs["mixq.fused"] = fused;
+    };
     for (ir::Node* conv : g.nodes()) {
       if (conv->op != ir::OpKind::kFusedConv || conv->attrs.count("mixq.pool")) continue;
       ir::Value* mid = conv->output(0);
@@ -352,12 +367,73 @@ class CudaBackend final : public Backend {
       out->producer = conv;
       mid->producer = nullptr;
       conv->attrs["mixq.pool"] = std::vector<int64_t>{window[0], window[1]};
-      std::vector<std::string> fused;
-      if (auto it = conv->attrs.find("mixq.fused"); it != conv->attrs.end())
-        fused = std::get<std::vector<std::string>>(it->second);
-      fused.push_back(pool->name);
-      conv->attrs["mixq.fused"] = fused;
+      note_fused(conv, pool);
       doomed.push_back(pool);
+    }
+    // Reformat -> window convolution: the conversion (an fp32 network input to int8, say) happens
+    // as the convolution stages its input, instead of a pass of its own over the tensor.
+    for (ir::Node* reformat : g.nodes()) {
+      if (reformat->op != ir::OpKind::kReformat || !reformat->input(0) || !reformat->output(0))
+        continue;
+      ir::Value* converted = reformat->output(0);
+      if (g.is_graph_output(converted)) continue;
+      const auto users = g.consumers(converted);
+      if (users.size() != 1 || users[0]->op != ir::OpKind::kFusedConv ||
+          users[0]->input(0) != converted || users[0]->input(3) == converted)
+        continue;
+      ir::Node* conv = users[0];
+      if (!conv_can_convert_input(*conv, *reformat->input(0))) continue;
+      conv->inputs[0] = reformat->inputs[0];
+      conv->attrs["mixq.input_dtype"] = std::string(dtype_name(converted->dtype));
+      if (converted->quant) conv->attrs["mixq.input_scale"] = converted->quant->scale[0];
+      note_fused(conv, reformat);
+      doomed.push_back(reformat);
+    }
+    // NHWC value -> Reformat to plain -> Flatten -> linear layer: the layer reads the NHWC tensor
+    // as the matrix [N, H * W * C] and its weights' columns are permuted to match, once, here (what
+    // a CNN's classifier head after its last pool does: two copies of the tensor saved).
+    for (ir::Node* gemm : g.nodes()) {
+      if (gemm->op != ir::OpKind::kFusedGemm || gemm->attrs.count("mixq.flatten_input")) continue;
+      ir::Value* flat = gemm->input(0);
+      ir::Node* flatten = flat ? flat->producer : nullptr;
+      if (!flatten ||
+          (flatten->op != ir::OpKind::kFlatten && flatten->op != ir::OpKind::kReshape) ||
+          !only_read_by(g, *flat, *gemm) || !flatten->input(0))
+        continue;
+      ir::Value* plain = flatten->input(0);
+      ir::Node* reformat = plain->producer;
+      if (!reformat || reformat->op != ir::OpKind::kReformat || !reformat->input(0) ||
+          !only_read_by(g, *plain, *flatten))
+        continue;
+      ir::Value* nhwc = reformat->input(0);
+      const ir::Value* w = gemm->input(1);
+      if (!layout_only(*nhwc, *plain) || !flat->shape_known || flat->shape.size() != 2 || !w ||
+          !w->is_constant() || w->constant.rank() != 2)
+        continue;
+      const int64_t C = nhwc->shape[1], H = nhwc->shape[2], W = nhwc->shape[3];
+      if (C <= 0 || H <= 0 || W <= 0 || flat->shape[1] != C * H * W ||
+          flat->shape[0] != nhwc->shape[0] || w->constant.dim(1) != C * H * W)
+        continue;
+      const int64_t N = w->constant.dim(0);
+      const size_t es = dtype_size(w->constant.dtype());
+      Tensor permuted = Tensor::empty(w->constant.dtype(), w->constant.shape());
+      const char* src = static_cast<const char*>(w->constant.raw());
+      char* dst = static_cast<char*>(permuted.raw());
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t x = 0; x < W; ++x)
+              std::memcpy(dst + size_t(n * C * H * W + (h * W + x) * C + c) * es,
+                          src + size_t(n * C * H * W + (c * H + h) * W + x) * es, es);
+      ir::Value* weights = g.add_constant(g.unique_value_name(w->name + "/hwc"), permuted);
+      weights->quant = w->quant;
+      gemm->inputs[0] = nhwc;
+      gemm->inputs[1] = weights;
+      gemm->attrs["mixq.flatten_input"] = std::string("nhwc");
+      note_fused(gemm, reformat);
+      note_fused(gemm, flatten);
+      doomed.push_back(reformat);
+      doomed.push_back(flatten);
     }
     if (doomed.empty()) return Status::Ok();
     g.remove_nodes(doomed);
@@ -366,6 +442,24 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // `v` feeds `reader` alone (once), and is no graph output.
+  static bool only_read_by(const ir::Graph& g, const ir::Value& v, const ir::Node& reader) {
+    if (g.is_graph_output(&v)) return false;
+    const auto users = g.consumers(&v);
+    if (users.size() != 1 || users[0] != &reader) return false;
+    int reads = 0;
+    for (const ir::Value* in : reader.inputs) reads += in == &v;
+    return reads == 1;
+  }
+  // A Reformat from 4-D NHWC `from` to plain `to` that moves elements only (same type and grid).
+  static bool layout_only(const ir::Value& from, const ir::Value& to) {
+    if (from.layout != ir::Layout::kNHWC || to.layout != ir::Layout::kPlain ||
+        from.dtype != to.dtype || !from.shape_known || from.shape.size() != 4 ||
+        to.shape != from.shape || from.quant.has_value() != to.quant.has_value())
+      return false;
+    return !from.quant ||
+           (from.quant->scale == to.quant->scale && from.quant->zero_point == to.quant->zero_point);
+  }
   // A MaxPool whose windows tile its input (kernel = stride, no padding or dilation, floor), one
   // output, reading `in` in the format it writes.
   static bool poolable(const ir::Node& pool, const ir::Value& in) {

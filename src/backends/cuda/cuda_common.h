@@ -79,6 +79,9 @@ Expected<std::unique_ptr<Kernel>> make_conv_kernel(const ir::Node& node, Precisi
 // of pool_h x pool_w windows (stride = window, no padding): our window form runs it, unless
 // MIXQ_CUDA_CONV asks for cuDNN.
 bool conv_can_pool(const ir::Node& node, int64_t pool_h, int64_t pool_w);
+// Whether the convolution `node` (having absorbed a pool: it runs the window form) can absorb the
+// Reformat that writes its input from `source`, converting each element as it stages its window.
+bool conv_can_convert_input(const ir::Node& node, const ir::Value& source);
 // gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).
 bool gemm_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_gemm_kernel(const ir::Node& node, Precision precision);

@@ -333,9 +333,15 @@ Status static_checks(const ir::Node& node) {
   const ir::Value* y = node.output(0);
   if (!w || !w->is_constant() || w->constant.rank() != 2)
     return Unsupported("weights are not a constant matrix");
-  if (!x || !x->shape_known || x->shape.size() != 2)
-    return Unsupported("the input is not a matrix of known shape");
-  if (x->shape[1] != w->constant.dim(1))
+  // "mixq.flatten_input" = "nhwc" (CudaBackend::fuse_for_execution): a 4-D NHWC input read as
+  // the matrix [N, H * W * C], which the weights' columns follow.
+  const bool flattened = node.attr_string("mixq.flatten_input", "") == "nhwc";
+  if (!x || !x->shape_known || x->shape.size() != (flattened ? 4u : 2u) ||
+      (flattened && x->layout != ir::Layout::kNHWC))
+    return Unsupported(flattened ? "the flattened input is not a 4-D NHWC tensor of known shape"
+                                 : "the input is not a matrix of known shape");
+  const int64_t k = flattened ? x->shape[1] * x->shape[2] * x->shape[3] : x->shape[1];
+  if (k != w->constant.dim(1))
     return InvalidArgument("input " + shape_to_string(x->shape) + " does not match weights " +
                            shape_to_string(w->constant.shape()));
   if (!y || !y->shape_known || y->shape.size() != 2)

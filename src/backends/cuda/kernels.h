@@ -124,7 +124,7 @@ constexpr int64_t kDirectMaxChannels = 128;  // K: at most 8 channel tiles (warp
 constexpr int64_t kDirectMaxElements = (int64_t(1) << 31) - 1;  // x and y: 32-bit indices
 // Which of our convolution kernels runs: the FMA form (small filters), the small tensor-core form
 // (at most kDirectTcTaps products per output) or the implicit GEMM (igemm_conv, any filter).
-// The window form (window_conv) also pools.
+// The window form (window_conv) also pools and converts its input on the way in.
 enum DirectForm { kDirectFma = 0, kDirectTc = 1, kDirectIgemm = 2, kDirectWindow = 3 };
 struct DirectConvParams {
   int form = kDirectFma;
@@ -147,6 +147,11 @@ struct DirectConvParams {
   // padding (0: none): y holds (oh / pool_h) x (ow / pool_w) pixels, each the maximum of its
   // window after the epilogue (encoding is monotonic, so pooling before it is exact).
   int pool_h = 0, pool_w = 0;
+  // Window form only. A fused input reformat: x is stored in x_src (any grid; NCHW where
+  // x_src_nchw, else NHWC) and each element is converted to x_grid (the convolution's input format,
+  // x_dt) as the window is staged, exactly as the Reformat kernel converts it.
+  bool convert_input = false, x_src_nchw = false;
+  Grid x_src, x_grid;
 };
 // Whether the tensor-core form applies: f16, bf16, s8 or e4m3 input, at most kDirectTcTaps
 // products per output and kDirectTcChannels output channels, its tiles within 48 KiB of shared
@@ -191,7 +196,7 @@ cudaError_t igemm_conv(const void* x, void* y, const DirectConvParams& p, cudaSt
 // few input channels (stems, LeNet-sized layers): a block stages the input rows a band of output
 // rows reads (zero outside the image) and its channel group's weights in shared memory, and the
 // warps gather their A fragments from the window through a per-tap offset table. Optionally pools
-// (DirectConvParams::pool_h). Weights (`tc_weights`):
+// (DirectConvParams::pool_h) and converts its input (convert_input). Weights (`tc_weights`):
 // window_pack_weights().
 bool window_eligible(const DirectConvParams& p);
 // Bytes of the packed weights, and the packing of codes [K, C, R, S]: [K padded to 8] x [taps (R,

@@ -64,11 +64,41 @@ Status apply_activation(const ir::Node& node, Tensor& t) {
   return Unsupported("unknown fused activation '" + act + "'");
 }
 
+// FusedGemm with "mixq.flatten_input" = "nhwc" (the CUDA backend's execution fusion): its 4-D
+// input is flattened in (H, W, C) order, which the weights' columns follow.
+bool flattens_nhwc(const ir::Node& node) {
+  return node.op == ir::OpKind::kFusedGemm &&
+         node.attr_string("mixq.flatten_input", "") == "nhwc";
+}
+
+// x [N, C, H, W] -> [N, H * W * C].
+Tensor flatten_nhwc(const Tensor& x) {
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  Tensor out = Tensor::empty(DType::kFloat32, {N, H * W * C});
+  const float* src = x.data<float>();
+  float* dst = out.data<float>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          dst[((n * H + h) * W + w) * C + c] = src[((n * C + c) * H + h) * W + w];
+  return out;
+}
+
 Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
                    std::span<TensorInfo> out) {
   const OpImpl* base =
       find_op(node.op == ir::OpKind::kFusedConv ? ir::OpKind::kConv : ir::OpKind::kGemm);
   TensorInfo x = in[0], w = in[1];
+  if (flattens_nhwc(node)) {
+    if (x.shape.size() != 4)
+      return InvalidArgument(node.describe() + ": mixq.flatten_input needs a 4-D input, got " +
+                             shape_to_string(x.shape));
+    int64_t k = 1;
+    for (size_t d = 1; d < 4; ++d) k = x.shape[d] < 0 || k < 0 ? -1 : k * x.shape[d];
+    x.shape = {x.shape[0], k};
+    x.value = nullptr;
+  }
   if (dtype_is_float(x.dtype) || x.dtype == DType::kInt8 || x.dtype == DType::kUInt8)
     x.dtype = DType::kFloat32;
   if (w.dtype != DType::kFloat32) w.dtype = DType::kFloat32;
@@ -121,6 +151,26 @@ Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span
   std::vector<Tensor> args;
   for (size_t i = 0; i < in.size() && i < 3; ++i)
     args.push_back(in[i].defined() ? dequantize_to_float(in[i], quant_of(i)) : Tensor());
+  if (flattens_nhwc(node)) {
+    if (args.empty() || args[0].rank() != 4)
+      return InvalidArgument(node.describe() + ": mixq.flatten_input needs a 4-D input");
+    args[0] = flatten_nhwc(args[0]);
+  }
+  if (auto it = node.attrs.find("mixq.input_dtype"); it != node.attrs.end() && !args.empty()) {
+    // An absorbed Reformat: the input is first converted to this type (and scale), as the
+    // Reformat node would have converted it.
+    const auto* name = std::get_if<std::string>(&it->second);
+    const std::optional<DType> dtype = name ? dtype_from_name(*name) : std::nullopt;
+    if (!dtype) return InvalidArgument(node.describe() + ": mixq.input_dtype names no dtype");
+    ir::QuantParams q;
+    q.dtype = *dtype;
+    q.scale = {node.attr_float("mixq.input_scale", 0.0f)};
+    const bool scaled = node.attrs.count("mixq.input_scale") != 0;
+    if (scaled && !(q.scale[0] > 0.0f))
+      return InvalidArgument(node.describe() + ": mixq.input_scale must be positive");
+    args[0] = dequantize_to_float(quantize_from_float(args[0], *dtype, scaled ? &q : nullptr),
+                                  scaled ? &q : nullptr);
+  }
   const ir::Value* y = node.output(0);
   const bool quantized_out = out[0].dtype() != DType::kFloat32;
   const auto pool = node.attr_ints("mixq.pool", {});

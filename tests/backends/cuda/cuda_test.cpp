@@ -492,9 +492,9 @@ INSTANTIATE_TEST_SUITE_P(Window, CudaWindowConv, ::testing::ValuesIn(window_conv
                            return param_name(i.param.c.name, i.param.precision);
                          });
 
-// conv -> relu -> MaxPool(window, stride = window): the pool is absorbed by the convolution (one
-// step, "+maxpool" in its implementation, the pool named among its fused nodes) and the output
-// matches the reference of the unfused model.
+// x -> conv -> relu -> MaxPool(window, stride = window): the pool and the conversion of the fp32
+// input are absorbed by the convolution (one step, "+maxpool" in its implementation, both named
+// among its fused nodes) and the output matches the reference of the unfused model.
 std::shared_ptr<const Model> conv_pool_model(const ConvCase& c, int64_t window, uint64_t seed) {
   OnnxBuilder b(13, "conv_pool_" + c.name);
   const int64_t oh = (c.h + 2 * c.pad - c.k) / c.stride + 1,
@@ -543,6 +543,15 @@ TEST_P(CudaConvPool, PoolIsAbsorbedAndMatchesReference) {
       << conv->implementation;
   EXPECT_NE(std::find(conv->fused.begin(), conv->fused.end(), "/pool/MaxPool"), conv->fused.end())
       << testing::describe_layers(r.report);
+  // The network input's conversion to the layer's type happens as the window is staged: the one
+  // Reformat left writes the fp32 output.
+  EXPECT_NE(std::find_if(conv->fused.begin(), conv->fused.end(),
+                         [](const std::string& n) { return n.rfind("x/", 0) == 0; }),
+            conv->fused.end())
+      << testing::describe_layers(r.report);
+  EXPECT_EQ(testing::count_op(r.report, "Reformat"), 1) << testing::describe_layers(r.report);
+  EXPECT_NE(conv->implementation.find("fused input reformat and max pool"), std::string::npos)
+      << conv->implementation;
 }
 
 std::vector<PoolParam> pool_params() {
@@ -578,6 +587,107 @@ TEST(CudaConvPool, CudnnOnlyKeepsThePoolSeparate) {
   ASSERT_NE(conv, nullptr);
   EXPECT_NE(conv->implementation.find("cudnn"), std::string::npos) << conv->implementation;
 }
+
+// A LeNet-shaped network (x -> conv-relu-pool x2 -> flatten -> fc-relu -> fc): after execution
+// fusion it runs as four steps (the pools and the input conversion absorbed by the window
+// convolutions, the NHWC -> NCHW reorder and the flatten by fc1, whose weights' columns follow the
+// NHWC order) and gives what the unfused engine (MIXQ_CUDA_FUSION=0) gives.
+std::shared_ptr<const Model> lenet_model(uint64_t seed) {
+  OnnxBuilder b(13, "lenet_shaped");
+  b.input("x", {"N", 1, 28, 28});
+  b.output("y", {"N", 10});
+  b.initializer("conv1.weight", random_tensor({20, 1, 5, 5}, seed, -0.4f, 0.4f));
+  b.initializer("conv1.bias", random_tensor({20}, seed + 1, -0.1f, 0.1f));
+  b.initializer("conv2.weight", random_tensor({50, 20, 5, 5}, seed + 2, -0.09f, 0.09f));
+  b.initializer("conv2.bias", random_tensor({50}, seed + 3, -0.1f, 0.1f));
+  b.initializer("fc1.weight", random_tensor({500, 800}, seed + 4, -0.07f, 0.07f));
+  b.initializer("fc1.bias", random_tensor({500}, seed + 5, -0.1f, 0.1f));
+  b.initializer("fc2.weight", random_tensor({10, 500}, seed + 6, -0.09f, 0.09f));
+  b.initializer("fc2.bias", random_tensor({10}, seed + 7, -0.1f, 0.1f));
+  b.node("Conv", {"x", "conv1.weight", "conv1.bias"}, {"c1"}, "/conv1/Conv")
+      .attr("kernel_shape", {5, 5});
+  b.node("Relu", {"c1"}, {"r1"}, "/relu1/Relu");
+  b.node("MaxPool", {"r1"}, {"p1"}, "/pool1/MaxPool")
+      .attr("kernel_shape", {2, 2})
+      .attr("strides", {2, 2});
+  b.node("Conv", {"p1", "conv2.weight", "conv2.bias"}, {"c2"}, "/conv2/Conv")
+      .attr("kernel_shape", {5, 5});
+  b.node("Relu", {"c2"}, {"r2"}, "/relu2/Relu");
+  b.node("MaxPool", {"r2"}, {"p2"}, "/pool2/MaxPool")
+      .attr("kernel_shape", {2, 2})
+      .attr("strides", {2, 2});
+  b.node("Flatten", {"p2"}, {"f"}, "/Flatten").attr("axis", int64_t(1));
+  b.node("Gemm", {"f", "fc1.weight", "fc1.bias"}, {"h"}, "/fc1/Gemm").attr("transB", int64_t(1));
+  b.node("Relu", {"h"}, {"hr"}, "/relu3/Relu");
+  b.node("Gemm", {"hr", "fc2.weight", "fc2.bias"}, {"y"}, "/fc2/Gemm").attr("transB", int64_t(1));
+  return load_model(b, "lenet_shaped");
+}
+
+class CudaLenetFusion : public ::testing::TestWithParam<Precision> {};
+
+TEST_P(CudaLenetFusion, RunsAsFourStepsAndMatchesTheUnfusedEngine) {
+  REQUIRE_CUDA();
+  const Precision p = GetParam();
+  auto model = lenet_model(41);
+  ASSERT_TRUE(model);
+  const std::string plan = R"({"default_precision": ")" + std::string(precision_name(p)) + R"("})";
+  std::optional<CalibrationData> calibration;
+  if (quantized(p)) calibration = random_calibration(*model, 4, 8, 4242, -1.0f, 1.0f);
+  auto fused = build_engine(model, cuda_options(), plan, calibration);
+  ASSERT_TRUE(fused.ok()) << fused.status().to_string();
+  std::optional<Expected<Engine>> unfused;
+  {
+    testing::ScopedEnv off("MIXQ_CUDA_FUSION", "0");
+    unfused = build_engine(model, cuda_options(), plan, calibration);
+  }
+  ASSERT_TRUE(unfused->ok()) << unfused->status().to_string();
+  const BuildReport& r = fused->report();
+  EXPECT_EQ(testing::count_op(r, "FusedConv"), 2) << testing::describe_layers(r);
+  EXPECT_EQ(testing::count_op(r, "FusedGemm"), 2) << testing::describe_layers(r);
+  EXPECT_EQ(r.layers.size(), 4u) << testing::describe_layers(r);
+  EXPECT_GE((*unfused)->report().layers.size(), 8u)
+      << "MIXQ_CUDA_FUSION=0 keeps the pools, the conversion, the reorder and the flatten:\n"
+      << testing::describe_layers((*unfused)->report());
+  const LayerReport* fc1 = testing::find_layer(r, "FusedGemm");
+  ASSERT_NE(fc1, nullptr);
+  EXPECT_NE(std::find(fc1->fused.begin(), fc1->fused.end(), "/Flatten"), fc1->fused.end())
+      << testing::describe_layers(r);
+  // Every layer at the precision asked, or a reported fallback (fp8's fc2: 10 outputs, cuBLASLt's
+  // fp8 needs multiples of 16).
+  for (const LayerReport& l : r.layers)
+    EXPECT_TRUE(l.actual == p || !l.fallback_reason.empty()) << l.name;
+  // The fused nodes' attributes travel in the engine file.
+  auto bytes = fused->serialize();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+  auto loaded = Engine::from_bytes(*bytes, "'lenet.mixq'");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->report().layers.size(), 4u) << testing::describe_layers(loaded->report());
+  for (int64_t batch : {int64_t(3), kMaxBatch}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const TensorMap inputs = random_model_inputs(*model, batch, 200 + uint64_t(batch), -1.0f, 1.0f);
+    const Tensor got = infer_once(*fused, inputs).at("y");
+    const Tensor want = infer_once(**unfused, inputs).at("y");
+    const Tensor ref = reference_outputs(*model, inputs).at("y");
+    ASSERT_EQ(got.shape(), (Shape{batch, 10}));
+    ASSERT_EQ(got.shape(), want.shape());
+    // The same arithmetic in other kernels: float sums in another order, the epilogue's roundings
+    // at other places (one code at most, for int8 and fp8).
+    if (quantized(p))
+      EXPECT_GE(testing::sqnr_db(got, want), 30.0);
+    else
+      EXPECT_LE(testing::max_relative_error(got, want), tolerance(p));
+    EXPECT_GE(testing::sqnr_db(got, ref), quantized(p) ? 10.0 : 30.0) << "against fp32";
+    EXPECT_LE(testing::max_relative_error(infer_once(*loaded, inputs).at("y"), got), 1e-6)
+        << "the loaded engine";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Window, CudaLenetFusion,
+                         ::testing::Values(Precision::kFP16, Precision::kBF16, Precision::kINT8,
+                                           Precision::kFP8),
+                         [](const ::testing::TestParamInfo<Precision>& i) {
+                           return std::string(precision_name(i.param));
+                         });
 
 // Our int8 convolutions sum code products exactly: inputs on the grid s_x = 0.01 (codes
 // -127..127, both ends present), the engine's own int8 weights and scales; the result must equal

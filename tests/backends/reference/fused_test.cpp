@@ -1,5 +1,7 @@
-// The reference FusedConv with an absorbed max pool ("mixq.pool", what the CUDA backend's
-// execution fusion writes): the same as Conv, the activation and MaxPool run one after another.
+// The reference FusedConv with what the CUDA backend's execution fusion absorbs into it: a max
+// pool ("mixq.pool": the same as Conv, the activation and MaxPool one after another) and its
+// input's Reformat ("mixq.input_dtype" / "mixq.input_scale": the input converted first); and a
+// FusedGemm reading a 4-D input flattened in (H, W, C) order ("mixq.flatten_input" = "nhwc").
 #include <gtest/gtest.h>
 
 #include "backends/reference/kernel_test_util.h"
@@ -48,6 +50,79 @@ TEST(FusedConvReference, AbsorbedPoolNeedsTwoWindowSizesAndNoResidual) {
       testing::kt::run_error(ir::OpKind::kFusedConv, {x, w, Tensor(), r}, with_residual);
   EXPECT_FALSE(s2.ok());
   EXPECT_NE(s2.message().find("mixq.pool"), std::string::npos) << s2.to_string();
+}
+
+TEST(FusedConvReference, AbsorbedReformatConvertsTheInputFirst) {
+  const Tensor x = random_tensor({2, 3, 7, 7}, 9, -1.5f, 1.5f);
+  const Tensor w = random_tensor({4, 3, 3, 3}, 10);
+  const Attrs conv_attrs = {{"kernel_shape", std::vector<int64_t>{3, 3}}};
+  for (const char* dtype : {"i8", "f16"}) {
+    SCOPED_TRACE(dtype);
+    const bool int8 = std::string(dtype) == "i8";
+    const float scale = 0.02f;  // 1.5 / 0.02 = 75 codes: no saturation
+    Attrs fused_attrs = conv_attrs;
+    fused_attrs["mixq.input_dtype"] = std::string(dtype);
+    if (int8) fused_attrs["mixq.input_scale"] = scale;
+    // What the Reformat would have written, back in real units.
+    Tensor rounded = Tensor::empty(DType::kFloat32, x.shape());
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float v = x.data<float>()[i];
+      rounded.data<float>()[i] =
+          int8 ? float(std::nearbyint(v / scale)) * scale
+               : float(Tensor::scalar(v).to(DType::kFloat16).to(DType::kFloat32).data<float>()[0]);
+    }
+    const Tensor got = testing::kt::run1(ir::OpKind::kFusedConv, {x, w}, fused_attrs);
+    const Tensor want = testing::kt::run1(ir::OpKind::kConv, {rounded, w}, conv_attrs);
+    const Tensor unrounded = testing::kt::run1(ir::OpKind::kConv, {x, w}, conv_attrs);
+    ASSERT_TRUE(got.defined() && want.defined() && unrounded.defined());
+    ASSERT_EQ(got.shape(), want.shape());
+    double differs = 0;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      EXPECT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-5f) << "element " << i;
+      differs =
+          std::max(differs, double(std::fabs(got.data<float>()[i] - unrounded.data<float>()[i])));
+    }
+    EXPECT_GT(differs, 1e-5) << "the conversion must change the result";
+  }
+}
+
+TEST(FusedConvReference, AbsorbedReformatNamesAKnownDtypeAndAPositiveScale) {
+  const Tensor x = random_tensor({1, 2, 5, 5}, 11);
+  const Tensor w = random_tensor({3, 2, 3, 3}, 12);
+  Attrs bad = {{"kernel_shape", std::vector<int64_t>{3, 3}},
+               {"mixq.input_dtype", std::string("int7")}};
+  Status s = testing::kt::run_error(ir::OpKind::kFusedConv, {x, w}, bad);
+  EXPECT_NE(s.message().find("mixq.input_dtype"), std::string::npos) << s.to_string();
+  bad["mixq.input_dtype"] = std::string("i8");
+  bad["mixq.input_scale"] = 0.0f;
+  s = testing::kt::run_error(ir::OpKind::kFusedConv, {x, w}, bad);
+  EXPECT_NE(s.message().find("mixq.input_scale"), std::string::npos) << s.to_string();
+}
+
+TEST(FusedGemmReference, NhwcFlattenedInputWithPermutedWeightsEqualsFlattenThenGemm) {
+  const int64_t N = 3, C = 4, H = 2, W = 3, K = C * H * W, M = 5;
+  const Tensor x = random_tensor({N, C, H, W}, 13);
+  const Tensor w = random_tensor({M, K}, 14);  // columns in (C, H, W) order
+  const Tensor b = random_tensor({M}, 15);
+  Tensor permuted = Tensor::empty(DType::kFloat32, {M, K});  // columns in (H, W, C) order
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t q = 0; q < W; ++q)
+          permuted.data<float>()[m * K + (h * W + q) * C + c] =
+              w.data<float>()[m * K + (c * H + h) * W + q];
+  const Attrs gemm_attrs = {{"transB", int64_t(1)}};
+  Attrs fused_attrs = gemm_attrs;
+  fused_attrs["mixq.flatten_input"] = std::string("nhwc");
+  const Tensor got = testing::kt::run1(ir::OpKind::kFusedGemm, {x, permuted, b}, fused_attrs);
+  const Tensor flat = x.reshaped({N, K});
+  const Tensor want = testing::kt::run1(ir::OpKind::kGemm, {flat, w, b}, gemm_attrs);
+  ASSERT_TRUE(got.defined() && want.defined());
+  ASSERT_EQ(got.shape(), (Shape{N, M}));
+  for (int64_t i = 0; i < got.numel(); ++i)
+    EXPECT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-5f) << "element " << i;
+  const Status s = testing::kt::run_error(ir::OpKind::kFusedGemm, {flat, permuted, b}, fused_attrs);
+  EXPECT_NE(s.message().find("mixq.flatten_input"), std::string::npos) << s.to_string();
 }
 
 }  // namespace
