@@ -13,6 +13,13 @@ of its layers really ran at (a layer that fell back in the int8 engine is no int
 choice minimises, over the groups in execution order, the sum of layer times plus one reformat
 (--switch-ms, default: the median Reformat step that did work in the profiles) wherever
 consecutive groups differ in precision.
+Where no profile has a Reformat that did work (the backend absorbed them into the layers), a
+switch costs at least one more step: the cheapest step of the profiles. A mixed plan is kept only
+where its prediction beats the fastest uniform engine's weighted layers by --min-gain (default 3%,
+the run-to-run spread of whole-engine medians on the lent GPUs): a prediction cannot see the
+fusions a switch of precision breaks (a pool or an input conversion absorbed into a convolution
+needs both at one precision), so a smaller predicted gain measured as a loss. Otherwise the plan
+is that uniform precision.
 The plan (mixq's native format) sets the precision chosen most often as the default and lists
 the other layers; the choice, the times and the predicted totals go to stderr.
 """
@@ -40,6 +47,7 @@ def main():
     p.add_argument("profiles", nargs="+")
     p.add_argument("--switch-ms", type=float, default=None)
     p.add_argument("--calib-algo", default="entropy")
+    p.add_argument("--min-gain", type=float, default=0.03)
     a = p.parse_args()
     profiles = load(a.profiles)
 
@@ -62,8 +70,10 @@ def main():
     if not order:
         sys.exit("error: the profiles list no convolution or linear layer with a module name")
     worked = [ms for ms in reformats if ms > 0]  # views (no kernel) report 0
+    steps = [layer["ms_median"] for prof in profiles for layer in prof["layers"]
+             if layer["ms_median"] > 0]
     switch = a.switch_ms if a.switch_ms is not None else (
-        statistics.median(worked) if worked else 0.0)
+        statistics.median(worked) if worked else min(steps))
 
     groups, group_of = [], {}
     for key in order:
@@ -89,6 +99,21 @@ def main():
             nxt[pr] = min(cands, key=lambda t: t[0])
         best = nxt
     total, group_choice = min(best.values(), key=lambda t: t[0])
+    # The fastest uniform engine, by its weighted layers (what the prediction sums too).
+    uniform = {}
+    for prof in profiles:
+        precs = {layer["precision"] for layer in prof["layers"] if layer["op"] in WEIGHTED}
+        ms = sum(layer["ms_median"] for layer in prof["layers"] if layer["op"] in WEIGHTED)
+        # The engine's precision: the one most of its weighted layers ran at.
+        main_pr = max(precs, key=lambda pr: sum(
+            1 for layer in prof["layers"] if layer["op"] in WEIGHTED and layer["precision"] == pr))
+        if all(main_pr in group_times[g] for g in groups):
+            uniform[main_pr] = min(ms, uniform.get(main_pr, ms))
+    kept_uniform = None
+    if len(set(group_choice)) > 1 and uniform:
+        pr, ms = min(uniform.items(), key=lambda t: t[1])
+        if total > ms * (1.0 - a.min_gain):
+            kept_uniform, total, group_choice = pr, ms, [pr] * len(groups)
     chosen = dict(zip(groups, group_choice))
     choice = [chosen[key.split(".")[0]] for key in order]
 
@@ -117,7 +142,11 @@ def main():
     for prof in profiles:
         ms = sum(layer["ms_median"] for layer in prof["layers"] if layer["op"] in WEIGHTED)
         print(f"weighted layers of {prof['engine']}: {ms * 1e3:.1f} us", file=log)
-    print(f"chosen plan, predicted: {total * 1e3:.1f} us (layer times + switches)", file=log)
+    if kept_uniform:
+        print(f"a mixed plan predicts less than {a.min_gain:.0%} gain over uniform {kept_uniform}: "
+              f"uniform {kept_uniform} ({total * 1e3:.1f} us)", file=log)
+    else:
+        print(f"chosen plan, predicted: {total * 1e3:.1f} us (layer times + switches)", file=log)
 
 
 if __name__ == "__main__":
