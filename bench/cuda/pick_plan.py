@@ -105,8 +105,9 @@ def main():
         precs = {layer["precision"] for layer in prof["layers"] if layer["op"] in WEIGHTED}
         ms = sum(layer["ms_median"] for layer in prof["layers"] if layer["op"] in WEIGHTED)
         # The engine's precision: the one most of its weighted layers ran at.
-        main_pr = max(precs, key=lambda pr: sum(
-            1 for layer in prof["layers"] if layer["op"] in WEIGHTED and layer["precision"] == pr))
+        main_pr = max(precs, key=lambda pr: (sum(
+            1 for layer in prof["layers"] if layer["op"] in WEIGHTED and layer["precision"] == pr),
+            pr))
         if all(main_pr in group_times[g] for g in groups):
             uniform[main_pr] = min(ms, uniform.get(main_pr, ms))
     kept_uniform = None

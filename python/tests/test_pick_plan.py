@@ -80,3 +80,31 @@ def test_profiles_without_layer_times_are_refused(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_a_small_predicted_gain_keeps_the_uniform_plan(tmp_path):
+    fp16 = profile(tmp_path, "fp16", {"conv1": 0.040, "layer1.0.conv1": 0.030,
+                                      "layer1.0.conv2": 0.030, "fc": 0.010})
+    # layer1 in int8 saves 0.004 of 0.110 (3.6%) before the switch; with it, 1.8%
+    int8 = profile(tmp_path, "int8", {"conv1": 0.100, "layer1.0.conv1": 0.028,
+                                      "layer1.0.conv2": 0.028, "fc": 0.030})
+    rc, plan, log = pick(fp16, int8, extra=["--switch-ms", "0.001"])
+    assert rc == 0, log
+    assert plan["default_precision"] == "fp16" and plan["layers"] == []
+    assert "uniform fp16" in log
+    rc, plan, log = pick(fp16, int8, extra=["--switch-ms", "0.001", "--min-gain", "0"])
+    assert rc == 0, log
+    assert resolved(plan, MODULES)["layer1.0.conv1"] == "int8"
+
+
+def test_absorbed_reformats_make_a_switch_cost_the_cheapest_step(tmp_path):
+    # No profile has a Reformat that did work (the backend absorbed them): a switch costs the
+    # cheapest step seen, 0.010 here, more than the 0.008 that layer1 in int8 would save.
+    fp16 = profile(tmp_path, "fp16", {"conv1": 0.040, "layer1.0.conv1": 0.030,
+                                      "layer1.0.conv2": 0.030, "fc": 0.010}, reformat_ms=0.0)
+    int8 = profile(tmp_path, "int8", {"conv1": 0.100, "layer1.0.conv1": 0.026,
+                                      "layer1.0.conv2": 0.026, "fc": 0.030}, reformat_ms=0.0)
+    rc, plan, log = pick(fp16, int8, extra=["--min-gain", "0"])
+    assert rc == 0, log
+    assert "switch cost 10.0 us" in log
+    assert set(resolved(plan, MODULES).values()) == {"fp16"}
