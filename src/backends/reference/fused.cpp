@@ -67,8 +67,7 @@ Status apply_activation(const ir::Node& node, Tensor& t) {
 // FusedGemm with "mixq.flatten_input" = "nhwc" (the CUDA backend's execution fusion): its 4-D
 // input is flattened in (H, W, C) order, which the weights' columns follow.
 bool flattens_nhwc(const ir::Node& node) {
-  return node.op == ir::OpKind::kFusedGemm &&
-         node.attr_string("mixq.flatten_input", "") == "nhwc";
+  return node.op == ir::OpKind::kFusedGemm && node.attr_string("mixq.flatten_input", "") == "nhwc";
 }
 
 // x [N, C, H, W] -> [N, H * W * C].
