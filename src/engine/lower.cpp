@@ -43,14 +43,6 @@ bool is_weighted_layer(OpKind op) {
          op == OpKind::kFusedConv || op == OpKind::kFusedGemm;
 }
 
-namespace {
-
-std::optional<Precision> requested(const quant::PrecisionPlan& plan, const Node* n) {
-  auto it = plan.layers.find(n->name);
-  if (it == plan.layers.end()) return std::nullopt;
-  return it->second.precision;
-}
-
 bool single_consumer(const ir::Graph& g, const Value* v, Node** consumer) {
   if (g.is_graph_output(v)) return false;
   auto users = g.consumers(v);
@@ -61,6 +53,22 @@ bool single_consumer(const ir::Graph& g, const Value* v, Node** consumer) {
   if (reads != 1) return false;
   *consumer = users[0];
   return true;
+}
+
+void append_fused(Node* layer, const Node* absorbed) {
+  std::vector<std::string> fused;
+  auto it = layer->attrs.find("mixq.fused");
+  if (it != layer->attrs.end()) fused = std::get<std::vector<std::string>>(it->second);
+  fused.push_back(absorbed->name);
+  layer->attrs["mixq.fused"] = fused;
+}
+
+namespace {
+
+std::optional<Precision> requested(const quant::PrecisionPlan& plan, const Node* n) {
+  auto it = plan.layers.find(n->name);
+  if (it == plan.layers.end()) return std::nullopt;
+  return it->second.precision;
 }
 
 Tensor transpose_2d(const Tensor& t) {
@@ -85,14 +93,6 @@ bool scalar_constant(const Value* v, float* out) {
 bool compatible(const quant::PrecisionPlan& plan, const Node* layer, const Node* epilogue) {
   const auto want = requested(plan, epilogue);
   return !want || want == requested(plan, layer);
-}
-
-void append_fused(Node* layer, const Node* absorbed) {
-  std::vector<std::string> fused;
-  auto it = layer->attrs.find("mixq.fused");
-  if (it != layer->attrs.end()) fused = std::get<std::vector<std::string>>(it->second);
-  fused.push_back(absorbed->name);
-  layer->attrs["mixq.fused"] = fused;
 }
 
 // Moves `epilogue`'s output onto `layer`; the epilogue is dropped when fusion ends (removing it

@@ -72,4 +72,10 @@ bool preserves_quantization(ir::OpKind op);
 // Ops whose int8 form needs weights quantised (Conv, Gemm, MatMul and their fused forms).
 bool is_weighted_layer(ir::OpKind op);
 
+// Fusion helpers (fuse_layers, and the backends' Backend::fuse_for_execution):
+// `v` is no graph output and is read by exactly one node, once; *consumer is set to that node.
+bool single_consumer(const ir::Graph& graph, const ir::Value* v, ir::Node** consumer);
+// Appends `absorbed`'s name to layer's "mixq.fused" list (what the build report shows).
+void append_fused(ir::Node* layer, const ir::Node* absorbed);
+
 }  // namespace mixq::engine

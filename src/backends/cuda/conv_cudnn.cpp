@@ -116,6 +116,12 @@ Status conv_geometry(const ir::Node& n, const Shape& x, const Shape& w, Geometry
   return Status::Ok();
 }
 
+// The convolution's output rows (axis 0) or columns (axis 1) for `in` input ones and a filter of
+// `k` taps along that axis.
+int64_t output_size(const Geometry& g, int axis, int64_t in, int64_t k) {
+  return (in + g.pre[axis] + g.post[axis] - g.dilation[axis] * (k - 1) - 1) / g.stride[axis] + 1;
+}
+
 // --- the graph
 // --------------------------------------------------------------------------------------
 
@@ -692,12 +698,8 @@ Expected<Layer> describe_layer(const ir::Node& node, Precision p, DType y_dtype,
       return InvalidArgument(std::string(kPoolAttr) + " must be two window sizes");
     s.pool_h = pool[0];
     s.pool_w = pool[1];
-    s.oh =
-        (s.h + s.geo.pre[0] + s.geo.post[0] - s.geo.dilation[0] * (s.r - 1) - 1) / s.geo.stride[0] +
-        1;
-    s.ow =
-        (s.w + s.geo.pre[1] + s.geo.post[1] - s.geo.dilation[1] * (s.s - 1) - 1) / s.geo.stride[1] +
-        1;
+    s.oh = output_size(s.geo, 0, s.h, s.r);
+    s.ow = output_size(s.geo, 1, s.w, s.s);
     if (s.oh / s.pool_h != ys[2] || s.ow / s.pool_w != ys[3])
       return InvalidArgument("the pooled output " + shape_to_string(ys) + " does not follow from " +
                              std::to_string(s.oh) + "x" + std::to_string(s.ow) + " pooled by " +
@@ -809,8 +811,8 @@ Status static_checks(const ir::Node& node, Precision p) {
     d.pad_w = int(g.pre[1]);
     d.dil_h = int(g.dilation[0]);
     d.dil_w = int(g.dilation[1]);
-    d.oh = (d.h + g.pre[0] + g.post[0] - g.dilation[0] * (d.r - 1) - 1) / g.stride[0] + 1;
-    d.ow = (d.w + g.pre[1] + g.post[1] - g.dilation[1] * (d.s - 1) - 1) / g.stride[1] + 1;
+    d.oh = output_size(g, 0, d.h, d.r);
+    d.ow = output_size(g, 1, d.w, d.s);
     d.x_dt = kernel_dtype(input_dtype(p));
     if (kernels::window_eligible(d)) return Status::Ok();
   }

@@ -439,39 +439,19 @@ cudaError_t launch(const void* x, void* y, const DirectConvParams& p, const Halo
   return e;
 }
 
-int element_bytes(int x_dt) {
-  return x_dt == kS8 || x_dt == kE4M3 ? 1 : x_dt == kF16 || x_dt == kBF16 ? 2 : 0;
-}
-
 }  // namespace
 
 int64_t igemm_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s) {
-  return (k + 15) / 16 * 16 * ((c * r * s + 15) / 16 * 16) * element_bytes(x_dt);
+  return (k + 15) / 16 * 16 * ((c * r * s + 15) / 16 * 16) * mma_element_bytes(x_dt);
 }
 
 void igemm_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
                         void* packed) {
-  const int64_t tp = (C * R * S + 15) / 16 * 16;
-  std::memset(packed, 0, size_t(igemm_weight_bytes(x_dt, K, C, R, S)));
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) {
-          const int64_t i = k * tp + (r * S + s) * C + c;
-          const float v = codes[((k * C + c) * R + r) * S + s];
-          if (x_dt == kS8)
-            static_cast<int8_t*>(packed)[i] = int8_t(v);
-          else if (x_dt == kE4M3)
-            static_cast<__nv_fp8_storage_t*>(packed)[i] = __nv_fp8_e4m3(v).__x;
-          else if (x_dt == kBF16)
-            static_cast<__nv_bfloat16*>(packed)[i] = __float2bfloat16_rn(v);
-          else
-            static_cast<__half*>(packed)[i] = __float2half_rn(v);
-        }
+  pack_tap_rows(x_dt, codes, K, C, R, S, (K + 15) / 16 * 16, (C * R * S + 15) / 16 * 16, packed);
 }
 
 bool igemm_eligible(const DirectConvParams& p) {
-  const int elem = element_bytes(p.x_dt);
+  const int elem = mma_element_bytes(p.x_dt);
   if (elem == 0 || (p.c * elem) % kChunk != 0 || p.r * p.s > kMaxTaps) return false;
   const HaloPlan h = plan_halo(p, elem);
   return h.smem <= kMaxSmem && h.hh < 1024 && h.hw < 1024;  // the halo table's fields
@@ -482,7 +462,7 @@ cudaError_t igemm_conv(const void* x, void* y, const DirectConvParams& p, cudaSt
       p.n * p.oh * p.ow * p.k > kDirectMaxElements ||
       (reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(p.tc_weights)) % 16 != 0)
     return cudaErrorInvalidValue;
-  const HaloPlan h = plan_halo(p, element_bytes(p.x_dt));
+  const HaloPlan h = plan_halo(p, mma_element_bytes(p.x_dt));
   if (h.tiles == 0) return cudaSuccess;
   switch (p.x_dt) {
     case kS8:

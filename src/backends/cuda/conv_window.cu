@@ -33,17 +33,13 @@ constexpr int kGroupN = 64;           // output channels per block (blockIdx.y: 
 constexpr int kAccBudget = 40 << 10;  // bytes of staged sums a band aims at (128-512 pixels)
 constexpr size_t kMaxSmem = 227 << 10;
 
-int element_bytes(int x_dt) {
-  return x_dt == kS8 || x_dt == kE4M3 ? 1 : x_dt == kF16 || x_dt == kBF16 ? 2 : 0;
-}
-
 int64_t align16(int64_t v) {
   return (v + 15) / 16 * 16;
 }
 
 // Taps (C R S) padded to one mma step: 32 bytes of K.
 int64_t padded_taps(int x_dt, int64_t taps) {
-  const int64_t step = 32 / element_bytes(x_dt);
+  const int64_t step = 32 / mma_element_bytes(x_dt);
   return (taps + step - 1) / step * step;
 }
 
@@ -81,7 +77,7 @@ struct WindowPlan {
 };
 
 WindowPlan plan_window(const DirectConvParams& p, int bh) {
-  const int elem = element_bytes(p.x_dt);
+  const int elem = mma_element_bytes(p.x_dt);
   WindowPlan l;
   l.bh = bh;
   const bool pool = p.pool_h > 0;
@@ -392,32 +388,16 @@ cudaError_t launch(const void* x, void* y, const DirectConvParams& p, const Wind
 }  // namespace
 
 int64_t window_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s) {
-  return (k + 7) / 8 * 8 * padded_taps(x_dt, c * r * s) * element_bytes(x_dt);
+  return (k + 7) / 8 * 8 * padded_taps(x_dt, c * r * s) * mma_element_bytes(x_dt);
 }
 
 void window_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
                          void* packed) {
-  const int64_t tp = padded_taps(x_dt, C * R * S);
-  std::memset(packed, 0, size_t(window_weight_bytes(x_dt, K, C, R, S)));
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) {
-          const int64_t i = k * tp + (r * S + s) * C + c;
-          const float v = codes[((k * C + c) * R + r) * S + s];
-          if (x_dt == kS8)
-            static_cast<int8_t*>(packed)[i] = int8_t(v);
-          else if (x_dt == kE4M3)
-            static_cast<__nv_fp8_storage_t*>(packed)[i] = __nv_fp8_e4m3(v).__x;
-          else if (x_dt == kBF16)
-            static_cast<__nv_bfloat16*>(packed)[i] = __float2bfloat16_rn(v);
-          else
-            static_cast<__half*>(packed)[i] = __float2half_rn(v);
-        }
+  pack_tap_rows(x_dt, codes, K, C, R, S, (K + 7) / 8 * 8, padded_taps(x_dt, C * R * S), packed);
 }
 
 bool window_eligible(const DirectConvParams& p) {
-  if (element_bytes(p.x_dt) == 0 || p.n < 1 || p.oh < 1 || p.ow < 1 || p.k < 1) return false;
+  if (mma_element_bytes(p.x_dt) == 0 || p.n < 1 || p.oh < 1 || p.ow < 1 || p.k < 1) return false;
   if (p.pool_h < 0 || p.pool_w < 0 || (p.pool_h > 0) != (p.pool_w > 0) ||
       (p.pool_h > 0 && (p.oh < p.pool_h || p.ow < p.pool_w)))
     return false;
@@ -431,7 +411,7 @@ cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaS
       reinterpret_cast<uintptr_t>(p.tc_weights) % 16 != 0)
     return cudaErrorInvalidValue;
   WindowPlan l = choose_plan(p);
-  const bool words = (p.c * element_bytes(p.x_dt)) % 4 == 0;
+  const bool words = (p.c * mma_element_bytes(p.x_dt)) % 4 == 0;
   l.copy_words = words && !p.convert_input && reinterpret_cast<uintptr_t>(x) % 4 == 0;
   switch (p.x_dt) {
     case kS8:

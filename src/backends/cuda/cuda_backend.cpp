@@ -344,22 +344,16 @@ class CudaBackend final : public Backend {
     }
     // Convolution + max pool -> one window convolution that pools in its epilogue (LeNet's and
     // VGG's conv-relu-pool): the convolution's output never reaches memory.
+    using engine::append_fused;
+    using engine::single_consumer;
     std::vector<ir::Node*> doomed;
-    auto note_fused = [](ir::Node* into, const ir::Node* absorbed) {
-      std::vector<std::string> fused;
-      if (auto it = into->attrs.find("mixq.fused"); it != into->attrs.end())
-        fused = std::get<std::vector<std::string>>(it->second);
-      fused.push_back(absorbed->name);
-      into->attrs["mixq.fused"] = fused;
-    };
     for (ir::Node* conv : g.nodes()) {
       if (conv->op != ir::OpKind::kFusedConv || conv->attrs.count("mixq.pool")) continue;
       ir::Value* mid = conv->output(0);
-      if (!mid || g.is_graph_output(mid)) continue;
-      const auto users = g.consumers(mid);
-      if (users.size() != 1) continue;
-      ir::Node* pool = users[0];
-      if (!poolable(*pool, *mid) || pool->precision != conv->precision) continue;
+      ir::Node* pool = nullptr;
+      if (!mid || !single_consumer(g, mid, &pool) || !poolable(*pool, *mid) ||
+          pool->precision != conv->precision)
+        continue;
       const auto window = pool->attr_ints("kernel_shape", {});
       if (!conv_can_pool(*conv, window[0], window[1])) continue;
       ir::Value* out = pool->outputs[0];
@@ -367,7 +361,7 @@ class CudaBackend final : public Backend {
       out->producer = conv;
       mid->producer = nullptr;
       conv->attrs["mixq.pool"] = std::vector<int64_t>{window[0], window[1]};
-      note_fused(conv, pool);
+      append_fused(conv, pool);
       doomed.push_back(pool);
     }
     // Reformat -> window convolution: the conversion (an fp32 network input to int8, say) happens
@@ -376,17 +370,14 @@ class CudaBackend final : public Backend {
       if (reformat->op != ir::OpKind::kReformat || !reformat->input(0) || !reformat->output(0))
         continue;
       ir::Value* converted = reformat->output(0);
-      if (g.is_graph_output(converted)) continue;
-      const auto users = g.consumers(converted);
-      if (users.size() != 1 || users[0]->op != ir::OpKind::kFusedConv ||
-          users[0]->input(0) != converted || users[0]->input(3) == converted)
+      ir::Node* conv = nullptr;
+      if (!single_consumer(g, converted, &conv) || conv->op != ir::OpKind::kFusedConv ||
+          conv->input(0) != converted || !conv_can_convert_input(*conv, *reformat->input(0)))
         continue;
-      ir::Node* conv = users[0];
-      if (!conv_can_convert_input(*conv, *reformat->input(0))) continue;
       conv->inputs[0] = reformat->inputs[0];
       conv->attrs["mixq.input_dtype"] = std::string(dtype_name(converted->dtype));
       if (converted->quant) conv->attrs["mixq.input_scale"] = converted->quant->scale[0];
-      note_fused(conv, reformat);
+      append_fused(conv, reformat);
       doomed.push_back(reformat);
     }
     // NHWC value -> Reformat to plain -> Flatten -> linear layer: the layer reads the NHWC tensor
@@ -396,14 +387,15 @@ class CudaBackend final : public Backend {
       if (gemm->op != ir::OpKind::kFusedGemm || gemm->attrs.count("mixq.flatten_input")) continue;
       ir::Value* flat = gemm->input(0);
       ir::Node* flatten = flat ? flat->producer : nullptr;
+      ir::Node* reader = nullptr;
       if (!flatten ||
           (flatten->op != ir::OpKind::kFlatten && flatten->op != ir::OpKind::kReshape) ||
-          !only_read_by(g, *flat, *gemm) || !flatten->input(0))
+          !single_consumer(g, flat, &reader) || reader != gemm || !flatten->input(0))
         continue;
       ir::Value* plain = flatten->input(0);
       ir::Node* reformat = plain->producer;
       if (!reformat || reformat->op != ir::OpKind::kReformat || !reformat->input(0) ||
-          !only_read_by(g, *plain, *flatten))
+          !single_consumer(g, plain, &reader) || reader != flatten)
         continue;
       ir::Value* nhwc = reformat->input(0);
       const ir::Value* w = gemm->input(1);
@@ -430,8 +422,8 @@ class CudaBackend final : public Backend {
       gemm->inputs[0] = nhwc;
       gemm->inputs[1] = weights;
       gemm->attrs["mixq.flatten_input"] = std::string("nhwc");
-      note_fused(gemm, reformat);
-      note_fused(gemm, flatten);
+      append_fused(gemm, reformat);
+      append_fused(gemm, flatten);
       doomed.push_back(reformat);
       doomed.push_back(flatten);
     }
@@ -442,23 +434,18 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  // `v` feeds `reader` alone (once), and is no graph output.
-  static bool only_read_by(const ir::Graph& g, const ir::Value& v, const ir::Node& reader) {
-    if (g.is_graph_output(&v)) return false;
-    const auto users = g.consumers(&v);
-    if (users.size() != 1 || users[0] != &reader) return false;
-    int reads = 0;
-    for (const ir::Value* in : reader.inputs) reads += in == &v;
-    return reads == 1;
+  // Whether two values carry the same type and quantisation parameters (a step that moves or
+  // selects elements between them needs no conversion).
+  static bool same_format(const ir::Value& a, const ir::Value& b) {
+    if (a.dtype != b.dtype || a.quant.has_value() != b.quant.has_value()) return false;
+    return !a.quant ||
+           (a.quant->scale == b.quant->scale && a.quant->zero_point == b.quant->zero_point);
   }
   // A Reformat from 4-D NHWC `from` to plain `to` that moves elements only (same type and grid).
   static bool layout_only(const ir::Value& from, const ir::Value& to) {
-    if (from.layout != ir::Layout::kNHWC || to.layout != ir::Layout::kPlain ||
-        from.dtype != to.dtype || !from.shape_known || from.shape.size() != 4 ||
-        to.shape != from.shape || from.quant.has_value() != to.quant.has_value())
-      return false;
-    return !from.quant ||
-           (from.quant->scale == to.quant->scale && from.quant->zero_point == to.quant->zero_point);
+    return from.layout == ir::Layout::kNHWC && to.layout == ir::Layout::kPlain &&
+           from.shape_known && from.shape.size() == 4 && to.shape == from.shape &&
+           same_format(from, to);
   }
   // A MaxPool whose windows tile its input (kernel = stride, no padding or dilation, floor), one
   // output, reading `in` in the format it writes.
@@ -476,12 +463,7 @@ class CudaBackend final : public Backend {
       if (d != 1) return false;
     const std::string auto_pad = pool.attr_string("auto_pad", "NOTSET");
     if (auto_pad != "NOTSET" && auto_pad != "VALID") return false;
-    const ir::Value& out = *pool.output(0);
-    if (out.dtype != in.dtype || out.layout != in.layout ||
-        in.quant.has_value() != out.quant.has_value())
-      return false;
-    return !in.quant ||
-           (in.quant->scale == out.quant->scale && in.quant->zero_point == out.quant->zero_point);
+    return pool.output(0)->layout == in.layout && same_format(in, *pool.output(0));
   }
 
   // Ops whose own kernels read and write NHWC (elementwise, pooling, channel concat).

@@ -3,9 +3,39 @@
 // the output encoding used from registers.
 #pragma once
 
+#include <cstring>
+
 #include "backends/cuda/real_values.cuh"
 
 namespace mixq::backends::cuda::kernels {
+
+// Bytes of one multiplied element: 1 for s8 and e4m3, 2 for f16 and bf16, 0 for the other types.
+inline int mma_element_bytes(int x_dt) {
+  return x_dt == kS8 || x_dt == kE4M3 ? 1 : x_dt == kF16 || x_dt == kBF16 ? 2 : 0;
+}
+
+// Host: weight codes [K, C, R, S] as `rows` rows (zero past K) of `tp` taps in (R, S, C) order
+// (zero past C R S), of the multiplied type: per output channel the taps contiguous, the
+// column-major B of mma.sync (the implicit GEMM's and the window form's packing).
+inline void pack_tap_rows(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
+                          int64_t rows, int64_t tp, void* packed) {
+  std::memset(packed, 0, size_t(rows * tp * mma_element_bytes(x_dt)));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t i = k * tp + (r * S + s) * C + c;
+          const float v = codes[((k * C + c) * R + r) * S + s];
+          if (x_dt == kS8)
+            static_cast<int8_t*>(packed)[i] = int8_t(v);
+          else if (x_dt == kE4M3)
+            static_cast<__nv_fp8_storage_t*>(packed)[i] = __nv_fp8_e4m3(v).__x;
+          else if (x_dt == kBF16)
+            static_cast<__nv_bfloat16*>(packed)[i] = __float2bfloat16_rn(v);
+          else
+            static_cast<__half*>(packed)[i] = __float2half_rn(v);
+        }
+}
 
 template <int DT>
 struct Mma;
