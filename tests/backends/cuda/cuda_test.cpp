@@ -573,6 +573,19 @@ INSTANTIATE_TEST_SUITE_P(Window, CudaConvPool, ::testing::ValuesIn(pool_params()
                            return param_name(i.param.c.name, i.param.precision);
                          });
 
+// An unknown MIXQ_CUDA_FUSION value fails the build and names the variable and its values.
+TEST(CudaConvPool, UnknownFusionSettingIsAClearError) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv bogus("MIXQ_CUDA_FUSION", "yes");
+  auto model = conv_pool_model({"c16", 16, 32, 12, 12, 3, 1, 1}, 2, 35);
+  ASSERT_TRUE(model);
+  auto engine = build_engine(model, cuda_options(), plan_for({"layer"}, Precision::kFP16));
+  ASSERT_FALSE(engine.ok());
+  const std::string message = engine.status().message();
+  EXPECT_NE(message.find("MIXQ_CUDA_FUSION is 'yes'; expected 0 or 1"), std::string::npos)
+      << message;
+}
+
 // Asked for cuDNN, the pool stays a step of its own (cuDNN's graphs do not pool).
 TEST(CudaConvPool, CudnnOnlyKeepsThePoolSeparate) {
   REQUIRE_CUDA();
