@@ -208,8 +208,9 @@ cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaS
 
 // --- small int8 linear layers (gemm_small.cu)
 // ----------------------------------------------------- y[m, n] = act(scale[n] * sum_k q_x[m, k]
-// q_w[n, k] + bias[n] + residual) in y's grid, the sums exact in int32 (dp4a), for layers whose
-// weights fit 48 KiB of shared memory and K is a multiple of 4 (classifier heads).
+// q_w[n, k] + bias[n] + residual) in y's grid, the sums exact in int32 (dp4a), for layers whose K
+// is a multiple of 4 and at most 3072 (16 outputs' weights within 48 KiB of shared memory): a
+// block holds the weights of all outputs, or of a slice of them (LeNet's fc1 in 11 slices).
 struct SmallGemmParams {
   int64_t m = 0, n = 0, k = 0;
   const void* weights = nullptr;  // s8 [N, K] row-major, 4-byte aligned

@@ -873,6 +873,8 @@ std::vector<GemmCase> gemm_cases() {
       {"clip", 64, 48, true, "clip"},
       {"per_tensor_relu", 64, 48, true, "relu", R"(, "weights": "per_tensor")"},
       {"k256_n10", 256, 10},
+      {"k800_n500_relu", 800, 500, true,
+       "relu"},  // LeNet's fc1: the own kernel's weights in slices
   };
 }
 
@@ -1001,7 +1003,7 @@ TEST_P(CudaInt8GemmExact, MatchesIntegerReference) {
   REQUIRE_CUDA();
   const bool per_tensor = std::get<0>(GetParam()), own = std::get<1>(GetParam());
   testing::ScopedEnv forced("MIXQ_CUDA_GEMM", own ? "own" : "cublaslt");
-  const int64_t K = 256, N = 40, M = 8;
+  const int64_t K = 256, N = 200, M = 8;  // 50 KiB of weights: the own kernel takes two slices
   OnnxBuilder b(13, "exact");
   b.input("x", {"N", K});
   b.output("y", {"N", N});
