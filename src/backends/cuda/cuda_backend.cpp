@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "backends/cuda/cuda_common.h"
+#include "backends/cuda/cuda_util.h"
 #include "backends/reference/reference.h"
 #include "engine/lower.h"
 
@@ -434,11 +435,12 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  // Whether two values carry the same type and quantisation parameters (a step that moves or
-  // selects elements between them needs no conversion).
+  // Whether two values store their elements alike: one type and, where quantised, one grid (a
+  // float value may carry parameters it is not stored with: a mixed plan's fp16 value read by an
+  // int8 layer through a reformat), so a step that moves or selects elements needs no conversion.
   static bool same_format(const ir::Value& a, const ir::Value& b) {
-    if (a.dtype != b.dtype || a.quant.has_value() != b.quant.has_value()) return false;
-    return !a.quant ||
+    if (a.dtype != b.dtype || stored_quantized(a) != stored_quantized(b)) return false;
+    return !stored_quantized(a) ||
            (a.quant->scale == b.quant->scale && a.quant->zero_point == b.quant->zero_point);
   }
   // A Reformat from 4-D NHWC `from` to plain `to` that moves elements only (same type and grid).
