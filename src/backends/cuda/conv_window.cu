@@ -29,7 +29,7 @@ namespace {
 
 // Eight warps: LeNet's conv1 in 288-pixel bands with four warps kept ~12% of the warp slots busy.
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
-constexpr int kGroupN = 64;           // output channels per block (blockIdx.y: the group)
+constexpr int kGroupN = 64;           // most output channels per block (blockIdx.y: the group)
 constexpr int kAccBudget = 40 << 10;  // bytes of staged sums a band aims at (128-512 pixels)
 constexpr size_t kMaxSmem = 227 << 10;
 
@@ -61,9 +61,12 @@ __device__ __forceinline__ int quotient(int a, FastDiv f) {
 
 struct WindowPlan {
   int bh = 0;            // output rows per band
+  int group_n = 0;       // output channels per block (a multiple of 8, at most kGroupN)
+  int chunk = 0;         // channel tiles per work item of a warp
+  bool quad = false;     // 2x2 pool: pixels in pool order, pooled in registers (no staged sums)
   int bands = 0;         // bands per image
   int wh = 0, ww = 0;    // the window: input rows and columns a band reads (padding included)
-  int pixels = 0;        // bh * ow
+  int pixels = 0;        // bh * ow (quad: the pooled pixels' four each)
   int mtiles = 0;        // 16-pixel tiles of a band
   int taps = 0, tp = 0;  // C R S, padded to a step
   int groups = 0;        // channel groups of kGroupN
@@ -76,29 +79,37 @@ struct WindowPlan {
   FastDiv by_c, by_ww, by_ow, by_yw, by_wpp;
 };
 
-WindowPlan plan_window(const DirectConvParams& p, int bh) {
+WindowPlan plan_window(const DirectConvParams& p, int bh, int group_n) {
   const int elem = mma_element_bytes(p.x_dt);
   WindowPlan l;
   l.bh = bh;
+  l.group_n = group_n;
   const bool pool = p.pool_h > 0;
+  l.quad = p.pool_h == 2 && p.pool_w == 2;
   const int rows = pool ? int(p.oh / p.pool_h) * p.pool_h : int(p.oh);  // rows y depends on
   l.bands = (rows + bh - 1) / bh;
   l.wh = (bh - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1;
   l.ww = int((p.ow - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1);
-  l.pixels = bh * int(p.ow);
+  l.yh = pool ? int(p.oh / p.pool_h) : int(p.oh);
+  l.yw = pool ? int(p.ow / p.pool_w) : int(p.ow);
+  l.pixels = l.quad ? bh / 2 * l.yw * 4 : bh * int(p.ow);
   l.mtiles = (l.pixels + 15) / 16;
   l.taps = int(p.c * p.r * p.s);
   l.tp = int(padded_taps(p.x_dt, l.taps));
-  l.groups = int((p.k + kGroupN - 1) / kGroupN);
+  l.groups = int((p.k + group_n - 1) / group_n);
   l.w_row = l.tp * elem + 16;
-  l.yh = pool ? int(p.oh / p.pool_h) : int(p.oh);
-  l.yw = pool ? int(p.ow / p.pool_w) : int(p.ow);
-  const int group_rows = int(std::min<int64_t>(p.k, kGroupN) + 7) / 8 * 8;
+  const int group_rows = int(std::min<int64_t>(p.k, group_n) + 7) / 8 * 8;
+  // Work items: a 16-pixel tile and a run of channel tiles; the runs shorten where the tiles are
+  // too few for the warps (LeNet's conv2: four tiles).
+  const int group_tiles = group_rows / 8;
+  const int split =
+      l.mtiles >= kWarps ? 1 : std::min(group_tiles, (kWarps + l.mtiles - 1) / l.mtiles);
+  l.chunk = (group_tiles + split - 1) / split;
   l.weight_bytes = group_rows * l.w_row;
   l.window_bytes = int(align16(int64_t(l.wh) * l.ww * p.c * elem));
-  l.table_bytes = int(align16(int64_t(l.tp) * 4));
+  l.table_bytes = int(align16((int64_t(l.tp) + 2 * group_rows) * 4));  // taps, scale, bias
   l.acc_stride = group_rows + 4;
-  l.acc_bytes = l.mtiles * 16 * l.acc_stride * 4;
+  l.acc_bytes = l.quad ? 0 : l.mtiles * 16 * l.acc_stride * 4;
   l.smem = size_t(l.weight_bytes) + l.window_bytes + l.table_bytes + l.acc_bytes;
   l.by_c = fast_div(int(p.c));
   l.by_ww = fast_div(l.ww);
@@ -111,7 +122,8 @@ WindowPlan plan_window(const DirectConvParams& p, int bh) {
 // Bands of whole rows (a multiple of the pool's rows) whose sums fill about kAccBudget: a block's
 // fixed costs (weights, offset table, two barriers) dominated LeNet's conv1 at 96-pixel bands.
 // Fewer rows where the grid would leave a quarter of the GPU idle, then the rows spread evenly
-// over the bands, and fewer still where shared memory is short.
+// over the bands, and fewer still where shared memory is short. Smaller channel groups where the
+// blocks are still fewer than the multiprocessors (LeNet's conv2: one block per image).
 WindowPlan choose_plan(const DirectConvParams& p) {
   const int unit = p.pool_h > 0 ? p.pool_h : 1;
   const int rows = p.pool_h > 0 ? int(p.oh / p.pool_h) * p.pool_h : int(p.oh);
@@ -125,8 +137,12 @@ WindowPlan choose_plan(const DirectConvParams& p) {
     bh -= unit;
   const int bands = (rows + bh - 1) / bh;
   bh = std::max(unit, ((rows + bands - 1) / bands + unit - 1) / unit * unit);
-  WindowPlan l = plan_window(p, bh);
-  while (l.smem > kMaxSmem && bh > unit) l = plan_window(p, bh -= unit);
+  int group_n = kGroupN;
+  while (group_n > 16 && p.k > group_n / 2 &&
+         p.n * ((rows + bh - 1) / bh) * ((p.k + group_n - 1) / group_n) < sm_count())
+    group_n /= 2;
+  WindowPlan l = plan_window(p, bh, group_n);
+  while (l.smem > kMaxSmem && bh > unit) l = plan_window(p, bh -= unit, group_n);
   return l;
 }
 
@@ -167,7 +183,33 @@ __device__ __forceinline__ uint32_t a_word(const unsigned char* win, int pix, co
   }
 }
 
-template <int DT, bool WORDS>
+// The same word from taps whose offsets a lane keeps in registers (-1: past the taps).
+template <int DT>
+__device__ __forceinline__ uint32_t a_word_cached(const unsigned char* win, int pix,
+                                                  const int* offsets) {
+  constexpr int E = Mma<DT>::kElem, EPW = 4 / E;
+  uint32_t w = 0;
+#pragma unroll
+  for (int e = 0; e < EPW; ++e) {
+    const int at = pix + offsets[e];
+    const uint32_t bits = offsets[e] < 0 ? 0u
+                          : E == 1       ? uint32_t(win[at])
+                                         : uint32_t(reinterpret_cast<const uint16_t*>(win)[at]);
+    w |= bits << (8 * E * e);
+  }
+  return w;
+}
+
+// Taps padded to at most 32 (one s8/e4m3 mma step, two f16/bf16 steps) keep a lane's offsets in
+// registers on the element path: eight per lane.
+constexpr int kCachedTaps = 32;
+// Channel tiles a warp multiplies per pass over the taps.
+constexpr int kPassTiles = 4;
+
+// QUAD: a 2x2 max pool with the band's pixels in pool order (pixel m is member m % 4 of pooled
+// pixel m / 4), so a pool window's four sums sit in four lanes of one mma tile and are pooled by
+// shuffles, without staging the sums.
+template <int DT, bool WORDS, bool QUAD>
 __global__ void __launch_bounds__(kThreads, 2)
     window_conv_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p,
                        WindowPlan l) {
@@ -180,12 +222,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   unsigned char* w_s = window_smem;
   unsigned char* win = w_s + l.weight_bytes;
   int* tap_s = reinterpret_cast<int*>(win + l.window_bytes);
+  float* scale_s = reinterpret_cast<float*>(tap_s + l.tp);  // the group's scale, then its bias
   Acc* acc_s = reinterpret_cast<Acc*>(win + l.window_bytes + l.table_bytes);
 
   const int C = int(p.c), H = int(p.h), W = int(p.w), K = int(p.k), OW = int(p.ow);
   const int n = int(blockIdx.x) / l.bands, band = int(blockIdx.x) % l.bands;
   const int oh0 = band * l.bh;
-  const int k0 = int(blockIdx.y) * kGroupN, kn = min(kGroupN, K - k0), nt = (kn + 7) / 8;
+  const int k0 = int(blockIdx.y) * l.group_n, kn = min(l.group_n, K - k0), nt = (kn + 7) / 8;
 
   // The group's weights (packed rows past K are zero), 16 bytes at a time.
   {
@@ -204,6 +247,11 @@ __global__ void __launch_bounds__(kThreads, 2)
       off = ((rs / p.s) * p.dil_h * l.ww + (rs % p.s) * p.dil_w) * C + c;
     }
     tap_s[k] = off;
+  }
+  for (int i = threadIdx.x; i < nt * 8; i += kThreads) {
+    const int ch = k0 + min(i, kn - 1);
+    scale_s[i] = p.scale[ch];
+    scale_s[nt * 8 + i] = p.bias ? p.bias[ch] : 0.0f;
   }
   // The window: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1.
   const int ih0 = oh0 * p.stride_h - p.pad_h;
@@ -274,59 +322,139 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const uint32_t* w_words = reinterpret_cast<const uint32_t*>(w_s);
   const int w_row_words = l.w_row / 4;
-  // Work items: a 16-pixel tile and a half of the group's channel tiles where the tiles are too few
-  // for the warps (LeNet's conv2: four tiles, seven channel tiles).
-  const int split = l.mtiles < kWarps && nt > 4 ? 2 : 1, half = (nt + 1) / 2;
-  for (int item = warp; item < l.mtiles * split; item += kWarps) {
-    const int mt = item % l.mtiles;
-    const int j0 = split == 1 ? 0 : item < l.mtiles ? 0 : half;
-    const int j1 = split == 1 ? nt : item < l.mtiles ? half : nt;
-    int pix[2];
+  // Element path with few taps: this lane's tap offsets (the same for every tile) in registers.
+  constexpr int kCachedSteps = kCachedTaps / KSTEP;
+  const bool cached = !WORDS && l.tp <= kCachedTaps;
+  int offsets[kCachedSteps][2 * EPW];
+  if (!WORDS) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = mt * 16 + g + 8 * h, lr = quotient(m, l.by_ow), col = m - lr * OW;
-      pix[h] = m < l.pixels ? (lr * p.stride_h * l.ww + col * p.stride_w) * C : 0;
-    }
-    Acc c[8][4];
+    for (int st = 0; st < kCachedSteps; ++st)
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) c[j][i] = Acc(0);
-    for (int kb = 0; kb < l.tp; kb += KSTEP) {
-      const int ka = kb + EPW * t, kc = ka + 4 * EPW;
-      const unsigned a[4] = {a_word<DT, WORDS>(win, pix[0], tap_s, ka, l.taps),
-                             a_word<DT, WORDS>(win, pix[1], tap_s, ka, l.taps),
-                             a_word<DT, WORDS>(win, pix[0], tap_s, kc, l.taps),
-                             a_word<DT, WORDS>(win, pix[1], tap_s, kc, l.taps)};
-      const int wa = kb * E / 4 + t;  // the word of tap ka in a weights row
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        if (j >= j0 && j < j1) {
-          const uint32_t* row = w_words + (j * 8 + g) * w_row_words;
-          mma_step<DT>(c[j], a, row[wa], row[wa + 4]);
-        }
+      for (int e = 0; e < 2 * EPW; ++e) {
+        const int k = st * KSTEP + EPW * t + (e < EPW ? e : 3 * EPW + e);
+        offsets[st][e] = cached && k < l.taps ? tap_s[k] : -1;
       }
-    }
-    // Sums: rows g and g + 8 of the tile, columns 8j + 2t and + 1.
-    const int r0 = mt * 16 + g;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if (j >= j0 && j < j1) {
-        Acc* lo = acc_s + r0 * l.acc_stride + 8 * j + 2 * t;
-        Acc* hi = lo + 8 * l.acc_stride;
-        lo[0] = c[j][0];
-        lo[1] = c[j][1];
-        hi[0] = c[j][2];
-        hi[1] = c[j][3];
-      }
-    }
   }
-  __syncthreads();
-
-  // Epilogue: scale, bias, residual, activation, the pool; y in its grid.
   const bool pool = p.pool_h > 0;
   const int y_row0 = pool ? oh0 / p.pool_h : oh0;
   const int out_rows = min(pool ? l.bh / p.pool_h : l.bh, l.yh - y_row0);
+  const int64_t y_image = int64_t(n) * l.yh * l.yw * K;
+  const int parts = (nt + l.chunk - 1) / l.chunk;
+  const float* bias_s = scale_s + nt * 8;
+  for (int item = warp; item < l.mtiles * parts; item += kWarps) {
+    const int mt = item % l.mtiles, j0 = item / l.mtiles * l.chunk, j1 = min(nt, j0 + l.chunk);
+    int pix[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = mt * 16 + g + 8 * h;
+      int lr, col;
+      if constexpr (QUAD) {
+        const int pooled = m >> 2, pr = quotient(pooled, l.by_yw);
+        lr = 2 * pr + ((m >> 1) & 1);
+        col = 2 * (pooled - pr * l.yw) + (m & 1);
+      } else {
+        lr = quotient(m, l.by_ow);
+        col = m - lr * OW;
+      }
+      pix[h] = m < l.pixels ? (lr * p.stride_h * l.ww + col * p.stride_w) * C : 0;
+    }
+    // Passes of up to four channel tiles: few accumulators, and no predicated work for the tiles
+    // an item does not own (LeNet's conv2 spent 79 instructions per step on two tiles of eight).
+    for (int jp = j0; jp < j1; jp += kPassTiles) {
+      const int jn = min(kPassTiles, j1 - jp);
+      Acc c[kPassTiles][4];
+#pragma unroll
+      for (int j = 0; j < kPassTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[j][i] = Acc(0);
+      const uint32_t* rows = w_words + (jp * 8 + g) * w_row_words;
+      auto multiply = [&](int kb, const unsigned(&a)[4]) {
+        const int wa = kb * E / 4 + t;  // the word of tap ka in a weights row
+#pragma unroll
+        for (int j = 0; j < kPassTiles; ++j) {
+          if (j < jn) {
+            const uint32_t* row = rows + j * 8 * w_row_words;
+            mma_step<DT>(c[j], a, row[wa], row[wa + 4]);
+          }
+        }
+      };
+      if (cached) {
+#pragma unroll
+        for (int st = 0; st < kCachedSteps; ++st) {
+          if (st * KSTEP >= l.tp) break;
+          const unsigned a[4] = {a_word_cached<DT>(win, pix[0], offsets[st]),
+                                 a_word_cached<DT>(win, pix[1], offsets[st]),
+                                 a_word_cached<DT>(win, pix[0], offsets[st] + EPW),
+                                 a_word_cached<DT>(win, pix[1], offsets[st] + EPW)};
+          multiply(st * KSTEP, a);
+        }
+      } else {
+        for (int kb = 0; kb < l.tp; kb += KSTEP) {
+          const int ka = kb + EPW * t, kc = ka + 4 * EPW;
+          const unsigned a[4] = {a_word<DT, WORDS>(win, pix[0], tap_s, ka, l.taps),
+                                 a_word<DT, WORDS>(win, pix[1], tap_s, ka, l.taps),
+                                 a_word<DT, WORDS>(win, pix[0], tap_s, kc, l.taps),
+                                 a_word<DT, WORDS>(win, pix[1], tap_s, kc, l.taps)};
+          multiply(kb, a);
+        }
+      }
+      if constexpr (QUAD) {
+        // Lanes 4q .. 4q + 3 (g = 4q + member) hold the four members of pooled pixels 4 mt + q
+        // (rows g) and 4 mt + q + 2 (rows g + 8): the max over lanes g ^ 1, g ^ 2 pools them;
+        // then member i stores value i (channel 2t + (i & 1) of pooled pixel i < 2 ? first :
+        // second), so every lane writes.
+        const int member = g & 3;
+        const int pooled = mt * 4 + (g >> 2) + (member >> 1) * 2;
+        const int pr = quotient(pooled, l.by_yw), pc = pooled - pr * l.yw;
+        const bool row_ok = pooled * 4 < l.pixels && pr < out_rows;
+        // Offset of this pixel's channel k0 within image n's y (32-bit: window_eligible).
+        const int y_pixel = ((y_row0 + pr) * l.yw + pc) * K + k0;
+#pragma unroll
+        for (int j = 0; j < kPassTiles; ++j) {
+          if (j < jn) {
+            const int ch = 8 * (jp + j) + 2 * t;
+            const float s0 = scale_s[ch], s1 = scale_s[ch + 1];
+            const float b0 = bias_s[ch], b1 = bias_s[ch + 1];
+            float v[4] = {float(c[j][0]) * s0 + b0, float(c[j][1]) * s1 + b1,
+                          float(c[j][2]) * s0 + b0, float(c[j][3]) * s1 + b1};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              v[i] = fmaxf(v[i], __shfl_xor_sync(0xffffffffu, v[i], 4));
+              v[i] = fmaxf(v[i], __shfl_xor_sync(0xffffffffu, v[i], 8));
+            }
+            const float mine = member == 0 ? v[0] : member == 1 ? v[1] : member == 2 ? v[2] : v[3];
+            const int chan = ch + (member & 1);
+            if (row_ok && chan < kn) {
+              const float out = activate(mine, p.act, p.lo, p.hi);  // monotonic: after the max
+              with_stored_type(p.y_grid.dt, [&](auto yt) {
+                constexpr int YT = decltype(yt)::value;
+                using Y = typename Stored<YT>::type;
+                (static_cast<Y*>(y) + y_image)[y_pixel + chan] = encode_fast<YT>(out, p.y_grid);
+              });
+            }
+          }
+        }
+      } else {
+        // Sums: rows g and g + 8 of the tile, columns 8j + 2t and + 1.
+        const int r0 = mt * 16 + g;
+#pragma unroll
+        for (int j = 0; j < kPassTiles; ++j) {
+          if (j < jn) {
+            Acc* lo = acc_s + r0 * l.acc_stride + 8 * (jp + j) + 2 * t;
+            Acc* hi = lo + 8 * l.acc_stride;
+            lo[0] = c[j][0];
+            lo[1] = c[j][1];
+            hi[0] = c[j][2];
+            hi[1] = c[j][3];
+          }
+        }
+      }
+    }
+  }
+  if constexpr (QUAD) return;
+  __syncthreads();
+
+  // Epilogue: scale, bias, residual, activation, the pool; y in its grid.
   const int out_pixels = out_rows * l.yw;
   const int64_t y_first = (int64_t(n) * l.yh + y_row0) * l.yw;
   // Threads over (output pixel, channel), channels fastest: every lane busy, neighbouring lanes
@@ -337,7 +465,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     using Y = typename Stored<YT>::type;
     for (int idx = threadIdx.x; idx < out_pixels * kn; idx += kThreads) {
       const int op = quotient(idx, by_kn), ch = idx - op * kn;
-      const float sc = p.scale[k0 + ch], bi = p.bias ? p.bias[k0 + ch] : 0.0f;
+      const float sc = scale_s[ch], bi = bias_s[ch];
       const int64_t out = (y_first + op) * K + k0 + ch;
       float v;
       if (!pool) {
@@ -358,10 +486,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   });
 }
 
-template <int DT, bool WORDS>
+template <int DT, bool WORDS, bool QUAD>
 cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, const WindowPlan& l,
                          cudaStream_t stream) {
-  auto kernel = window_conv_kernel<DT, WORDS>;
+  auto kernel = window_conv_kernel<DT, WORDS, QUAD>;
   // Above 48 KiB a kernel must ask for its shared memory (once per instantiation).
   static std::atomic<bool> configured{false};
   if (!configured.load()) {
@@ -381,8 +509,11 @@ cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, cons
 template <int DT>
 cudaError_t launch(const void* x, void* y, const DirectConvParams& p, const WindowPlan& l,
                    bool words, cudaStream_t stream) {
-  return words ? launch_typed<DT, true>(x, y, p, l, stream)
-               : launch_typed<DT, false>(x, y, p, l, stream);
+  if (l.quad)
+    return words ? launch_typed<DT, true, true>(x, y, p, l, stream)
+                 : launch_typed<DT, false, true>(x, y, p, l, stream);
+  return words ? launch_typed<DT, true, false>(x, y, p, l, stream)
+               : launch_typed<DT, false, false>(x, y, p, l, stream);
 }
 
 }  // namespace
@@ -402,7 +533,9 @@ bool window_eligible(const DirectConvParams& p) {
       (p.pool_h > 0 && (p.oh < p.pool_h || p.ow < p.pool_w)))
     return false;
   // 32-bit offsets within a band and indices within an image.
-  if (p.c * p.r * p.s > 4096 || p.h * p.w * p.c > (int64_t(1) << 30)) return false;
+  if (p.c * p.r * p.s > 4096 || p.h * p.w * p.c > (int64_t(1) << 30) ||
+      p.oh * p.ow * p.k > (int64_t(1) << 30))
+    return false;
   return choose_plan(p).smem <= kMaxSmem;
 }
 
