@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
 #include "backends/cuda/real_values.cuh"
 
@@ -29,6 +30,7 @@ namespace {
 
 // Eight warps: LeNet's conv1 in 288-pixel bands with four warps kept ~12% of the warp slots busy.
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kBlocksPerSm = 3;       // __launch_bounds__: registers for three blocks of kThreads
 constexpr int kGroupN = 64;           // most output channels per block (blockIdx.y: the group)
 constexpr int kAccBudget = 40 << 10;  // bytes of staged sums a band aims at (128-512 pixels)
 constexpr size_t kMaxSmem = 227 << 10;
@@ -253,6 +255,9 @@ __global__ void __launch_bounds__(kThreads, 2)
     scale_s[i] = p.scale[ch];
     scale_s[nt * 8 + i] = p.bias ? p.bias[ch] : 0.0f;
   }
+  // Weights, taps and scales are the layer's own: staged before the previous layer finishes.
+  wait_for_previous_grid();
+  allow_next_grid();
   // The window: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1.
   const int ih0 = oh0 * p.stride_h - p.pad_h;
   if (p.convert_input) {
@@ -501,8 +506,9 @@ cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, cons
     if (e != cudaSuccess) return e;
     configured = true;
   }
-  kernel<<<dim3(unsigned(p.n * l.bands), unsigned(l.groups)), kThreads, l.smem, stream>>>(x, y, p,
-                                                                                          l);
+  const cudaError_t e = launch_overlapped(kernel, dim3(unsigned(p.n * l.bands), unsigned(l.groups)),
+                                          dim3(kThreads), l.smem, stream, x, y, p, l);
+  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 

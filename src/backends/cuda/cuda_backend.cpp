@@ -1,6 +1,7 @@
 // The CUDA backend: cuDNN graph convolutions, cuBLASLt GEMMs and own kernels, NHWC activations,
 // s8 symmetric int8 and e4m3 fp8 with per-tensor activation scales, per-channel weight scales.
 // Device memory, streams, graph capture and timing (DeviceOps) live here too.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -231,6 +232,10 @@ class CudaBackend final : public Backend {
       case ir::OpKind::kFusedConv:
         return conv_supports(n, p, why);
       case ir::OpKind::kFusedGemm:
+        if (n.input(4)) {  // chained by fuse_for_execution: int8 only
+          if (p != Precision::kINT8 && why) *why = "chained linear layers run in int8 only";
+          return p == Precision::kINT8;
+        }
         return gemm_supports(n, p, why);
       default:
         return own_supports(n, p, why);
@@ -242,7 +247,7 @@ class CudaBackend final : public Backend {
       case ir::OpKind::kFusedConv:
         return make_conv_kernel(n, p);
       case ir::OpKind::kFusedGemm:
-        return make_gemm_kernel(n, p);
+        return n.input(4) ? make_chain_kernel(n, p) : make_gemm_kernel(n, p);
       default:
         return make_own_kernel(n, p);
     }
@@ -427,6 +432,32 @@ class CudaBackend final : public Backend {
       append_fused(gemm, flatten);
       doomed.push_back(reformat);
       doomed.push_back(flatten);
+    }
+    // int8 linear layer -> its only reader, another int8 linear layer (a classifier head): one
+    // kernel, the intermediate never leaves shared memory (kernels::chain_gemm_s8).
+    for (ir::Node* first : g.nodes()) {
+      if (first->op != ir::OpKind::kFusedGemm || first->input(4) ||
+          std::find(doomed.begin(), doomed.end(), first) != doomed.end())
+        continue;
+      ir::Value* mid = first->output(0);
+      ir::Node* second = nullptr;
+      if (!mid || !single_consumer(g, mid, &second) || second->input(4) ||
+          !gemm_can_chain(*first, *second))
+        continue;
+      first->inputs.resize(4, nullptr);
+      first->inputs.push_back(second->inputs[1]);
+      first->inputs.push_back(second->input(2));
+      for (const char* key : {"activation", "clip_min", "clip_max"})
+        if (auto it = second->attrs.find(std::string("mixq.") + key); it != second->attrs.end())
+          first->attrs[std::string("mixq.then_") + key] = it->second;
+      first->attrs["mixq.mid_dtype"] = std::string(dtype_name(mid->dtype));
+      first->attrs["mixq.mid_scale"] = mid->quant->scale[0];
+      ir::Value* out = second->outputs[0];
+      first->outputs[0] = out;
+      out->producer = first;
+      mid->producer = nullptr;
+      append_fused(first, second);
+      doomed.push_back(second);
     }
     if (doomed.empty()) return Status::Ok();
     g.remove_nodes(doomed);

@@ -85,6 +85,11 @@ bool conv_can_convert_input(const ir::Node& node, const ir::Value& source);
 // gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).
 bool gemm_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_gemm_kernel(const ir::Node& node, Precision precision);
+// gemm_chain.cpp: two int8 linear layers in one step (a FusedGemm whose inputs 4 and 5 are the
+// second layer's weights and bias, CudaBackend::fuse_for_execution); whether `first` -> `second`
+// (its only reader) can run so.
+bool gemm_can_chain(const ir::Node& first, const ir::Node& second);
+Expected<std::unique_ptr<Kernel>> make_chain_kernel(const ir::Node& node, Precision precision);
 // kernels.cu: reformat, pooling, elementwise, concat, softmax, copies.
 bool own_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_own_kernel(const ir::Node& node, Precision precision);

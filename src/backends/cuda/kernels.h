@@ -225,4 +225,37 @@ struct SmallGemmParams {
 bool small_gemm_s8_eligible(int64_t n, int64_t k);
 cudaError_t small_gemm_s8(const void* x, void* y, const SmallGemmParams& p, cudaStream_t stream);
 
+// --- two chained int8 linear layers (gemm_chain.cu)
+// ------------------------------------------------ y = act2(s2 * (W2 . mid) + b2) with
+// mid = s8(act1(s1 * (W1 . x) + b1)): a classifier head (LeNet's fc1 -> relu -> fc2) in one
+// kernel. A cluster of kChainCluster blocks takes 16 rows of x; block r computes fc1 outputs
+// [r * slice, (r + 1) * slice) on tensor cores (s32 sums), requantises them to mid's grid in
+// shared memory and sums their share of fc2 (dp4a, s32); the cluster adds the eight shares
+// through distributed shared memory. Integer sums throughout, so the result equals the two layers
+// run one after the other.
+constexpr int kChainCluster = 8;
+struct ChainGemmParams {
+  int64_t m = 0;
+  int k1 = 0, n1 = 0, n2 = 0;
+  int slice = 0;             // fc1 outputs per block: a multiple of 16, kChainCluster * slice >= n1
+  const void* w1 = nullptr;  // s8 [kChainCluster * slice][chain_k_padded(k1)], zero padded
+  const float* scale1 = nullptr;  // [kChainCluster * slice]: s_x * s_w1[n] (zero past n1)
+  const float* bias1 = nullptr;   // [kChainCluster * slice], real units (zero past n1)
+  int act1 = kActNone;
+  float lo1 = 0.0f, hi1 = 0.0f;
+  Grid mid_grid;                  // s8, symmetric
+  const void* w2 = nullptr;       // s8 [n2][kChainCluster * slice], columns past n1 zero
+  const float* scale2 = nullptr;  // [n2]: s_mid * s_w2[o]
+  const float* bias2 = nullptr;   // [n2], real units
+  int act2 = kActNone;
+  float lo2 = 0.0f, hi2 = 0.0f;
+  Grid y_grid;
+};
+int chain_k_padded(int k1);
+int chain_slice(int n1);
+// Whether the chain runs these sizes: k1 a multiple of 16, the shared memory of a block within
+// the GPU's (x rows, the slice's weights, mid and the partial sums), n2 at most 256.
+bool chain_gemm_s8_eligible(int64_t k1, int64_t n1, int64_t n2);
+cudaError_t chain_gemm_s8(const void* x, void* y, const ChainGemmParams& p, cudaStream_t stream);
+
 }  // namespace mixq::backends::cuda::kernels

@@ -47,8 +47,10 @@ Tensor quantize_from_float(const Tensor& values, DType dtype, const ir::QuantPar
 
 namespace {
 
-Status apply_activation(const ir::Node& node, Tensor& t) {
-  const std::string act = node.attr_string("mixq.activation", "none");
+// The activation named by "<prefix>activation" ("mixq." for the layer, "mixq.then_" for a chained
+// second layer).
+Status apply_activation(const ir::Node& node, Tensor& t, const std::string& prefix = "mixq.") {
+  const std::string act = node.attr_string(prefix + "activation", "none");
   float* p = t.data<float>();
   if (act == "none") return Status::Ok();
   if (act == "relu") {
@@ -56,8 +58,8 @@ Status apply_activation(const ir::Node& node, Tensor& t) {
     return Status::Ok();
   }
   if (act == "clip") {
-    const float lo = node.attr_float("mixq.clip_min", -INFINITY);
-    const float hi = node.attr_float("mixq.clip_max", INFINITY);
+    const float lo = node.attr_float(prefix + "clip_min", -INFINITY);
+    const float hi = node.attr_float(prefix + "clip_max", INFINITY);
     for (int64_t i = 0; i < t.numel(); ++i) p[i] = std::min(std::max(p[i], lo), hi);
     return Status::Ok();
   }
@@ -82,6 +84,11 @@ Tensor flatten_nhwc(const Tensor& x) {
         for (int64_t w = 0; w < W; ++w)
           dst[((n * H + h) * W + w) * C + c] = src[((n * C + c) * H + h) * W + w];
   return out;
+}
+
+// A FusedGemm with a chained second layer (inputs 4 and 5: its weights [N2, N1] and bias).
+bool chained(const ir::Node& node) {
+  return node.op == ir::OpKind::kFusedGemm && node.input(4) != nullptr;
 }
 
 Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
@@ -109,6 +116,19 @@ Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in,
   if (in.size() > 3 && in[3].present && in[3].shape != out[0].shape)
     return InvalidArgument("residual input shape " + shape_to_string(in[3].shape) +
                            " differs from the output " + shape_to_string(out[0].shape));
+  if (chained(node)) {
+    if (in.size() < 5 || !in[4].present || in[4].shape.size() != 2 || out[0].shape.size() != 2 ||
+        (out[0].shape[1] >= 0 && in[4].shape[1] != out[0].shape[1]) ||
+        (in.size() > 3 && in[3].present))
+      return InvalidArgument(node.describe() + ": the chained layer's weights " +
+                             (in.size() > 4 ? shape_to_string(in[4].shape) : "(none)") +
+                             " do not take the first layer's output " +
+                             shape_to_string(out[0].shape) + " (and no residual)");
+    if (in.size() > 5 && in[5].present && in[5].shape != Shape{in[4].shape[0]})
+      return InvalidArgument(node.describe() + ": the chained layer's bias " +
+                             shape_to_string(in[5].shape) + " is not one value per output");
+    out[0].shape[1] = in[4].shape[0];
+  }
   if (const auto pool = node.attr_ints("mixq.pool", {}); !pool.empty()) {
     // A fused max pool (window = stride, no padding): floor(size / window).
     if (pool.size() != 2 || pool[0] < 1 || pool[1] < 1 || out[0].shape.size() != 4 ||
@@ -174,8 +194,8 @@ Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span
   const bool quantized_out = out[0].dtype() != DType::kFloat32;
   const auto pool = node.attr_ints("mixq.pool", {});
   Tensor result;
-  if (!pool.empty()) {
-    // The convolution's own output, pooled after the activation.
+  if (!pool.empty() || chained(node)) {
+    // The layer's own output: pooled after the activation, or read by the chained layer.
     std::vector<TensorInfo> infos, conv_out(1);
     for (const Tensor& a : args) infos.push_back(TensorInfo::of(a));
     MIXQ_RETURN_IF_ERROR(base->infer(node, infos, conv_out));
@@ -190,6 +210,23 @@ Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span
     for (int64_t i = 0; i < result.numel(); ++i) result.data<float>()[i] += r.data<float>()[i];
   }
   MIXQ_RETURN_IF_ERROR(apply_activation(node, result));
+  if (chained(node)) {
+    // The first result in its grid, as the intermediate value held it, then the second layer.
+    const std::optional<DType> mid_dtype = dtype_from_name(node.attr_string("mixq.mid_dtype", ""));
+    ir::QuantParams q;
+    q.scale = {node.attr_float("mixq.mid_scale", 0.0f)};
+    if (!mid_dtype || !(q.scale[0] > 0.0f))
+      return InvalidArgument(
+          node.describe() + ": a chained layer needs mixq.mid_dtype and a positive mixq.mid_scale");
+    q.dtype = *mid_dtype;
+    const Tensor mid = dequantize_to_float(quantize_from_float(result, *mid_dtype, &q), &q);
+    std::vector<Tensor> second = {mid, dequantize_to_float(in[4], quant_of(4))};
+    if (in.size() > 5 && in[5].defined()) second.push_back(dequantize_to_float(in[5], quant_of(5)));
+    result = quantized_out ? Tensor::empty(DType::kFloat32, out[0].shape()) : out[0];
+    std::vector<Tensor> outs2 = {result};
+    MIXQ_RETURN_IF_ERROR(base->compute(node, second, outs2));
+    MIXQ_RETURN_IF_ERROR(apply_activation(node, result, "mixq.then_"));
+  }
   if (!pool.empty()) {
     result = max_pool_windows(result, pool[0], pool[1]);
     if (!quantized_out) {

@@ -638,7 +638,7 @@ std::shared_ptr<const Model> lenet_model(uint64_t seed) {
 
 class CudaLenetFusion : public ::testing::TestWithParam<Precision> {};
 
-TEST_P(CudaLenetFusion, RunsAsFourStepsAndMatchesTheUnfusedEngine) {
+TEST_P(CudaLenetFusion, RunsAsFewStepsAndMatchesTheUnfusedEngine) {
   REQUIRE_CUDA();
   const Precision p = GetParam();
   auto model = lenet_model(41);
@@ -655,9 +655,11 @@ TEST_P(CudaLenetFusion, RunsAsFourStepsAndMatchesTheUnfusedEngine) {
   }
   ASSERT_TRUE(unfused->ok()) << unfused->status().to_string();
   const BuildReport& r = fused->report();
+  // int8: fc1 and fc2 are one chained step (gemm_chain.cu).
+  const size_t gemms = p == Precision::kINT8 ? 1 : 2, steps = 2 + gemms;
   EXPECT_EQ(testing::count_op(r, "FusedConv"), 2) << testing::describe_layers(r);
-  EXPECT_EQ(testing::count_op(r, "FusedGemm"), 2) << testing::describe_layers(r);
-  EXPECT_EQ(r.layers.size(), 4u) << testing::describe_layers(r);
+  EXPECT_EQ(testing::count_op(r, "FusedGemm"), int(gemms)) << testing::describe_layers(r);
+  EXPECT_EQ(r.layers.size(), steps) << testing::describe_layers(r);
   EXPECT_GE((*unfused)->report().layers.size(), 8u)
       << "MIXQ_CUDA_FUSION=0 keeps the pools, the conversion, the reorder and the flatten:\n"
       << testing::describe_layers((*unfused)->report());
@@ -665,6 +667,11 @@ TEST_P(CudaLenetFusion, RunsAsFourStepsAndMatchesTheUnfusedEngine) {
   ASSERT_NE(fc1, nullptr);
   EXPECT_NE(std::find(fc1->fused.begin(), fc1->fused.end(), "/Flatten"), fc1->fused.end())
       << testing::describe_layers(r);
+  if (p == Precision::kINT8) {
+    EXPECT_NE(fc1->implementation.find("chained"), std::string::npos) << fc1->implementation;
+    EXPECT_NE(std::find(fc1->fused.begin(), fc1->fused.end(), "/fc2/Gemm"), fc1->fused.end())
+        << testing::describe_layers(r);
+  }
   // Every layer at the precision asked, or a reported fallback (fp8's fc2: 10 outputs, cuBLASLt's
   // fp8 needs multiples of 16).
   for (const LayerReport& l : r.layers)
@@ -674,7 +681,7 @@ TEST_P(CudaLenetFusion, RunsAsFourStepsAndMatchesTheUnfusedEngine) {
   ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
   auto loaded = Engine::from_bytes(*bytes, "'lenet.mixq'");
   ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
-  EXPECT_EQ(loaded->report().layers.size(), 4u) << testing::describe_layers(loaded->report());
+  EXPECT_EQ(loaded->report().layers.size(), steps) << testing::describe_layers(loaded->report());
   for (int64_t batch : {int64_t(3), kMaxBatch}) {
     SCOPED_TRACE("batch " + std::to_string(batch));
     const TensorMap inputs = random_model_inputs(*model, batch, 200 + uint64_t(batch), -1.0f, 1.0f);
@@ -992,6 +999,83 @@ INSTANTIATE_TEST_SUITE_P(Cublaslt, CudaMlp,
                            return std::string(precision_name(std::get<0>(i.param))) +
                                   (std::get<1>(i.param) ? "_per_tensor" : "_per_channel");
                          });
+
+// Two int8 linear layers chained into one kernel (gemm_chain.cu): the same integer sums as the two
+// layers run apart (MIXQ_CUDA_FUSION=0), so the outputs agree to float rounding; and against fp32.
+// LeNet's head (800 -> 500 -> 10), and sizes that pad everything: k a multiple of 16 but not 32,
+// hidden outputs filling only part of the cluster (72 of 128), more outputs than a block's threads
+// cover in one pass.
+struct ChainCase {
+  std::string name;
+  int64_t k, hidden, n;
+  std::string act2;  // the second layer's epilogue: "", "relu"
+};
+
+class CudaGemmChain : public ::testing::TestWithParam<ChainCase> {};
+
+TEST_P(CudaGemmChain, MatchesTheLayersRunApart) {
+  REQUIRE_CUDA();
+  const ChainCase& c = GetParam();
+  OnnxBuilder b(13, "chain_" + c.name);
+  b.input("x", {"N", c.k});
+  b.output("y", {"N", c.n});
+  const float b1 = 2.0f / std::sqrt(float(c.k)), b2 = 2.0f / std::sqrt(float(c.hidden));
+  b.initializer("fc1.weight", random_tensor({c.hidden, c.k}, 61, -b1, b1));
+  b.initializer("fc1.bias", random_tensor({c.hidden}, 62, -0.2f, 0.2f));
+  b.initializer("fc2.weight", random_tensor({c.n, c.hidden}, 63, -b2, b2));
+  b.initializer("fc2.bias", random_tensor({c.n}, 64, -0.2f, 0.2f));
+  b.node("Gemm", {"x", "fc1.weight", "fc1.bias"}, {"h"}, "/fc1/Gemm").attr("transB", int64_t(1));
+  b.node("Relu", {"h"}, {"hr"}, "/fc1_relu/Relu");
+  const std::string out2 = c.act2.empty() ? "y" : "o";
+  b.node("Gemm", {"hr", "fc2.weight", "fc2.bias"}, {out2}, "/fc2/Gemm").attr("transB", int64_t(1));
+  if (c.act2 == "relu") b.node("Relu", {"o"}, {"y"}, "/fc2_relu/Relu");
+  auto model = load_model(b, "chain_" + c.name);
+  ASSERT_TRUE(model);
+  const std::string plan = R"({"default_precision": "int8"})";
+  const CalibrationData calibration = random_calibration(*model, 4, 8, 77, -1.0f, 1.0f);
+  // Up to 40 rows: three clusters of 16, the last one partial.
+  const int64_t max_batch = 40;
+  auto fused = build_engine(model, cuda_options(Precision::kFP32, max_batch), plan, calibration);
+  ASSERT_TRUE(fused.ok()) << fused.status().to_string();
+  std::optional<Expected<Engine>> apart;
+  {
+    testing::ScopedEnv off("MIXQ_CUDA_FUSION", "0");
+    apart = build_engine(model, cuda_options(Precision::kFP32, max_batch), plan, calibration);
+  }
+  ASSERT_TRUE(apart->ok()) << apart->status().to_string();
+  const BuildReport& r = fused->report();
+  ASSERT_EQ(testing::count_op(r, "FusedGemm"), 1) << testing::describe_layers(r);
+  const LayerReport* chain = testing::find_layer(r, "FusedGemm");
+  EXPECT_NE(chain->implementation.find("chained"), std::string::npos) << chain->implementation;
+  EXPECT_EQ(chain->actual, Precision::kINT8);
+  EXPECT_EQ(testing::count_op((*apart)->report(), "FusedGemm"), 2);
+  auto bytes = fused->serialize();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+  auto loaded = Engine::from_bytes(*bytes, "'chain.mixq'");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  for (int64_t batch : {int64_t(1), int64_t(17), max_batch}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const TensorMap inputs = random_model_inputs(*model, batch, 300 + uint64_t(batch), -1.0f, 1.0f);
+    const Tensor got = infer_once(*fused, inputs).at("y");
+    const Tensor want = infer_once(**apart, inputs).at("y");
+    const Tensor ref = reference_outputs(*model, inputs).at("y");
+    ASSERT_EQ(got.shape(), (Shape{batch, c.n}));
+    ASSERT_EQ(got.shape(), want.shape());
+    double largest = 0;
+    for (int64_t i = 0; i < want.numel(); ++i)
+      largest = std::max(largest, std::fabs(double(want.data<float>()[i])));
+    EXPECT_LE(testing::max_abs_error(got, want), 1e-4 * (1.0 + largest))
+        << "the same integer sums as the layers run apart";
+    EXPECT_GE(testing::sqnr_db(got, ref), 20.0) << "against fp32";
+    EXPECT_EQ(testing::max_abs_error(infer_once(*loaded, inputs).at("y"), got), 0.0)
+        << "the loaded engine";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Own, CudaGemmChain,
+                         ::testing::Values(ChainCase{"lenet_head", 800, 500, 10, ""},
+                                           ChainCase{"padded", 48, 72, 200, "relu"}),
+                         [](const ::testing::TestParamInfo<ChainCase>& i) { return i.param.name; });
 
 // The int8 linear layer is exact up to the final float scaling: inputs on the grid s_x = 0.01
 // (codes -127..127), the engine's own int8 weights and scales read from its graph; the result

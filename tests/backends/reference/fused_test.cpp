@@ -2,6 +2,8 @@
 // pool ("mixq.pool": the same as Conv, the activation and MaxPool one after another) and its
 // input's Reformat ("mixq.input_dtype" / "mixq.input_scale": the input converted first); and a
 // FusedGemm reading a 4-D input flattened in (H, W, C) order ("mixq.flatten_input" = "nhwc").
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "backends/reference/kernel_test_util.h"
@@ -123,6 +125,52 @@ TEST(FusedGemmReference, NhwcFlattenedInputWithPermutedWeightsEqualsFlattenThenG
     EXPECT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-5f) << "element " << i;
   const Status s = testing::kt::run_error(ir::OpKind::kFusedGemm, {flat, permuted, b}, fused_attrs);
   EXPECT_NE(s.message().find("mixq.flatten_input"), std::string::npos) << s.to_string();
+}
+
+TEST(FusedGemmReference, ChainedLayerRequantisesTheFirstResultThenRunsTheSecond) {
+  const int64_t N = 4, K = 12, M1 = 9, M2 = 5;
+  const Tensor x = random_tensor({N, K}, 21);
+  const Tensor w1 = random_tensor({M1, K}, 22), b1 = random_tensor({M1}, 23);
+  const Tensor w2 = random_tensor({M2, M1}, 24), b2 = random_tensor({M2}, 25);
+  const float mid_scale = 0.01f, lo = -0.5f, hi = 0.75f;
+  Attrs attrs = {{"transB", int64_t(1)}};
+  attrs["mixq.activation"] = std::string("relu");
+  attrs["mixq.mid_dtype"] = std::string("i8");
+  attrs["mixq.mid_scale"] = mid_scale;
+  attrs["mixq.then_activation"] = std::string("clip");
+  attrs["mixq.then_clip_min"] = lo;
+  attrs["mixq.then_clip_max"] = hi;
+  const Tensor got =
+      testing::kt::run1(ir::OpKind::kFusedGemm, {x, w1, b1, Tensor(), w2, b2}, attrs);
+  // By hand: relu(x W1^T + b1) on the int8 grid of mid_scale (saturating), then the second layer.
+  Tensor mid = testing::kt::run1(ir::OpKind::kGemm, {x, w1, b1}, {{"transB", int64_t(1)}});
+  ASSERT_TRUE(mid.defined());
+  int saturated = 0;
+  for (int64_t i = 0; i < mid.numel(); ++i) {
+    const float q = std::nearbyint(std::max(mid.data<float>()[i], 0.0f) / mid_scale);
+    saturated += q > 127.0f;
+    mid.data<float>()[i] = std::min(q, 127.0f) * mid_scale;
+  }
+  Tensor want = testing::kt::run1(ir::OpKind::kGemm, {mid, w2, b2}, {{"transB", int64_t(1)}});
+  ASSERT_TRUE(got.defined() && want.defined());
+  ASSERT_EQ(got.shape(), (Shape{N, M2}));
+  EXPECT_GT(saturated, 0) << "the grid should clip some sums (a test of saturation)";
+  int clipped = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const float v = want.data<float>()[i];
+    clipped += v < lo || v > hi;
+    EXPECT_NEAR(got.data<float>()[i], std::min(std::max(v, lo), hi), 1e-5f) << "element " << i;
+  }
+  EXPECT_GT(clipped, 0);
+  // The intermediate's grid is required, and the second layer must take the first's outputs.
+  Attrs no_scale = attrs;
+  no_scale.erase("mixq.mid_scale");
+  Status s =
+      testing::kt::run_error(ir::OpKind::kFusedGemm, {x, w1, b1, Tensor(), w2, b2}, no_scale);
+  EXPECT_NE(s.message().find("mixq.mid_scale"), std::string::npos) << s.to_string();
+  s = testing::kt::run_error(ir::OpKind::kFusedGemm,
+                             {x, w1, b1, Tensor(), random_tensor({M2, M1 + 1}, 26), b2}, attrs);
+  EXPECT_NE(s.message().find("chained layer's weights"), std::string::npos) << s.to_string();
 }
 
 }  // namespace

@@ -1,0 +1,38 @@
+// Programmatic dependent launch (Hopper): a kernel launched with launch_overlapped() may start
+// while the previous kernel on the stream finishes, so its set-up (weights to shared memory, say)
+// overlaps that kernel's tail and the launch gap. It must call wait_for_previous_grid() before it
+// reads anything an earlier kernel wrote and before it writes anything (the memory plan reuses
+// buffers); allow_next_grid() lets the next overlapped kernel start early.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace mixq::backends::cuda::kernels {
+
+__device__ __forceinline__ void wait_for_previous_grid() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void allow_next_grid() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+}
+
+template <typename... Params, typename... Args>
+cudaError_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                              cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = overlap;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace mixq::backends::cuda::kernels
