@@ -9,7 +9,9 @@ Each PROFILE is `mixq bench ENGINE --profile --json` of one engine built at one 
 (e.g. fp16, int8, fp8) for the same model. Layers are grouped by the first part of their module
 name (conv1, layer1, layer2, ..., fc): a group changes precision as a whole, so residual blocks
 keep one format and their fused residual adds. A group's candidates are the precisions every one
-of its layers really ran at (a layer that fell back in the int8 engine is no int8 candidate). The
+of its layers really ran at (a layer that fell back in the int8 engine is no int8 candidate). A
+layer absent from one engine's profile ran inside the previous layer's step there (two chained
+int8 linear layers): it costs nothing at that precision and joins the previous layer's group. The
 choice minimises, over the groups in execution order, the sum of layer times plus one reformat
 (--switch-ms, default: the median Reformat step that did work in the profiles) wherever
 consecutive groups differ in precision.
@@ -69,15 +71,28 @@ def main():
                 times[key][layer["precision"]] = layer["ms_median"]
     if not order:
         sys.exit("error: the profiles list no convolution or linear layer with a module name")
+    # A layer missing from an engine's profile ran inside its neighbour's step there (the CUDA
+    # backend chains two int8 linear layers into one kernel): free at that precision, and tied to
+    # the neighbour's precision (the chain needs both at it).
+    absorbed = set()
+    for prof in profiles:
+        present = {layer["module"] for layer in prof["layers"] if layer["op"] in WEIGHTED}
+        precs = [layer["precision"] for layer in prof["layers"] if layer["op"] in WEIGHTED]
+        main_pr = max(set(precs), key=lambda pr: (precs.count(pr), pr)) if precs else None
+        for key in order[1:]:
+            if key not in present and main_pr is not None:
+                absorbed.add(key)
+                times[key][main_pr] = 0.0
     worked = [ms for ms in reformats if ms > 0]  # views (no kernel) report 0
     steps = [layer["ms_median"] for prof in profiles for layer in prof["layers"]
              if layer["ms_median"] > 0]
     switch = a.switch_ms if a.switch_ms is not None else (
         statistics.median(worked) if worked else min(steps))
 
-    groups, group_of = [], {}
+    groups, group_of, group_name = [], {}, {}
     for key in order:
-        g = key.split(".")[0]
+        g = group_name[order[order.index(key) - 1]] if key in absorbed else key.split(".")[0]
+        group_name[key] = g
         if g not in group_of:
             group_of[g] = []
             groups.append(g)
@@ -116,7 +131,7 @@ def main():
         if total > ms * (1.0 - a.min_gain):
             kept_uniform, total, group_choice = pr, ms, [pr] * len(groups)
     chosen = dict(zip(groups, group_choice))
-    choice = [chosen[key.split(".")[0]] for key in order]
+    choice = [chosen[group_name[key]] for key in order]
 
     counts = {}
     for pr in choice:
@@ -139,7 +154,8 @@ def main():
     for key, pr in zip(order, choice):
         cells = "".join(f"{times[key][q] * 1e3:9.1f}" if q in times[key] else f"{'-':>9}"
                         for q in precisions)
-        print(f"{key:<28}{cells}   {pr}", file=log)
+        note = f"  (in {group_name[key]}'s step where 0.0)" if key in absorbed else ""
+        print(f"{key:<28}{cells}   {pr}{note}", file=log)
     for prof in profiles:
         ms = sum(layer["ms_median"] for layer in prof["layers"] if layer["op"] in WEIGHTED)
         print(f"weighted layers of {prof['engine']}: {ms * 1e3:.1f} us", file=log)

@@ -108,3 +108,16 @@ def test_absorbed_reformats_make_a_switch_cost_the_cheapest_step(tmp_path):
     assert rc == 0, log
     assert "switch cost 10.0 us" in log
     assert set(resolved(plan, MODULES).values()) == {"fp16"}
+
+
+def test_a_layer_absorbed_into_its_neighbour_costs_nothing_there(tmp_path):
+    # The int8 engine chained fc2 into fc1's step: fc2 is missing from its profile. It must count
+    # as free at int8 (not as "no int8 candidate") and keep fc1's precision.
+    fp16 = profile(tmp_path, "fp16", {"conv1": 0.015, "fc1": 0.009, "fc2": 0.006})
+    int8 = profile(tmp_path, "int8", {"conv1": 0.016, "fc1": 0.009})
+    rc, plan, log = pick(fp16, int8, extra=["--switch-ms", "0.001", "--min-gain", "0"])
+    assert rc == 0, log
+    # fc1+fc2: int8 0.009 against fp16 0.015; conv1 stays fp16 (0.001 saved, one switch 0.001)
+    got = resolved(plan, ["conv1", "fc1", "fc2"])
+    assert got["fc1"] == "int8" and got["fc2"] == "int8", (got, log)
+    assert "in fc1's step" in log

@@ -347,7 +347,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int parts = (nt + l.chunk - 1) / l.chunk;
   const float* bias_s = scale_s + nt * 8;
   for (int item = warp; item < l.mtiles * parts; item += kWarps) {
-    const int mt = item % l.mtiles, j0 = item / l.mtiles * l.chunk, j1 = min(nt, j0 + l.chunk);
+    // The tile and the run of channel tiles (a division only where the runs are several).
+    int mt = item, part = 0;
+    if (parts > 1) {
+      part = item / l.mtiles;
+      mt = item - part * l.mtiles;
+    }
+    const int j0 = part * l.chunk, j1 = min(nt, j0 + l.chunk);
     int pix[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
