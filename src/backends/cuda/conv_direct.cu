@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/real_values.cuh"
 
 namespace mixq::backends::cuda::kernels {
@@ -145,6 +146,7 @@ __global__ void __launch_bounds__(256, 2)
   const int taps = C * p.r * p.s;
   // Weights to shared memory once per block (the block walks several pixel tiles).
   for (int i = threadIdx.x; i < l.weight_floats; i += blockDim.x) w_s[i] = p.weights[i];
+  wait_for_previous_grid();  // the weights are the layer's own: read while the previous kernel ends
   __syncthreads();
 
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -339,6 +341,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
       tap_s[3 * t + 2] = c;
     }
   }
+  wait_for_previous_grid();  // weights and taps are the layer's own (launch.cuh)
   __syncthreads();
   const int pixels = int(p.n * p.oh * p.ow);
   const int n_tiles = l.kp / 16;
@@ -417,8 +420,8 @@ cudaError_t launch_tc_typed(const void* x, void* y, const DirectConvParams& p,
   if (l.tiles == 0) return cudaSuccess;
   const size_t smem = tc_smem_bytes(l, p);
   const int blocks = std::min(int(ceil_div(l.tiles, kTcWarps)), sm_count() * 8);
-  direct_conv_tc_kernel<DT, YT><<<blocks, 32 * kTcWarps, smem, stream>>>(x, y, p, l);
-  return cudaGetLastError();
+  return launch_overlapped(direct_conv_tc_kernel<DT, YT>, dim3(unsigned(blocks)),
+                           dim3(32 * kTcWarps), smem, stream, x, y, p, l);
 }
 
 template <int DT>
@@ -480,8 +483,8 @@ cudaError_t launch(const void* x, void* y, const DirectConvParams& p, cudaStream
   // shared memory once per block.
   const int blocks = std::min(l.tiles, sm_count() * int(2048 / threads));
   const size_t smem = size_t(l.weight_floats) * sizeof(float) + size_t(l.stage_bytes);
-  direct_conv_kernel<DT, TILE><<<unsigned(blocks), threads, smem, stream>>>(x, y, p, l);
-  return cudaGetLastError();
+  return launch_overlapped(direct_conv_kernel<DT, TILE>, dim3(unsigned(blocks)),
+                           dim3(unsigned(threads)), smem, stream, x, y, p, l);
 }
 
 template <int TILE>

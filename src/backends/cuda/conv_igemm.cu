@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
 #include "backends/cuda/real_values.cuh"
 
@@ -149,6 +150,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     scale_s[threadIdx.x] = k < p.k ? p.scale[k] : 0.0f;
     bias_s[threadIdx.x] = k < p.k && p.bias ? p.bias[k] : 0.0f;
   }
+  // Everything above is the layer's own: set up while the previous kernel ends (launch.cuh).
+  wait_for_previous_grid();
   __syncthreads();
   const unsigned b_sa = unsigned(__cvta_generic_to_shared(igemm_smem));
   const unsigned x_sa = unsigned(__cvta_generic_to_shared(x_s));
@@ -426,8 +429,8 @@ cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, cons
   const int per_sm = std::max(1, std::min(4, int(kMaxSmem / (h.smem + 1024))));
   const int n_blocks = int((p.k + kBlockN - 1) / kBlockN);
   const int blocks = std::max(1, std::min(h.tiles, sm_count() * per_sm / n_blocks));
-  kernel<<<dim3(unsigned(blocks), unsigned(n_blocks)), kThreads, h.smem, stream>>>(x, y, p, h);
-  return cudaGetLastError();
+  return launch_overlapped(kernel, dim3(unsigned(blocks), unsigned(n_blocks)), dim3(kThreads),
+                           h.smem, stream, x, y, p, h);
 }
 
 template <int DT>

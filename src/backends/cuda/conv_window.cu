@@ -257,7 +257,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   // Weights, taps and scales are the layer's own: staged before the previous layer finishes.
   wait_for_previous_grid();
-  allow_next_grid();
   // The window: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1.
   const int ih0 = oh0 * p.stride_h - p.pad_h;
   if (p.convert_input) {

@@ -94,7 +94,6 @@ __global__ void __cluster_dims__(kChainCluster, 1, 1) __launch_bounds__(kChainTh
     }
   }
   wait_for_previous_grid();
-  allow_next_grid();
   for (int r = r0; r < kRows && r0 < r_step; r += r_step) {
     if (r < rows && col < xc)
       cp_async16(x_s + r * l.row + col * 16, x + (row0 + r) * p.k1 + col * 16);

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/real_values.cuh"
 
 namespace mixq::backends::cuda::kernels {
@@ -24,6 +25,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int first = int(blockIdx.y) * slice, outputs = min(slice, N - first);
   const int* w = static_cast<const int*>(p.weights) + int64_t(first) * words;
   for (int i = int(threadIdx.x); i < outputs * words; i += int(blockDim.x)) weight_words[i] = w[i];
+  wait_for_previous_grid();  // the weights are the layer's own (launch.cuh)
   __syncthreads();
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   for (int64_t row = int64_t(blockIdx.x) * kWarps + warp; row < p.m;
@@ -76,9 +78,9 @@ cudaError_t small_gemm_s8(const void* x, void* y, const SmallGemmParams& p, cuda
   const int64_t slice = slice_outputs(p.n, p.k), slices = (p.n + slice - 1) / slice;
   const int blocks = int(std::min<int64_t>((p.m + kWarps - 1) / kWarps,
                                            std::max<int64_t>(1, int64_t(sm_count()) * 4 / slices)));
-  small_gemm_s8_kernel<<<dim3(unsigned(blocks), unsigned(slices)), 32 * kWarps, size_t(slice * p.k),
-                         stream>>>(static_cast<const int8_t*>(x), y, p, int(slice));
-  return cudaGetLastError();
+  return launch_overlapped(small_gemm_s8_kernel, dim3(unsigned(blocks), unsigned(slices)),
+                           dim3(32 * kWarps), size_t(slice * p.k), stream,
+                           static_cast<const int8_t*>(x), y, p, int(slice));
 }
 
 }  // namespace mixq::backends::cuda::kernels

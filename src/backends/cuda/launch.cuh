@@ -1,8 +1,11 @@
-// Programmatic dependent launch (Hopper): a kernel launched with launch_overlapped() may start
-// while the previous kernel on the stream finishes, so its set-up (weights to shared memory, say)
-// overlaps that kernel's tail and the launch gap. It must call wait_for_previous_grid() before it
-// reads anything an earlier kernel wrote and before it writes anything (the memory plan reuses
-// buffers); allow_next_grid() lets the next overlapped kernel start early.
+// Programmatic dependent launch (Hopper): a kernel launched with launch_overlapped() is launched
+// as soon as the previous kernel on the stream has finished its blocks, so its set-up (weights to
+// shared memory, say) overlaps that kernel's teardown and the launch gap. It must call
+// wait_for_previous_grid() before it reads anything an earlier kernel wrote and before it writes
+// anything (the memory plan reuses buffers). Our kernels never trigger their successors early
+// (griddepcontrol.launch_dependents): a library kernel after them, launched by cuDNN with the same
+// attribute, read a window convolution's output before it was complete (an fp8 residual block
+// test failed that way).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,10 +16,6 @@ namespace mixq::backends::cuda::kernels {
 
 __device__ __forceinline__ void wait_for_previous_grid() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void allow_next_grid() {
-  asm volatile("griddepcontrol.launch_dependents;\n" ::);
 }
 
 template <typename... Params, typename... Args>
