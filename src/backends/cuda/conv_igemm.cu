@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "backends/cuda/cp_async.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -42,20 +43,6 @@ constexpr int kWarpsM = 4, kWarpsN = 2;
 constexpr int kThreads = 32 * kWarpsM * kWarpsN;
 constexpr int kMaxTaps = 9;  // R * S (the weights of a chunk stay in shared memory)
 constexpr size_t kMaxSmem = 227 << 10;
-
-// 16 bytes global -> shared, zero-filled where !valid.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Four 8x8 matrices of 16-bit elements (8 rows of 16 bytes each); lanes 8i..8i+7 give the rows of
 // matrix i, register i of every lane receives its part of matrix i.
@@ -414,18 +401,10 @@ template <int DT, int YT>
 cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, const HaloPlan& h,
                          cudaStream_t stream) {
   auto kernel = igemm_conv_kernel<DT, YT>;
-  // Above 48 KiB a kernel must ask for its shared memory, and without the carveout hint the
-  // driver may leave room for fewer blocks per multiprocessor than fit (once per instantiation).
   static std::atomic<bool> configured{false};
-  if (!configured.load()) {
-    cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem));
-    if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                               int(cudaSharedmemCarveoutMaxShared));
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
+  if (const cudaError_t e = reserve_shared_memory(kernel, kMaxSmem, true, configured);
+      e != cudaSuccess)
+    return e;
   const int per_sm = std::max(1, std::min(4, int(kMaxSmem / (h.smem + 1024))));
   const int n_blocks = int((p.k + kBlockN - 1) / kBlockN);
   const int blocks = std::max(1, std::min(h.tiles, sm_count() * per_sm / n_blocks));

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "backends/cuda/cp_async.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -30,7 +31,6 @@ namespace {
 
 // Eight warps: LeNet's conv1 in 288-pixel bands with four warps kept ~12% of the warp slots busy.
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
-constexpr int kBlocksPerSm = 3;       // __launch_bounds__: registers for three blocks of kThreads
 constexpr int kGroupN = 64;           // most output channels per block (blockIdx.y: the group)
 constexpr int kAccBudget = 40 << 10;  // bytes of staged sums a band aims at (128-512 pixels)
 constexpr size_t kMaxSmem = 227 << 10;
@@ -146,21 +146,6 @@ WindowPlan choose_plan(const DirectConvParams& p) {
   WindowPlan l = plan_window(p, bh, group_n);
   while (l.smem > kMaxSmem && bh > unit) l = plan_window(p, bh -= unit, group_n);
   return l;
-}
-
-// cp.async of 16 bytes, and of 4 bytes zero-filled where !valid: every thread's copies fly at once
-// (plain load-store loops wait for each load in turn: 28 round trips per thread for LeNet's conv2).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem),
-               "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_all;\n" ::);
 }
 
 // The A fragment word of pixel offset `pix` (elements into the window) at taps k .. k + 4/E - 1;
@@ -500,21 +485,12 @@ template <int DT, bool WORDS, bool QUAD>
 cudaError_t launch_typed(const void* x, void* y, const DirectConvParams& p, const WindowPlan& l,
                          cudaStream_t stream) {
   auto kernel = window_conv_kernel<DT, WORDS, QUAD>;
-  // Above 48 KiB a kernel must ask for its shared memory (once per instantiation).
   static std::atomic<bool> configured{false};
-  if (!configured.load()) {
-    cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem));
-    if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                               int(cudaSharedmemCarveoutMaxShared));
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
-  const cudaError_t e = launch_overlapped(kernel, dim3(unsigned(p.n * l.bands), unsigned(l.groups)),
-                                          dim3(kThreads), l.smem, stream, x, y, p, l);
-  if (e != cudaSuccess) return e;
-  return cudaGetLastError();
+  if (const cudaError_t e = reserve_shared_memory(kernel, kMaxSmem, true, configured);
+      e != cudaSuccess)
+    return e;
+  return launch_overlapped(kernel, dim3(unsigned(p.n * l.bands), unsigned(l.groups)),
+                           dim3(kThreads), l.smem, stream, x, y, p, l);
 }
 
 template <int DT>

@@ -348,11 +348,24 @@ class CudaBackend final : public Backend {
       if (value != "1")
         return InvalidArgument("MIXQ_CUDA_FUSION is '" + value + "'; expected 0 or 1");
     }
-    // Convolution + max pool -> one window convolution that pools in its epilogue (LeNet's and
-    // VGG's conv-relu-pool): the convolution's output never reaches memory.
+    // Each step below moves the nodes it absorbs to `doomed`, removed at the end.
+    std::vector<ir::Node*> doomed;
+    absorb_pools(g, doomed);
+    absorb_input_reformats(g, doomed);
+    absorb_flatten(g, doomed);
+    chain_linear_layers(g, doomed);
+    if (doomed.empty()) return Status::Ok();
+    g.remove_nodes(doomed);
+    g.remove_unused_values();
+    return g.toposort();
+  }
+
+ private:
+  // Convolution + max pool -> one window convolution that pools in its epilogue (LeNet's and
+  // VGG's conv-relu-pool): the convolution's output never reaches memory.
+  static void absorb_pools(ir::Graph& g, std::vector<ir::Node*>& doomed) {
     using engine::append_fused;
     using engine::single_consumer;
-    std::vector<ir::Node*> doomed;
     for (ir::Node* conv : g.nodes()) {
       if (conv->op != ir::OpKind::kFusedConv || conv->attrs.count("mixq.pool")) continue;
       ir::Value* mid = conv->output(0);
@@ -370,8 +383,12 @@ class CudaBackend final : public Backend {
       append_fused(conv, pool);
       doomed.push_back(pool);
     }
-    // Reformat -> window convolution: the conversion (an fp32 network input to int8, say) happens
-    // as the convolution stages its input, instead of a pass of its own over the tensor.
+  }
+  // Reformat -> window convolution: the conversion (an fp32 network input to int8, say) happens
+  // as the convolution stages its input, instead of a pass of its own over the tensor.
+  static void absorb_input_reformats(ir::Graph& g, std::vector<ir::Node*>& doomed) {
+    using engine::append_fused;
+    using engine::single_consumer;
     for (ir::Node* reformat : g.nodes()) {
       if (reformat->op != ir::OpKind::kReformat || !reformat->input(0) || !reformat->output(0))
         continue;
@@ -386,9 +403,13 @@ class CudaBackend final : public Backend {
       append_fused(conv, reformat);
       doomed.push_back(reformat);
     }
-    // NHWC value -> Reformat to plain -> Flatten -> linear layer: the layer reads the NHWC tensor
-    // as the matrix [N, H * W * C] and its weights' columns are permuted to match, once, here (what
-    // a CNN's classifier head after its last pool does: two copies of the tensor saved).
+  }
+  // NHWC value -> Reformat to plain -> Flatten -> linear layer: the layer reads the NHWC tensor
+  // as the matrix [N, H * W * C] and its weights' columns are permuted to match, once, here (what
+  // a CNN's classifier head after its last pool does: two copies of the tensor saved).
+  static void absorb_flatten(ir::Graph& g, std::vector<ir::Node*>& doomed) {
+    using engine::append_fused;
+    using engine::single_consumer;
     for (ir::Node* gemm : g.nodes()) {
       if (gemm->op != ir::OpKind::kFusedGemm || gemm->attrs.count("mixq.flatten_input")) continue;
       ir::Value* flat = gemm->input(0);
@@ -433,8 +454,12 @@ class CudaBackend final : public Backend {
       doomed.push_back(reformat);
       doomed.push_back(flatten);
     }
-    // int8 linear layer -> its only reader, another int8 linear layer (a classifier head): one
-    // kernel, the intermediate never leaves shared memory (kernels::chain_gemm_s8).
+  }
+  // int8 linear layer -> its only reader, another int8 linear layer (a classifier head): one
+  // kernel, the intermediate never leaves shared memory (kernels::chain_gemm_s8).
+  static void chain_linear_layers(ir::Graph& g, std::vector<ir::Node*>& doomed) {
+    using engine::append_fused;
+    using engine::single_consumer;
     for (ir::Node* first : g.nodes()) {
       if (first->op != ir::OpKind::kFusedGemm || first->input(4) ||
           std::find(doomed.begin(), doomed.end(), first) != doomed.end())
@@ -459,13 +484,8 @@ class CudaBackend final : public Backend {
       append_fused(first, second);
       doomed.push_back(second);
     }
-    if (doomed.empty()) return Status::Ok();
-    g.remove_nodes(doomed);
-    g.remove_unused_values();
-    return g.toposort();
   }
 
- private:
   // Whether two values store their elements alike: one type and, where quantised, one grid (a
   // float value may carry parameters it is not stored with: a mixed plan's fp16 value read by an
   // int8 layer through a reformat), so a step that moves or selects elements needs no conversion.

@@ -40,6 +40,14 @@ bool stored_quantized(const ir::Value& v) {
          (v.dtype == DType::kInt8 || v.dtype == DType::kUInt8 || v.dtype == DType::kFloat8E4M3);
 }
 
+int fused_activation(const ir::Node& node, const std::string& prefix) {
+  const std::string act = node.attr_string(prefix + "activation", "none");
+  return act == "none"   ? kernels::kActNone
+         : act == "relu" ? kernels::kActRelu
+         : act == "clip" ? kernels::kActClip
+                         : -1;
+}
+
 kernels::Grid value_grid(const ir::Value& v) {
   kernels::Grid g;
   g.dt = kernel_dtype(v.dtype);

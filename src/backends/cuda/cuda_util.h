@@ -18,6 +18,9 @@ int kernel_dtype(DType dtype);
 kernels::Grid value_grid(const ir::Value& value);
 // Whether a value is stored quantised (s8, u8 or e4m3 with parameters).
 bool stored_quantized(const ir::Value& value);
+// The fused activation "<prefix>activation" names (kernels::kAct*), -1 for an unknown one
+// ("mixq." for a layer's own, "mixq.then_" for a chained second layer's).
+int fused_activation(const ir::Node& node, const std::string& prefix = "mixq.");
 
 // One stream, cuDNN handle and cuBLASLt handle for building kernels (probing supports(),
 // uploading weights, timing candidates), shared by the process. Hold the lock while using them:

@@ -11,30 +11,22 @@
 namespace mixq::backends::cuda {
 namespace {
 
-int activation_of(const ir::Node& node, const std::string& prefix) {
-  const std::string act = node.attr_string(prefix + "activation", "none");
-  return act == "relu" ? kernels::kActRelu : act == "clip" ? kernels::kActClip : kernels::kActNone;
-}
-
-bool known_activation(const ir::Node& node, const std::string& prefix) {
-  const std::string act = node.attr_string(prefix + "activation", "none");
-  return act == "none" || act == "relu" || act == "clip";
-}
-
 // Symmetric s8 with one scale.
 bool symmetric_s8(const ir::Value& v) {
   return v.dtype == DType::kInt8 && v.quant && v.quant->per_tensor() &&
          v.quant->zero_point_at(0) == 0 && v.quant->scale[0] > 0.0f;
 }
 
-// The s8 codes of constant weights (stored as codes in s8 or in f32).
+// Constant int8 weights [N, K] with their scales, their codes stored as s8 or as f32.
+bool int8_weights(const ir::Value& w) {
+  return w.is_constant() && w.constant.rank() == 2 && w.dtype == DType::kInt8 && w.quant &&
+         (w.constant.dtype() == DType::kInt8 || w.constant.dtype() == DType::kFloat32);
+}
+
+// Their s8 codes.
 Expected<Tensor> weight_codes(const ir::Value& w, const std::string& what) {
-  if (!w.is_constant() || w.constant.rank() != 2 || w.dtype != DType::kInt8 || !w.quant)
-    return Unsupported(what + " are not a quantised int8 constant matrix");
-  if (w.constant.dtype() == DType::kInt8) return w.constant;
-  if (w.constant.dtype() != DType::kFloat32)
-    return Internal(what + " stored as " + std::string(dtype_name(w.constant.dtype())));
-  return w.constant.to(DType::kInt8);
+  if (!int8_weights(w)) return Unsupported(what + " are not a quantised int8 constant matrix");
+  return w.constant.dtype() == DType::kInt8 ? w.constant : w.constant.to(DType::kInt8);
 }
 
 float weight_scale(const ir::Value& w, int64_t n) {
@@ -45,8 +37,7 @@ class ChainKernel final : public Kernel {
  public:
   ChainKernel(const ir::Node& node, Precision p) : node_(node), precision_(p) {}
 
-  Status prepare(int64_t max_batch) override {
-    max_batch_ = max_batch;
+  Status prepare(int64_t /*max_batch: the kernel has no per-batch state*/) override {
     if (precision_ != Precision::kINT8)
       return Unsupported(node_.describe() + ": chained linear layers run in int8 only");
     const ir::Value* x = node_.input(0);
@@ -73,7 +64,7 @@ class ChainKernel final : public Kernel {
       return Unsupported(node_.describe() + ": sizes k=" + std::to_string(k1) +
                          " n=" + std::to_string(n1) + " -> " + std::to_string(n2) +
                          " exceed the chained kernel's");
-    if (!known_activation(node_, "mixq.") || !known_activation(node_, "mixq.then_"))
+    if (fused_activation(node_, "mixq.") < 0 || fused_activation(node_, "mixq.then_") < 0)
       return Unsupported(node_.describe() + ": unknown activation");
     const std::string mid_dtype = node_.attr_string("mixq.mid_dtype", "");
     const float s_mid = node_.attr_float("mixq.mid_scale", 0.0f);
@@ -123,10 +114,10 @@ class ChainKernel final : public Kernel {
     p.bias1 = static_cast<const float*>(bias1_.get());
     p.scale2 = static_cast<const float*>(scale2_.get());
     p.bias2 = static_cast<const float*>(bias2_.get());
-    p.act1 = activation_of(node_, "mixq.");
+    p.act1 = fused_activation(node_, "mixq.");
     p.lo1 = node_.attr_float("mixq.clip_min", -INFINITY);
     p.hi1 = node_.attr_float("mixq.clip_max", INFINITY);
-    p.act2 = activation_of(node_, "mixq.then_");
+    p.act2 = fused_activation(node_, "mixq.then_");
     p.lo2 = node_.attr_float("mixq.then_clip_min", -INFINITY);
     p.hi2 = node_.attr_float("mixq.then_clip_max", INFINITY);
     p.mid_grid.dt = kernel_dtype(DType::kInt8);
@@ -144,7 +135,6 @@ class ChainKernel final : public Kernel {
 
   const ir::Node& node_;
   Precision precision_;
-  int64_t max_batch_ = 0;
   DeviceBuffer w1_, w2_, scale1_, bias1_, scale2_, bias2_;
   kernels::ChainGemmParams params_;
   std::string impl_;
@@ -186,10 +176,9 @@ bool gemm_can_chain(const ir::Node& first, const ir::Node& second) {
       first.precision != Precision::kINT8 || second.precision != Precision::kINT8 ||
       first.input(3) || second.input(3) || second.input(0) != mid ||
       second.has_attr("mixq.flatten_input") || !x || !mid || !w1 || !w2 || !symmetric_s8(*x) ||
-      !symmetric_s8(*mid) || !second.output(0) || !known_activation(first, "mixq.") ||
-      !known_activation(second, "mixq."))
+      !symmetric_s8(*mid) || !second.output(0) || fused_activation(first) < 0 ||
+      fused_activation(second) < 0 || !int8_weights(*w1) || !int8_weights(*w2))
     return false;
-  if (!weight_codes(*w1, "").ok() || !weight_codes(*w2, "").ok()) return false;
   const int64_t n1 = w1->constant.dim(0), k1 = w1->constant.dim(1), n2 = w2->constant.dim(0);
   return w2->constant.dim(1) == n1 && kernels::chain_gemm_s8_eligible(k1, n1, n2);
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "backends/cuda/cp_async.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma.cuh"
@@ -46,11 +47,6 @@ ChainLayout layout_of(int k1, int slice, int n2) {
   l.part_bytes = size_t(kRows) * n2 * 4;
   l.smem = l.x_bytes + l.w_bytes + l.w2_bytes + l.scale_bytes + l.mid_bytes + l.part_bytes;
   return l;
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 
 __global__ void __cluster_dims__(kChainCluster, 1, 1) __launch_bounds__(kChainThreads)
@@ -100,7 +96,7 @@ __global__ void __cluster_dims__(kChainCluster, 1, 1) __launch_bounds__(kChainTh
     else
       *reinterpret_cast<uint4*>(x_s + r * l.row + col * 16) = make_uint4(0, 0, 0, 0);
   }
-  asm volatile("cp.async.wait_all;\n" ::);
+  cp_async_wait_all();
   __syncthreads();
 
   // fc1: warp w takes channel tiles w, w + 8, ... (8 outputs each); two accumulator sets over
@@ -191,17 +187,13 @@ cudaError_t chain_gemm_s8(const void* x, void* y, const ChainGemmParams& p, cuda
   if (p.m == 0) return cudaSuccess;
   const ChainLayout l = layout_of(p.k1, p.slice, p.n2);
   static std::atomic<bool> configured{false};
-  if (!configured.load()) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        chain_gemm_s8_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem));
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
+  if (const cudaError_t e =
+          reserve_shared_memory(chain_gemm_s8_kernel, kMaxSmem, false, configured);
+      e != cudaSuccess)
+    return e;
   const dim3 grid(unsigned(kChainCluster), unsigned((p.m + kRows - 1) / kRows));
-  const cudaError_t e = launch_overlapped(chain_gemm_s8_kernel, grid, dim3(kChainThreads), l.smem,
-                                          stream, static_cast<const int8_t*>(x), y, p, l);
-  if (e != cudaSuccess) return e;
-  return cudaGetLastError();
+  return launch_overlapped(chain_gemm_s8_kernel, grid, dim3(kChainThreads), l.smem, stream,
+                           static_cast<const int8_t*>(x), y, p, l);
 }
 
 }  // namespace mixq::backends::cuda::kernels

@@ -351,15 +351,9 @@ Status static_checks(const ir::Node& node) {
     return Unsupported("the residual's shape differs from the output's");
   if (node.input(2) && node.input(2)->constant.numel() != w->constant.dim(0))
     return InvalidArgument("the bias does not have one value per output");
-  const std::string act = node.attr_string("mixq.activation", "none");
-  if (act != "none" && act != "relu" && act != "clip")
-    return Unsupported("activation '" + act + "'");
+  if (fused_activation(node) < 0)
+    return Unsupported("activation '" + node.attr_string("mixq.activation", "") + "'");
   return Status::Ok();
-}
-
-int act_of(const ir::Node& node) {
-  const std::string act = node.attr_string("mixq.activation", "none");
-  return act == "relu" ? kernels::kActRelu : act == "clip" ? kernels::kActClip : kernels::kActNone;
 }
 
 // --- the kernel
@@ -668,7 +662,7 @@ Status GemmKernel::prepare(int64_t max_batch) {
   const float sy = y_quantized ? y->quant->scale[0] : 1.0f;
   y_grid_ = value_grid(*y);
   if (r) r_grid_ = value_grid(*r);
-  act_ = act_of(node_);
+  act_ = fused_activation(node_);
   clip_lo_ = node_.attr_float("mixq.clip_min", -INFINITY);
   clip_hi_ = node_.attr_float("mixq.clip_max", INFINITY);
 

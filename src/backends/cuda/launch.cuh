@@ -10,12 +10,30 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <utility>
 
 namespace mixq::backends::cuda::kernels {
 
 __device__ __forceinline__ void wait_for_previous_grid() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+// Lets `kernel` take up to `bytes` of dynamic shared memory (a launch above 48 KiB must ask) and,
+// where `prefer_shared`, the largest shared-memory carveout (without the hint the driver may leave
+// room for fewer blocks per multiprocessor than fit). Once per kernel: `done` is the caller's
+// flag, one per instantiation.
+template <typename... Params>
+cudaError_t reserve_shared_memory(void (*kernel)(Params...), size_t bytes, bool prefer_shared,
+                                  std::atomic<bool>& done) {
+  if (done.load()) return cudaSuccess;
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (e == cudaSuccess && prefer_shared)
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             int(cudaSharedmemCarveoutMaxShared));
+  if (e == cudaSuccess) done = true;
+  return e;
 }
 
 template <typename... Params, typename... Args>
