@@ -74,7 +74,8 @@ struct LayerReport {
   std::string fallback_reason;  // set when actual != requested
   std::string implementation;   // e.g. "onednn jit:avx2 int8"
   int64_t params = 0;
-  int64_t macs = 0;  // per sample
+  int64_t macs = 0;          // per sample
+  double build_seconds = 0;  // preparing its kernel (tuning included), 0 where not recorded
 };
 
 struct BuildReport {
@@ -91,6 +92,9 @@ struct BuildReport {
   double calibration_seconds = 0;
   double build_seconds = 0;
   bool calibration_from_cache = false;
+  // Where the build's time went, in order: planning, calibration engine, calibration, kernels
+  // (preparation and tuning), execution plan.
+  std::vector<std::pair<std::string, double>> phase_seconds;
 };
 
 struct Timing {

@@ -113,20 +113,21 @@ py::dict layer_report_dict(const LayerReport& l) {
   return py::dict("name"_a = l.name, "op"_a = l.op, "module"_a = l.module, "output"_a = l.output,
                   "fused"_a = l.fused, "requested"_a = pname(l.requested),
                   "precision"_a = pname(l.actual), "fallback_reason"_a = l.fallback_reason,
-                  "implementation"_a = l.implementation, "params"_a = l.params, "macs"_a = l.macs);
+                  "implementation"_a = l.implementation, "params"_a = l.params, "macs"_a = l.macs,
+                  "build_seconds"_a = l.build_seconds);
 }
 
 py::dict build_report_dict(const BuildReport& r) {
   py::list layers;
   for (const auto& l : r.layers) layers.append(layer_report_dict(l));
-  return py::dict("layers"_a = layers, "fallbacks"_a = r.fallbacks, "plan_notes"_a = r.plan_notes,
-                  "backend"_a = r.backend, "isa"_a = r.isa, "max_batch"_a = r.max_batch,
-                  "peak_memory_bytes"_a = r.peak_memory_bytes, "weight_bytes"_a = r.weight_bytes,
-                  "average_bits_by_params"_a = r.average_bits_by_params,
-                  "average_bits_by_macs"_a = r.average_bits_by_macs,
-                  "calibration_seconds"_a = r.calibration_seconds,
-                  "build_seconds"_a = r.build_seconds,
-                  "calibration_from_cache"_a = r.calibration_from_cache);
+  return py::dict(
+      "layers"_a = layers, "fallbacks"_a = r.fallbacks, "plan_notes"_a = r.plan_notes,
+      "backend"_a = r.backend, "isa"_a = r.isa, "max_batch"_a = r.max_batch,
+      "peak_memory_bytes"_a = r.peak_memory_bytes, "weight_bytes"_a = r.weight_bytes,
+      "average_bits_by_params"_a = r.average_bits_by_params,
+      "average_bits_by_macs"_a = r.average_bits_by_macs,
+      "calibration_seconds"_a = r.calibration_seconds, "build_seconds"_a = r.build_seconds,
+      "calibration_from_cache"_a = r.calibration_from_cache, "phase_seconds"_a = r.phase_seconds);
 }
 
 std::string build_report_table(const BuildReport& r) {
@@ -521,6 +522,8 @@ PYBIND11_MODULE(_mixq, m) {
       .def_readonly("implementation", &LayerReport::implementation)
       .def_readonly("params", &LayerReport::params)
       .def_readonly("macs", &LayerReport::macs)
+      .def_readonly("build_seconds", &LayerReport::build_seconds,
+                    "Seconds spent preparing its kernel at build (tuning included)")
       .def("to_dict", &layer_report_dict)
       .def("__repr__", [](const LayerReport& l) {
         return "LayerReport(name='" + l.name + "', op='" + l.op + "', module='" + l.module +
@@ -540,6 +543,8 @@ PYBIND11_MODULE(_mixq, m) {
       .def_readonly("calibration_seconds", &BuildReport::calibration_seconds)
       .def_readonly("build_seconds", &BuildReport::build_seconds)
       .def_readonly("calibration_from_cache", &BuildReport::calibration_from_cache)
+      .def_readonly("phase_seconds", &BuildReport::phase_seconds,
+                    "Where the build's time went: (phase, seconds) in order")
       .def("to_dict", &build_report_dict)
       .def("__str__", &build_report_table)
       .def("__repr__", [](const BuildReport& r) {

@@ -84,6 +84,11 @@ def test_builder_plans_and_calibration(model, calib_tensor, tmp_path):
                                                              percentile=99.9).build()
     runs = {l.module: l.precision for l in engine.report.layers if l.module}
     assert runs["conv1"] == "int8" and runs["conv2"] == "int8" and runs["fc1"] == "fp32"
+    # where the build's time went: its phases, and each layer's preparation
+    phases = [name for name, _ in engine.report.phase_seconds]
+    assert phases == ["planning", "calibration engine", "calibration", "kernels", "execution plan"]
+    assert all(l.build_seconds > 0 for l in engine.report.layers)
+    assert engine.report.to_dict()["phase_seconds"] == engine.report.phase_seconds
     # calibration data from a file, a plan from a file
     np.save(tmp_path / "calib.npy", calib_tensor.numpy())
     (tmp_path / "plan.json").write_text('{"conv1": {"weight_bits": 8}}')

@@ -51,6 +51,10 @@ class KernelInstance {
 class Kernel {
  public:
   virtual ~Kernel() = default;
+  // Starts work that `prepare` will need and that can overlap other kernels' preparation (the
+  // CUDA backend compiles cuDNN plans on worker threads). The engine calls it for every kernel
+  // before preparing the first; errors surface in `prepare`.
+  virtual void precompile(int64_t max_batch) { (void)max_batch; }
   // Pack weights and build what the max batch needs; runs once per engine build or load.
   virtual Status prepare(int64_t max_batch) = 0;
   // The executable form for `batch` (<= max batch), reusing the packed weights.

@@ -65,6 +65,7 @@ void finish_report(Engine::Impl& impl, const engine::PrecisionAssignment& assign
       l.fused = std::get<std::vector<std::string>>(it->second);
     l.output = n->output(0) ? n->output(0)->name : "";
     l.implementation = impl.kernels[i]->implementation();
+    l.build_seconds = i < impl.prepare_seconds.size() ? impl.prepare_seconds[i] : 0;
     const ir::NodeCost cost = ir::node_cost(*n);
     l.params = cost.params;
     l.macs = cost.macs;
@@ -137,6 +138,14 @@ Expected<Engine> Builder::build() {
   const engine::RangeNeeds needs = engine::values_needing_ranges(*graph, plan);
   std::map<std::string, quant::Range> ranges;
   BuildReport report;
+  std::vector<std::pair<std::string, double>> phases;
+  auto phase_start = start;
+  const auto end_phase = [&](const char* name) {
+    const auto now = std::chrono::steady_clock::now();
+    phases.emplace_back(name, std::chrono::duration<double>(now - phase_start).count());
+    phase_start = now;
+  };
+  end_phase("planning");
   if (!needs.values.empty()) {
     if (calibration_.empty()) {
       std::string list;
@@ -155,6 +164,7 @@ Expected<Engine> Builder::build() {
                           make_fp32_engine(*graph, options.backend,
                                            std::max<int64_t>(options.calibration.batch_size, 1)));
     MIXQ_ASSIGN_OR_RETURN(Context context, Engine(fp32).create_context());
+    end_phase("calibration engine");
     context.capture({needs.values.begin(), needs.values.end()});
     quant::GraphRunner runner = [&](const TensorMap& inputs,
                                     const quant::ValueObserver& observe) -> Status {
@@ -167,6 +177,7 @@ Expected<Engine> Builder::build() {
     ranges = std::move(result.ranges);
     report.calibration_seconds = result.seconds;
     report.calibration_from_cache = result.from_cache;
+    end_phase("calibration");
   }
   const backends::QuantPolicy policy = backend->quant_policy();
   MIXQ_RETURN_IF_ERROR(engine::quantize(*graph, plan, ranges, policy));
@@ -183,6 +194,7 @@ Expected<Engine> Builder::build() {
   impl->max_batch = options.max_batch;
   impl->target = impl->backend->target();
   MIXQ_RETURN_IF_ERROR(impl->finalize());
+  end_phase("kernels");
   impl->report = report;
   impl->report.backend = std::string(impl->backend->name());
   impl->report.isa = impl->target + " (" + policy.describe() + ")";
@@ -192,6 +204,8 @@ Expected<Engine> Builder::build() {
   MIXQ_ASSIGN_OR_RETURN(auto plan_max, impl->plan_for(options.max_batch));
   impl->report.peak_memory_bytes =
       int64_t(plan_max->arena_bytes + plan_max->scratch_bytes) + impl->report.weight_bytes;
+  end_phase("execution plan");
+  impl->report.phase_seconds = std::move(phases);
   impl->report.build_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return Engine(std::move(impl));

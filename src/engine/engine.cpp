@@ -32,14 +32,22 @@ Status Engine::Impl::finalize() {
   for (const ir::Value* v : graph->inputs()) inputs.push_back({v->name, v->dtype, v->shape});
   for (const ir::Value* v : graph->outputs()) outputs.push_back({v->name, v->dtype, v->shape});
   kernels.clear();
+  prepare_seconds.clear();
+  std::vector<std::unique_ptr<backends::Kernel>> created;
   for (ir::Node* n : steps) {
-    const Precision p = n->precision.value_or(Precision::kFP32);
-    auto k = backend->create(*n, p);
+    auto k = backend->create(*n, n->precision.value_or(Precision::kFP32));
     if (!k.ok()) return k.status().with_context(n->describe());
-    Status s = (*k)->prepare(max_batch);
-    if (!s.ok()) return s.with_context(n->describe());
-    kernels.push_back(std::move(k).value());
+    created.push_back(std::move(k).value());
   }
+  // All kernels first start what can overlap (plan compilation), then each is prepared in order.
+  for (auto& k : created) k->precompile(max_batch);
+  for (size_t i = 0; i < created.size(); ++i) {
+    const auto start = Clock::now();
+    Status s = created[i]->prepare(max_batch);
+    if (!s.ok()) return s.with_context(steps[i]->describe());
+    prepare_seconds.push_back(ms_since(start) / 1000.0);
+  }
+  kernels = std::move(created);
   return Status::Ok();
 }
 

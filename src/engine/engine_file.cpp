@@ -99,7 +99,8 @@ json report_json(const BuildReport& r) {
                       {"fallback_reason", l.fallback_reason},
                       {"implementation", l.implementation},
                       {"params", l.params},
-                      {"macs", l.macs}});
+                      {"macs", l.macs},
+                      {"build_seconds", l.build_seconds}});
   return {{"layers", layers},
           {"fallbacks", r.fallbacks},
           {"plan_notes", r.plan_notes},
@@ -112,7 +113,8 @@ json report_json(const BuildReport& r) {
           {"average_bits_by_macs", r.average_bits_by_macs},
           {"calibration_seconds", r.calibration_seconds},
           {"build_seconds", r.build_seconds},
-          {"calibration_from_cache", r.calibration_from_cache}};
+          {"calibration_from_cache", r.calibration_from_cache},
+          {"phase_seconds", r.phase_seconds}};
 }
 
 // --- reading, every field checked
@@ -225,6 +227,8 @@ Status read_report(const json& j, BuildReport& r, const Reader& rd) {
       lr.implementation = l.at("implementation");
       lr.params = l.at("params");
       lr.macs = l.at("macs");
+      // Absent from files written before layer build times were recorded: unknown (0).
+      lr.build_seconds = l.value("build_seconds", 0.0);
       r.layers.push_back(std::move(lr));
     }
     r.fallbacks = j.at("fallbacks").get<std::vector<std::string>>();
@@ -240,6 +244,8 @@ Status read_report(const json& j, BuildReport& r, const Reader& rd) {
     r.calibration_seconds = j.at("calibration_seconds");
     r.build_seconds = j.at("build_seconds");
     r.calibration_from_cache = j.at("calibration_from_cache");
+    // Absent from files written before build phases were recorded.
+    r.phase_seconds = j.value("phase_seconds", std::vector<std::pair<std::string, double>>{});
   } catch (const json::exception& e) {
     return rd.corrupt(std::string("build report: ") + e.what());
   }

@@ -34,6 +34,7 @@ struct Engine::Impl {
   std::unique_ptr<backends::Backend> backend;
   std::vector<ir::Node*> steps;                            // nodes in execution order
   std::vector<std::unique_ptr<backends::Kernel>> kernels;  // parallel to steps
+  std::vector<double> prepare_seconds;                     // parallel to steps
   std::unordered_map<const ir::Value*, int> value_index;
   std::vector<const ir::Value*> values;  // by index
   BuildReport report;

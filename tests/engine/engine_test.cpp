@@ -108,6 +108,7 @@ void expect_same_report(const BuildReport& a, const BuildReport& b) {
     EXPECT_EQ(x.implementation, y.implementation);
     EXPECT_EQ(x.params, y.params);
     EXPECT_EQ(x.macs, y.macs);
+    EXPECT_EQ(x.build_seconds, y.build_seconds);
   }
   EXPECT_EQ(a.fallbacks, b.fallbacks);
   EXPECT_EQ(a.plan_notes, b.plan_notes);
@@ -121,6 +122,7 @@ void expect_same_report(const BuildReport& a, const BuildReport& b) {
   EXPECT_EQ(a.calibration_seconds, b.calibration_seconds);
   EXPECT_EQ(a.build_seconds, b.build_seconds);
   EXPECT_EQ(a.calibration_from_cache, b.calibration_from_cache);
+  EXPECT_EQ(a.phase_seconds, b.phase_seconds);
 }
 
 // --- the engine file
@@ -260,6 +262,15 @@ TEST_F(EngineFile, FileWithoutPlanNotesLoads) {
   auto loaded = Engine::from_bytes(older, "'older.mixq'");
   ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
   EXPECT_TRUE(loaded->report().plan_notes.empty());
+  // Nor build phases and layer build times (recorded since): unknown.
+  const std::string untimed = rewrite_metadata(*bytes, [](nlohmann::json& m) {
+    m["report"].erase("phase_seconds");
+    for (auto& l : m["report"]["layers"]) l.erase("build_seconds");
+  });
+  auto untimed_engine = Engine::from_bytes(untimed, "'untimed.mixq'");
+  ASSERT_TRUE(untimed_engine.ok()) << untimed_engine.status().to_string();
+  EXPECT_TRUE(untimed_engine->report().phase_seconds.empty());
+  for (const LayerReport& l : untimed_engine->report().layers) EXPECT_EQ(l.build_seconds, 0.0);
   // A plan_notes of the wrong type is still corrupt.
   const std::string bad =
       rewrite_metadata(*bytes, [](nlohmann::json& m) { m["report"]["plan_notes"] = 7; });
@@ -695,7 +706,22 @@ TEST(EngineReport, ListsLayersPrecisionsBitsAndMemory) {
   for (const LayerReport& l : r.layers) {
     EXPECT_FALSE(l.implementation.empty()) << l.name;
     EXPECT_EQ(l.requested, l.actual) << l.name;
+    EXPECT_GT(l.build_seconds, 0.0) << l.name;
   }
+  // Where the build's time went: its phases in order, adding up to at most the whole build.
+  std::vector<std::string> phases;
+  double phase_total = 0;
+  for (const auto& [name, seconds] : r.phase_seconds) {
+    phases.push_back(name);
+    EXPECT_GE(seconds, 0.0) << name;
+    phase_total += seconds;
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"planning", "calibration engine", "calibration",
+                                              "kernels", "execution plan"}));
+  EXPECT_LE(phase_total, r.build_seconds + 1e-9);
+  double layer_total = 0;
+  for (const LayerReport& l : r.layers) layer_total += l.build_seconds;
+  if (r.phase_seconds.size() == 5) EXPECT_LE(layer_total, r.phase_seconds[3].second + 1e-9);
   // Uniform plans: 32 and 8 bits.
   EXPECT_EQ(fp32_engine(model).report().average_bits_by_params, 32.0);
   const BuildReport r8 = int8_engine(model).report();

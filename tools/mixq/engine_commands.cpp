@@ -75,6 +75,30 @@ void print_report(const BuildReport& r, bool layers) {
   if (r.build_seconds > 0)
     std::printf("built in %.2f s (calibration %.2f s%s)\n", r.build_seconds, r.calibration_seconds,
                 r.calibration_from_cache ? ", from cache" : "");
+  if (r.build_seconds > 0 && !r.phase_seconds.empty()) {
+    std::printf("build phases:");
+    for (size_t i = 0; i < r.phase_seconds.size(); ++i)
+      std::printf("%s %s %.2f s", i ? "," : "", r.phase_seconds[i].first.c_str(),
+                  r.phase_seconds[i].second);
+    std::printf("\n");
+  }
+  // Where a slow build went: the layers that took longest to prepare (tuning included).
+  std::vector<const LayerReport*> by_time;
+  double layer_seconds = 0;
+  for (const auto& l : r.layers) {
+    layer_seconds += l.build_seconds;
+    if (l.build_seconds > 0) by_time.push_back(&l);
+  }
+  if (layer_seconds >= 1.0) {
+    std::sort(by_time.begin(), by_time.end(), [](const LayerReport* a, const LayerReport* b) {
+      return a->build_seconds > b->build_seconds;
+    });
+    std::printf("layers prepared in %.2f s; slowest:", layer_seconds);
+    for (size_t i = 0; i < by_time.size() && i < 5; ++i)
+      std::printf("%s %s %.2f s", i ? "," : "", by_time[i]->name.c_str(),
+                  by_time[i]->build_seconds);
+    std::printf("\n");
+  }
 }
 
 struct BuildArgs {
@@ -260,8 +284,12 @@ double percentile_of(std::vector<double> v, double p) {
 int run_bench(const BenchArgs& a) {
   if (a.iterations < 1 || a.warmup < 0)
     return report(InvalidArgument("--iterations must be >= 1, --warmup >= 0"));
+  const auto load_start = std::chrono::steady_clock::now();
   auto engine = Engine::load(a.engine);
   if (!engine.ok()) return report(engine.status());
+  // Reading the file and rebuilding every kernel from its recorded choice (device set-up included).
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   if (a.threads < 0) return report(InvalidArgument("--threads must be positive"));
   if (a.threads > 0) omp_set_num_threads(a.threads);
   auto inputs = gather_inputs(engine->inputs(), a.inputs, a.batch, 0);
@@ -297,6 +325,7 @@ int run_bench(const BenchArgs& a) {
     nlohmann::json j = {{"engine", a.engine},
                         {"batch", batch},
                         {"iterations", a.iterations},
+                        {"load_seconds", load_seconds},
                         {"compute_ms_median", med},
                         {"compute_ms_p10", p10},
                         {"compute_ms_p90", p90},
@@ -329,6 +358,7 @@ int run_bench(const BenchArgs& a) {
   std::printf("compute     median %.3f ms  (p10 %.3f, p90 %.3f)\n", med, p10, p90);
   std::printf("end to end  median %.3f ms\n", med_e2e);
   std::printf("throughput  %.1f samples/s, %.1f GMAC/s\n", double(batch) / (med * 1e-3), gmacs);
+  std::printf("loaded in   %.3f s\n", load_seconds);
   if (a.profile) {
     std::printf("\n%-44s %-14s %-6s %10s %7s\n", "layer", "op", "prec", "median ms", "share");
     double total = 0;

@@ -19,13 +19,18 @@
 // first pick can be 3.5x off), keeps the fastest, and records "engine index + knob choices" in the
 // node attribute mixq.cudnn_choice, which the engine file stores: loading rebuilds that plan
 // without timing, and other batch sizes reuse the choice (re-tuning only where it does not build).
+// Runtime-compiled plans (about a second of compiling each) are also stored as cuDNN serializes
+// them (mixq.cudnn_plan), so loading compiles nothing; and precompile() starts every layer's
+// compilation on worker threads before the first layer is timed.
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -50,7 +55,19 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Desc = std::shared_ptr<void>;  // a cudnnBackendDescriptor_t, destroyed with its last owner
 
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+std::string seconds_text(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f s", seconds);
+  return buf;
+}
+
 constexpr const char* kChoiceAttr = "mixq.cudnn_choice";
+// The chosen plan as cuDNN serializes it, "<signature hash>|<mode>|<choice>|<json>": cuDNN
+// serializes runtime-compiled plans with their kernels, so loading the engine compiles nothing.
+constexpr const char* kPlanAttr = "mixq.cudnn_plan";
 // A max pool absorbed by the layer (CudaBackend::fuse_for_execution): [window rows, columns].
 constexpr const char* kPoolAttr = "mixq.pool";
 // A Reformat absorbed by the layer: the type its input is converted to, and the scale (int8/fp8).
@@ -606,6 +623,120 @@ Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg,
   return p;
 }
 
+// A plan's serialized form, exactly as cuDNN gives it; empty where it gives none (it serializes
+// runtime-compiled plans) or the text is not plain ASCII (the engine file stores it as a string).
+std::string plan_json(const Plan& p) {
+  constexpr int64_t kMaxBytes = int64_t(16) << 20;
+  int64_t count = 0;
+  if (cudnnBackendGetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                               CUDNN_TYPE_CHAR, 0, &count, nullptr) != CUDNN_STATUS_SUCCESS ||
+      count <= 0 || count > kMaxBytes)
+    return {};
+  std::string text(size_t(count), '\0');
+  int64_t got = 0;
+  if (cudnnBackendGetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION,
+                               CUDNN_TYPE_CHAR, count, &got, text.data()) != CUDNN_STATUS_SUCCESS ||
+      got <= 0 || got > count)
+    return {};
+  text.resize(size_t(got));
+  for (unsigned char ch : text)
+    if (ch >= 0x80) return {};
+  return text;
+}
+
+// A plan of graph `g` from its serialized form (plan_json), bound to `handle`.
+Expected<std::shared_ptr<Plan>> plan_from_json(const OpGraph& g, const std::string& json,
+                                               cudnnHandle_t handle) {
+  auto p = std::make_shared<Plan>();
+  p->graph = g;
+  MIXQ_ASSIGN_OR_RETURN(p->plan, make_desc(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR));
+  SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  std::vector<char> text(json.begin(), json.end());
+  SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+           int64_t(text.size()), text.data());
+  CUDNN_CHECK(cudnnBackendFinalize(p->plan.get()));
+  int64_t n = 0;
+  CUDNN_CHECK(cudnnBackendGetAttribute(p->plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                       CUDNN_TYPE_INT64, 1, &n, &p->workspace));
+  if (p->workspace < 0) p->workspace = 0;
+  return p;
+}
+
+// --- plans compiled ahead (ConvKernel::precompile)
+// ------------------------------------------------------------------------------------------------
+
+using PlanResult = Expected<std::shared_ptr<Plan>>;
+using PlanFuture = std::shared_future<PlanResult>;
+
+// Plans of one graph finalized on the compile workers while the build thread times earlier
+// layers: the candidates tune() takes first (heuristics mode A), or one recorded or memoised
+// choice. Layers of the same signature share one set (a process-wide registry of weak pointers).
+struct Precompiled {
+  OpGraph graph;
+  std::optional<Heuristics> heuristics;  // mode A, once the candidates were submitted
+  std::mutex mutex;
+  std::map<size_t, std::pair<EngineChoice, PlanFuture>> candidates;  // by heuristics index
+  std::map<std::string, PlanFuture> choices;                         // by EngineChoice::str()
+  // Layers holding the set. The last to let go (prepared, or destroyed by a build that failed)
+  // cancels it: queued jobs are skipped and running ones waited for, so no compile outlives the
+  // build (the workers are idle when the process exits).
+  int holders = 0;
+  bool cancelled = false;
+  int running = 0;
+  std::condition_variable idle;
+
+  // Finalizes `cfg`, or deserializes `json` (plan_json) where given and cuDNN takes it.
+  PlanFuture submit(const std::shared_ptr<Precompiled>& self, Desc cfg, std::vector<Desc> keep,
+                    std::string json = {}) {
+    auto promise = std::make_shared<std::promise<PlanResult>>();
+    PlanFuture future = promise->get_future().share();
+    std::weak_ptr<Precompiled> weak = self;
+    submit_compile_job([weak, cfg, keep = std::move(keep), json = std::move(json),
+                        promise](cudnnHandle_t handle) mutable {
+      std::shared_ptr<Precompiled> set = weak.lock();
+      if (set) {
+        std::lock_guard<std::mutex> lock(set->mutex);
+        if (set->cancelled)
+          set.reset();
+        else
+          ++set->running;
+      }
+      if (!set) {
+        promise->set_value(FailedPrecondition("plan compilation cancelled"));
+        return;
+      }
+      PlanResult plan = FailedPrecondition("no cuDNN handle to compile with");
+      if (handle && !json.empty()) plan = plan_from_json(set->graph, json, handle);
+      if (handle && !plan.ok()) plan = finalize_plan(set->graph, cfg, handle, std::move(keep));
+      promise->set_value(std::move(plan));
+      std::lock_guard<std::mutex> lock(set->mutex);
+      if (--set->running == 0) set->idle.notify_all();
+    });
+    return future;
+  }
+
+  void release() {
+    std::unique_lock<std::mutex> lock(mutex);
+    if (--holders > 0) return;
+    cancelled = true;
+    idle.wait(lock, [&] { return running == 0; });
+  }
+};
+
+std::mutex g_precompiled_mutex;
+std::map<std::string, std::weak_ptr<Precompiled>> g_precompiled;
+
+// A plan of a set, copied: the layers sharing a set each own their Plan (the cuDNN descriptors
+// are shared). FailedPrecondition: the job did not run (cancelled); the caller finalizes itself.
+PlanResult take_plan(const PlanFuture& future) {
+  const PlanResult& r = future.get();
+  if (!r.ok()) return r.status();
+  return std::make_shared<Plan>(**r);
+}
+bool compiled_elsewhere(const PlanResult& r) {
+  return r.ok() || r.status().code() != StatusCode::kFailedPrecondition;
+}
+
 Expected<Desc> variant_pack(const OpGraph& g, const std::array<void*, kRoles>& ptr,
                             void* workspace) {
   std::vector<void*> data;
@@ -898,7 +1029,9 @@ class ConvInstance;
 class ConvKernel final : public Kernel {
  public:
   ConvKernel(const ir::Node& node, Precision p) : node_(node), precision_(p) {}
+  ~ConvKernel() override { release_precompiled(); }
 
+  void precompile(int64_t max_batch) override;
   Status prepare(int64_t max_batch) override;
   Expected<std::unique_ptr<KernelInstance>> instantiate(int64_t batch) const override;
   std::string implementation() const override { return impl_; }
@@ -910,10 +1043,28 @@ class ConvKernel final : public Kernel {
     s.n = batch;
     return s;
   }
+  // The layer's description and which forms may run it at `max_batch` (idempotent: precompile
+  // and prepare both call it).
+  Status describe(int64_t max_batch);
+  Status prepare_layer(int64_t max_batch);
+  // The mode and engine choice recorded in the engine file for this layer, if any, and the
+  // plan serialized with them (empty if none).
+  bool recorded_choice(const Spec& fused, std::string& mode, std::string& choice,
+                       std::string& json) const;
+  // Submits `spec`'s plans to the compile workers: `choice` alone (from `json` where given),
+  // else tune()'s first candidates.
+  void precompile_spec(const Spec& spec, const std::string& choice, const std::string& json = {});
+  // The set precompile_spec made for `spec`, if any.
+  std::shared_ptr<Precompiled> precompiled(const Spec& spec) const;
+  void release_precompiled() {
+    for (auto& [signature, set] : precompiled_) set->release();
+    precompiled_.clear();
+  }
   // Builds the plan for `spec` from `choice` (empty: none), else tunes. Holds the build lock.
+  // `json`: the choice's serialized plan (plan_json), tried first where given.
   Expected<std::shared_ptr<Plan>> plan_for(const Spec& spec, const std::string& choice,
                                            BuildResources& b, std::string* chosen,
-                                           std::string* note) const;
+                                           std::string* note, const std::string& json = {}) const;
   Expected<std::shared_ptr<Plan>> tune(const Spec& spec, BuildResources& b,
                                        std::string* note) const;
   Expected<Desc> tuning_pack(const Plan& plan, void* const* bufs) const;
@@ -937,6 +1088,17 @@ class ConvKernel final : public Kernel {
   Precision precision_;
   int64_t max_batch_ = 0;
   Layer layer_;
+  // What describe() found: scales, the implementation asked for, and the forms that apply.
+  struct Setup {
+    bool described = false;
+    float sx = 1.0f;
+    ConvImplementation implementation = ConvImplementation::kAuto;
+    bool window_only = false, small_ok = false, igemm_ok = false, window_ok = false;
+  } setup_;
+  // Plans compiled ahead, by spec signature; released once the layer is prepared.
+  std::map<std::string, std::shared_ptr<Precompiled>> precompiled_;
+  // Untuned builds: tune() skips runtime-compiled engines while set.
+  mutable bool avoid_rtc_ = false;
   Mode mode_ = Mode::kFused;
   std::shared_ptr<Packed> packed_;
   std::shared_ptr<Plan> prepared_;  // at max batch
@@ -1227,6 +1389,7 @@ void ConvKernel::choose_direct(const std::string& tag, const std::string& form,
   if (!igemm) packed_->igemm_weights = DeviceBuffer{};
   if (!window) packed_->window_weights = DeviceBuffer{};
   if (igemm || tc || window) packed_->direct_weights = DeviceBuffer{};
+  forget_choice(node_, kPlanAttr);
   record_choice(node_, kChoiceAttr,
                 tag + "|direct|" +
                     (igemm    ? "igemm"
@@ -1273,7 +1436,19 @@ Status check_run(const Plan& plan, const Desc& vp, const Spec& spec, BuildResour
 
 Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResources& b,
                                                  std::string* note) const {
-  MIXQ_ASSIGN_OR_RETURN(OpGraph g, build_graph(spec, b.res->cudnn));
+  // Plans precompile() submitted for this graph (its first candidates of heuristics mode A).
+  const std::shared_ptr<Precompiled> pre = precompiled(spec);
+  std::optional<Heuristics> pre_heuristics;
+  std::map<size_t, std::pair<EngineChoice, PlanFuture>> pre_candidates;
+  OpGraph g;
+  if (pre) {
+    std::lock_guard<std::mutex> lock(pre->mutex);
+    g = pre->graph;
+    pre_heuristics = pre->heuristics;
+    pre_candidates = pre->candidates;
+  } else {
+    MIXQ_ASSIGN_OR_RETURN(g, build_graph(spec, b.res->cudnn));
+  }
   // Tuning data at this batch: random input and residual, output and workspace buffers.
   const int64_t xn = spec.n * spec.c * spec.h * spec.w, yn = spec.n * spec.k * spec.oh * spec.ow;
   auto amp = [](cudnnDataType_t t) {
@@ -1290,6 +1465,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   bool best_captured = false;
   std::shared_ptr<Plan> best;
   int tried = 0, working = 0;
+  double compile_seconds = 0;  // finalizing plans (runtime-compiled engines compile here)
   std::string errors;
   // Deterministic builds (BuildOptions::deterministic) skip engines that note nondeterminism
   // (atomics), unless no other engine runs the layer.
@@ -1297,7 +1473,9 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   for (int pass = deterministic_only(node_) ? 0 : 1; pass < 2 && !best; ++pass) {
     if (pass == 1 && deterministic_only(node_) && !skipped_nondeterministic) break;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-      auto h = heuristic_configs(g, mode);
+      const bool precompiled_mode = mode == CUDNN_HEUR_MODE_A && pre_heuristics.has_value();
+      Expected<Heuristics> h =
+          precompiled_mode ? Expected<Heuristics>(*pre_heuristics) : heuristic_configs(g, mode);
       if (!h.ok()) {
         errors += " heuristics: " + h.status().message().substr(0, 160);
         continue;
@@ -1309,6 +1487,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
         EngineChoice info;
         const Desc* cfg = nullptr;
         Expected<std::shared_ptr<Plan>> plan = Internal("not finalized");
+        std::optional<PlanFuture> precompiled;
       };
       const int parallel = tuning_enabled(node_) ? compile_threads() : 1;
       size_t next = 0;
@@ -1319,21 +1498,32 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
         while (next < h->configs.size() && int(chunk.size()) < parallel &&
                (tried + int(chunk.size()) < tune_max_candidates() || (!best && chunk.empty()))) {
           const Desc& cfg = h->configs[next++];
-          auto info = describe_config(cfg);
+          // A precompiled candidate's description was taken before the workers used it.
+          const auto ahead =
+              precompiled_mode ? pre_candidates.find(next - 1) : pre_candidates.end();
+          auto info = ahead != pre_candidates.end() ? Expected<EngineChoice>(ahead->second.first)
+                                                    : describe_config(cfg);
           if (!info.ok()) continue;
           if (spec.no_tensor_cores && info->tensor_core) continue;
           if (info->nondeterministic && pass == 0) {
             skipped_nondeterministic = true;
             continue;
           }
+          if (avoid_rtc_ && info->runtime_compiled) continue;
           chunk.push_back({*info, &cfg});
+          if (ahead != pre_candidates.end()) chunk.back().precompiled = ahead->second.second;
         }
         if (chunk.empty()) break;
         tried += int(chunk.size());
         {
+          const auto compile_start = Clock::now();
           std::vector<std::thread> threads;
           for (size_t i = 0; i < chunk.size(); ++i) {
             auto work = [&, i] {
+              if (chunk[i].precompiled) {
+                chunk[i].plan = take_plan(*chunk[i].precompiled);
+                if (compiled_elsewhere(chunk[i].plan)) return;
+              }
               auto handle = compile_handle(int(i));
               chunk[i].plan = handle.ok() ? finalize_plan(g, *chunk[i].cfg, *handle, {h->heur})
                                           : Expected<std::shared_ptr<Plan>>(handle.status());
@@ -1344,6 +1534,7 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
               threads.emplace_back(work);
           }
           for (std::thread& t : threads) t.join();
+          compile_seconds += std::chrono::duration<double>(Clock::now() - compile_start).count();
         }
         for (Candidate& cand : chunk) {
           if (!cand.plan.ok()) {
@@ -1408,13 +1599,15 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   else if (note)
     *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " configs, " +
             std::to_string(best_ms * 1000.0).substr(0, 6) + " us" +
-            (best_captured ? "" : ", not capturable");
+            (best_captured ? "" : ", not capturable") + ", " + seconds_text(compile_seconds) +
+            " compiling of " + seconds_text(seconds_since(start)) + " tuning";
   return best;
 }
 
 Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std::string& choice,
                                                      BuildResources& b, std::string* chosen,
-                                                     std::string* note) const {
+                                                     std::string* note,
+                                                     const std::string& json) const {
   // The given choice (recorded in the engine, or the maximum batch's), else what this process
   // tuned for the same graph before, else tune now.
   const std::string cached = cached_choice(node_, spec.signature());
@@ -1422,12 +1615,26 @@ Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std
     const std::string& want = attempt == 0 ? choice : cached;
     EngineChoice c;
     if (want.empty() || !EngineChoice::parse(want, c)) continue;
-    auto g = build_graph(spec, b.res->cudnn);
-    if (!g.ok()) break;
-    std::vector<Desc> keep;
-    auto cfg = config_from_choice(*g, c, keep);
-    if (!cfg.ok()) continue;
-    auto plan = finalize_plan(*g, *cfg, b.res->cudnn, std::move(keep));
+    PlanResult plan = FailedPrecondition("not compiled ahead");
+    if (const auto pre = precompiled(spec)) {
+      std::optional<PlanFuture> ready;
+      {
+        std::lock_guard<std::mutex> lock(pre->mutex);
+        if (auto it = pre->choices.find(want); it != pre->choices.end()) ready = it->second;
+      }
+      if (ready) plan = take_plan(*ready);
+    }
+    if (!compiled_elsewhere(plan)) {
+      auto g = build_graph(spec, b.res->cudnn);
+      if (!g.ok()) break;
+      if (attempt == 0 && !json.empty()) plan = plan_from_json(*g, json, b.res->cudnn);
+      if (!plan.ok()) {
+        std::vector<Desc> keep;
+        auto cfg = config_from_choice(*g, c, keep);
+        if (!cfg.ok()) continue;
+        plan = finalize_plan(*g, *cfg, b.res->cudnn, std::move(keep));
+      }
+    }
     if (plan.ok()) (*plan)->mode = spec.mode;
     if (plan.ok() && (*plan)->workspace <= kMaxWorkspace && warm_up(**plan, spec, b).ok()) {
       (*plan)->choice = c;
@@ -1446,12 +1653,11 @@ Expected<std::shared_ptr<Plan>> ConvKernel::plan_for(const Spec& spec, const std
   return plan;
 }
 
-Status ConvKernel::prepare(int64_t max_batch) {
+Status ConvKernel::describe(int64_t max_batch) {
+  if (setup_.described && max_batch_ == max_batch) return Status::Ok();
   max_batch_ = max_batch;
   MIXQ_RETURN_IF_ERROR(static_checks(node_, precision_));
   const ir::Value* x = node_.input(0);
-  const ir::Value* w = node_.input(1);
-  const ir::Value* b = node_.input(2);
   const ir::Value* r = node_.input(3);
   const ir::Value* y = node_.output(0);
   const bool quant = quantized_precision(precision_);
@@ -1520,8 +1726,140 @@ Status ConvKernel::prepare(int64_t max_batch) {
     return Unsupported(node_.describe() + ": its fused max pool or input reformat needs the " +
                        "window convolution, which does not take this layer at " +
                        std::string(precision_name(precision_)));
+  setup_.sx = sx;
+  setup_.implementation = implementation;
+  setup_.window_only = window_only;
+  setup_.small_ok = small_ok;
+  setup_.igemm_ok = igemm_ok;
+  setup_.window_ok = window_ok;
+  setup_.described = true;
+  return Status::Ok();
+}
+
+bool ConvKernel::recorded_choice(const Spec& fused, std::string& mode, std::string& choice,
+                                 std::string& json) const {
+  // "<signature hash>|fused|e4;k..." (see prepare).
+  const std::string recorded = read_choice(node_, kChoiceAttr);
+  const std::string tag = std::to_string(std::hash<std::string>{}(fused.signature()));
+  const size_t a = recorded.find('|'), c = recorded.find('|', a == std::string::npos ? 0 : a + 1);
+  if (recorded.empty() || a == std::string::npos || c == std::string::npos ||
+      recorded.substr(0, a) != tag)
+    return false;
+  mode = recorded.substr(a + 1, c - a - 1);
+  choice = recorded.substr(c + 1);
+  // The serialized plan counts only where it names the same signature, mode and choice.
+  const std::string plan = read_choice(node_, kPlanAttr), prefix = recorded + "|";
+  json = plan.compare(0, prefix.size(), prefix) == 0 ? plan.substr(prefix.size()) : std::string();
+  return true;
+}
+
+std::shared_ptr<Precompiled> ConvKernel::precompiled(const Spec& spec) const {
+  auto it = precompiled_.find(spec.signature());
+  return it == precompiled_.end() ? nullptr : it->second;
+}
+
+void ConvKernel::precompile_spec(const Spec& spec, const std::string& choice,
+                                 const std::string& json) {
+  const std::string key = (deterministic_only(node_) ? "deterministic " : "") + spec.signature();
+  std::shared_ptr<Precompiled> set;
+  {
+    std::lock_guard<std::mutex> lock(g_precompiled_mutex);
+    if (auto it = g_precompiled.find(key); it != g_precompiled.end()) set = it->second.lock();
+    if (set) {
+      std::lock_guard<std::mutex> set_lock(set->mutex);
+      if (set->cancelled) set.reset();
+    }
+  }
+  auto br = build_resources();
+  if (!br.ok()) return;
+  if (!set) {
+    auto g = build_graph(spec, br->res->cudnn);
+    if (!g.ok()) return;
+    set = std::make_shared<Precompiled>();
+    set->graph = std::move(g).value();
+    std::lock_guard<std::mutex> lock(g_precompiled_mutex);
+    for (auto it = g_precompiled.begin(); it != g_precompiled.end();)
+      it = it->second.expired() ? g_precompiled.erase(it) : std::next(it);
+    g_precompiled[key] = set;
+  }
+  std::lock_guard<std::mutex> lock(set->mutex);
+  if (precompiled_.emplace(spec.signature(), set).second) ++set->holders;
+  EngineChoice c;
+  if (!choice.empty()) {
+    if (set->choices.count(choice) || !EngineChoice::parse(choice, c)) return;
+    std::vector<Desc> keep;
+    auto cfg = config_from_choice(set->graph, c, keep);
+    if (cfg.ok()) set->choices[choice] = set->submit(set, *cfg, std::move(keep), json);
+    return;
+  }
+  if (set->heuristics) return;
+  // tune()'s first candidates, filtered as it filters them.
+  auto h = heuristic_configs(set->graph, CUDNN_HEUR_MODE_A);
+  if (!h.ok()) return;
+  set->heuristics = std::move(h).value();
+  int submitted = 0;
+  for (size_t i = 0; i < set->heuristics->configs.size() && submitted < tune_max_candidates();
+       ++i) {
+    const Desc& cfg = set->heuristics->configs[i];
+    auto info = describe_config(cfg);
+    if (!info.ok() || (spec.no_tensor_cores && info->tensor_core) ||
+        (info->nondeterministic && deterministic_only(node_)))
+      continue;
+    PlanFuture f = set->submit(set, cfg, {set->heuristics->heur});
+    set->candidates[i] = {*info, f};
+    set->choices.emplace(info->str(), f);
+    ++submitted;
+  }
+}
+
+void ConvKernel::precompile(int64_t max_batch) {
+  // Only where prepare() will finalize cuDNN plans: tuned layers that may run cuDNN.
+  if (!precompile_enabled() || !tuning_enabled(node_) || !describe(max_batch).ok()) return;
+  const ConvImplementation implementation = setup_.implementation;
+  if (setup_.window_only || (setup_.small_ok && implementation == ConvImplementation::kDirect) ||
+      (setup_.igemm_ok && implementation == ConvImplementation::kIgemm) ||
+      (setup_.window_ok && implementation == ConvImplementation::kWindow))
+    return;
+  const Spec fused = spec_at(max_batch, Mode::kFused), split = spec_at(max_batch, Mode::kSplit);
+  std::string rec_mode, rec_choice, rec_json;
+  if (recorded_choice(fused, rec_mode, rec_choice, rec_json)) {
+    if (rec_mode == "fused") precompile_spec(fused, rec_choice, rec_json);
+    if (rec_mode == "split") precompile_spec(split, rec_choice, rec_json);
+    return;
+  }
+  // As prepare() decides: a memoised mode, else fused (where cuDNN can fuse the chain) and split
+  // (where it cannot, or with a residual, where both are timed).
+  const std::string decided = cached_choice(
+      node_, "mode " + std::string(precision_name(precision_)) + " " + fused.signature());
+  if (decided == "direct") return;
+  const bool fusable = !layer_.base.residual || layer_.residual_fusable;
+  if (fusable && decided != "split")
+    precompile_spec(fused, cached_choice(node_, fused.signature()));
+  if (decided == "split" || (decided.empty() && (!fusable || layer_.base.residual)))
+    precompile_spec(split, cached_choice(node_, split.signature()));
+}
+
+Status ConvKernel::prepare(int64_t max_batch) {
+  Status s = prepare_layer(max_batch);
+  release_precompiled();
+  return s;
+}
+
+Status ConvKernel::prepare_layer(int64_t max_batch) {
+  MIXQ_RETURN_IF_ERROR(describe(max_batch));
+  const ir::Value* x = node_.input(0);
+  const ir::Value* w = node_.input(1);
+  const ir::Value* b = node_.input(2);
+  const ir::Value* r = node_.input(3);
+  const bool quant = quantized_precision(precision_);
+  const DType in = input_dtype(precision_);
+  const float sx = setup_.sx;
+  const ConvImplementation implementation = setup_.implementation;
+  const Spec& base = layer_.base;
+  const bool window_only = setup_.window_only, small_ok = setup_.small_ok,
+             igemm_ok = setup_.igemm_ok, window_ok = setup_.window_ok;
   const bool direct = small_ok || igemm_ok || window_ok;
-  const bool remember = automatic;
+  const bool remember = implementation == ConvImplementation::kAuto;
 
   // Scales: per output channel s_x * s_w[c] (int8/fp8), divided by the chain's units.
   const int64_t K = layer_.base.k;
@@ -1546,6 +1884,15 @@ Status ConvKernel::prepare(int64_t max_batch) {
     bias[size_t(c)] = float(double(real_bias[size_t(c)]) / layer_.divisor);
   }
 
+  // A recorded choice: "<signature hash>|fused|e4;k..." (see below).
+  std::string rec_mode, rec_choice, rec_json;
+  const Spec fused = spec_at(max_batch, Mode::kFused);
+  const std::string tag = std::to_string(std::hash<std::string>{}(fused.signature()));
+  recorded_choice(fused, rec_mode, rec_choice, rec_json);
+  // Our forms' weights only where one of them may run: not for a recorded cuDNN choice (loading
+  // an engine skips their packing).
+  const bool pack_own = direct && (rec_mode.empty() || rec_mode == "direct");
+
   auto packed = std::make_shared<Packed>();
   {
     MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
@@ -1563,7 +1910,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
                             upload(real_bias.data(), real_bias.size() * sizeof(float)));
     }
     packed->host_bias = real_bias;
-    if (direct) {
+    if (pack_own) {
       // The codes the cuDNN path packs (the stored s8/e4m3 codes, or the weights rounded to the
       // input's type), as floats: their products are exact in fp32.
       const Tensor codes =
@@ -1602,19 +1949,6 @@ Status ConvKernel::prepare(int64_t max_batch) {
     }
     packed_ = packed;
   }
-  // A recorded choice: "<signature hash>|fused|e4;k..." (see below).
-  const std::string recorded = read_choice(node_, kChoiceAttr);
-  std::string rec_mode, rec_choice;
-  const Spec fused = spec_at(max_batch, Mode::kFused);
-  const std::string tag = std::to_string(std::hash<std::string>{}(fused.signature()));
-  if (!recorded.empty()) {
-    const size_t a = recorded.find('|'), c = recorded.find('|', a == std::string::npos ? 0 : a + 1);
-    if (a != std::string::npos && c != std::string::npos && recorded.substr(0, a) == tag) {
-      rec_mode = recorded.substr(a + 1, c - a - 1);
-      rec_choice = recorded.substr(c + 1);
-    }
-  }
-
   MIXQ_ASSIGN_OR_RETURN(BuildResources br, build_resources());
   const std::string mode_key =
       "mode " + std::string(precision_name(precision_)) + " " + fused.signature();
@@ -1651,18 +1985,37 @@ Status ConvKernel::prepare(int64_t max_batch) {
   std::shared_ptr<Plan> fused_plan, split_plan;
   std::string fused_choice, fused_note, split_choice, split_note;
   Status fused_status = Status::Ok(), split_status = Status::Ok();
-  if (fusable && decided != "split") {
-    auto p = plan_for(fused, rec_mode == "fused" ? rec_choice : "", br, &fused_choice, &fused_note);
+  const Spec split = spec_at(max_batch, Mode::kSplit);
+  if (!tuning_enabled(node_) && rec_mode.empty() && decided.empty()) {
+    // Untuned (the calibration engine runs a few batches): an engine that needs no runtime
+    // compilation, of either form, before a compiled one (about a second a layer).
+    avoid_rtc_ = true;
+    if (fusable) {
+      auto p = plan_for(fused, "", br, &fused_choice, &fused_note);
+      if (p.ok()) fused_plan = *p;
+    }
+    if (!fused_plan) {
+      auto p = plan_for(split, "", br, &split_choice, &split_note);
+      if (p.ok()) split_plan = *p;
+    }
+    avoid_rtc_ = false;
+  }
+  if (fused_plan || split_plan) {
+    // Found above.
+  } else if (fusable && decided != "split") {
+    auto p = plan_for(fused, rec_mode == "fused" ? rec_choice : "", br, &fused_choice, &fused_note,
+                      rec_mode == "fused" ? rec_json : "");
     if (p.ok())
       fused_plan = *p;
     else
       fused_status = p.status();
   }
-  const Spec split = spec_at(max_batch, Mode::kSplit);
   // The split form only where the fused chain fails or has a residual (where fused chains can be
   // slow): without one, the split form adds a pass over the output and never won when timed.
-  if (!fused_plan || (decided.empty() && fused_plan->ms > 0 && layer_.base.residual)) {
-    auto p = plan_for(split, rec_mode == "split" ? rec_choice : "", br, &split_choice, &split_note);
+  if (!split_plan &&
+      (!fused_plan || (decided.empty() && fused_plan->ms > 0 && layer_.base.residual))) {
+    auto p = plan_for(split, rec_mode == "split" ? rec_choice : "", br, &split_choice, &split_note,
+                      rec_mode == "split" ? rec_json : "");
     if (p.ok())
       split_plan = *p;
     else
@@ -1676,7 +2029,7 @@ Status ConvKernel::prepare(int64_t max_batch) {
   const bool use_split =
       split_plan &&
       (!fused_plan || (split_plan->ms > 0 && split_plan->ms + epilogue_ms < fused_plan->ms));
-  if (direct && !fused_plan && !split_plan) {
+  if (pack_own && !fused_plan && !split_plan) {
     const std::string form = window_ok ? "window" : small_ok ? "tc" : "igemm";
     if (rec_mode.empty() && remember) {
       cache_choice(node_, mode_key, "direct");
@@ -1753,8 +2106,18 @@ Status ConvKernel::prepare(int64_t max_batch) {
   if (rec_mode.empty() && remember) cache_choice(node_, mode_key, use_split ? "split" : "fused");
   prepared_ = plan;
   choice_ = chosen;
-  record_choice(node_, kChoiceAttr,
-                tag + "|" + (mode_ == Mode::kFused ? "fused" : "split") + "|" + chosen);
+  const std::string recorded =
+      tag + "|" + (mode_ == Mode::kFused ? "fused" : "split") + "|" + chosen;
+  record_choice(node_, kChoiceAttr, recorded);
+  // Its serialized plan too (kept as loaded where it still names this choice).
+  std::string kept_mode, kept_choice, kept_json;
+  if (!recorded_choice(fused, kept_mode, kept_choice, kept_json) || kept_json.empty()) {
+    const std::string json = plan_json(*plan);
+    if (json.empty())
+      forget_choice(node_, kPlanAttr);
+    else
+      record_choice(node_, kPlanAttr, recorded + "|" + json);
+  }
   const Spec& s = layer_.base;
   std::string epi;
   if (mode_ == Mode::kFused) {

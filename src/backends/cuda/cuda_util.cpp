@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <random>
 #include <thread>
@@ -300,10 +302,59 @@ std::string read_choice(const ir::Node& node, const std::string& key) {
   return node.attr_string(key, "");
 }
 
+namespace {
+
+// Workers that live as long as the process (like the shared build resources): a build may end
+// with jobs still queued (an error in an earlier layer); their owners skip them when cancelled.
+struct CompileWorkers {
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::deque<std::function<void(cudnnHandle_t)>> jobs;
+  int started = 0;
+
+  void run() {
+    cudnnHandle_t handle = nullptr;
+    if (cudaSetDevice(0) != cudaSuccess || cudnnCreate(&handle) != CUDNN_STATUS_SUCCESS)
+      handle = nullptr;
+    for (;;) {
+      std::function<void(cudnnHandle_t)> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        ready.wait(lock, [&] { return !jobs.empty(); });
+        job = std::move(jobs.front());
+        jobs.pop_front();
+      }
+      job(handle);
+    }
+  }
+};
+
+}  // namespace
+
+bool precompile_enabled() {
+  return env_long("MIXQ_CUDA_PRECOMPILE", 1) != 0;
+}
+
+void submit_compile_job(std::function<void(cudnnHandle_t)> job) {
+  static CompileWorkers* workers = new CompileWorkers;
+  std::lock_guard<std::mutex> lock(workers->mutex);
+  workers->jobs.push_back(std::move(job));
+  // Workers start with the first jobs, up to the limit.
+  if (workers->started < compile_threads()) {
+    ++workers->started;
+    std::thread([] { workers->run(); }).detach();
+  }
+  workers->ready.notify_one();
+}
+
 void record_choice(const ir::Node& node, const std::string& key, const std::string& choice) {
   // The kernel holds its node by const reference; the node itself lives in the engine's graph,
   // which is not const, and the attribute is how the choice reaches the engine file.
   const_cast<ir::Node&>(node).attrs[key] = choice;
+}
+
+void forget_choice(const ir::Node& node, const std::string& key) {
+  const_cast<ir::Node&>(node).attrs.erase(key);
 }
 
 namespace {

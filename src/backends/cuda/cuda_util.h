@@ -75,6 +75,14 @@ bool deterministic_only(const ir::Node& node);
 // machine's hardware threads, at most 16), and a cuDNN handle for each (created once per process).
 int compile_threads();
 Expected<cudnnHandle_t> compile_handle(int thread);
+// Runs `job` on one of the background compile workers (compile_threads() of them, each with its
+// own cuDNN handle; nullptr where none could be made), in submission order: a build compiles the
+// cuDNN plans of later layers there while it times earlier ones. Jobs must not use the build
+// stream or the build lock.
+void submit_compile_job(std::function<void(cudnnHandle_t)> job);
+// Whether layers compile their plans ahead on those workers (MIXQ_CUDA_PRECOMPILE, default 1; 0
+// compiles each layer's plans when it is prepared, as for measuring what compiling ahead saves).
+bool precompile_enabled();
 
 // Bytes <-> lowercase hex (algorithm structures in choice strings).
 std::string hex_encode(const void* data, size_t bytes);
@@ -85,6 +93,7 @@ bool hex_decode(const std::string& hex, void* data, size_t bytes);
 // without timing. The node belongs to the engine's own (mutable) graph.
 std::string read_choice(const ir::Node& node, const std::string& key);
 void record_choice(const ir::Node& node, const std::string& key, const std::string& choice);
+void forget_choice(const ir::Node& node, const std::string& key);
 
 // Process-wide memo of tuning results (signature -> choice), so identical layers tune once.
 // Untuned choices (see tuning_enabled) are kept apart, so a tuned build never reuses them.

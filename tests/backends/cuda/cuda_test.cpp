@@ -2002,5 +2002,110 @@ TEST(CudaEngine, CalibrationEngineIsNotTunedAndLeavesNoChoices) {
   std::printf("mixed fp32/int8 build with calibration: %.2f s\n", seconds);
 }
 
+// cuDNN's int8 convolutions run runtime-compiled engines; the engine file keeps those plans as
+// cuDNN serializes them (kernels included), so loading compiles nothing. A plan cuDNN no longer
+// takes (here: one rewritten) is rebuilt from the recorded choice instead, with the same results.
+TEST(CudaEngineFile, SerializedPlansLoadAndUnusableOnesAreRebuilt) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv cudnn_only("MIXQ_CUDA_CONV", "cudnn");
+  auto model = block_model(56, 16, 71);  // channel counts no other test uses
+  ASSERT_TRUE(model);
+  auto built =
+      build_engine(model, deterministic_options(), plan_for({"a", "b", "c"}, Precision::kINT8),
+                   random_calibration(*model, 4, 8, 6));
+  ASSERT_TRUE(built.ok()) << built.status().to_string();
+  int serialized = 0;
+  for (const ir::Node* n : built->impl().graph->nodes())
+    if (n->has_attr("mixq.cudnn_plan")) {
+      ++serialized;
+      // "<signature hash>|<mode>|<choice>|<json>", naming the recorded choice.
+      const std::string plan = n->attr_string("mixq.cudnn_plan", "");
+      EXPECT_EQ(plan.rfind(n->attr_string("mixq.cudnn_choice", "") + "|", 0), 0u) << n->name;
+    }
+  EXPECT_GE(serialized, 1) << testing::describe_layers(built->report());
+  auto bytes = built->serialize();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+  const std::string broken = testing::rewrite_metadata(*bytes, [](nlohmann::json& m) {
+    for (auto& node : m["graph"]["nodes"])
+      if (node["attrs"].contains("mixq.cudnn_plan")) {
+        std::string& plan = node["attrs"]["mixq.cudnn_plan"]["s"].get_ref<std::string&>();
+        plan = plan.substr(0, plan.rfind('|', plan.find('{')) + 1) + "{\"not\": \"a plan\"}";
+      }
+  });
+  const TensorMap inputs = random_model_inputs(*model, kMaxBatch, 79);
+  const TensorMap expected = infer_once(*built, inputs);
+  for (const auto& [name, file] : {std::pair{"as built", *bytes}, std::pair{"rewritten", broken}}) {
+    SCOPED_TRACE(name);
+    auto loaded = Engine::from_bytes(file, "'plans.mixq'");
+    ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+    const auto& impl = loaded->impl();
+    for (size_t i = 0; i < impl.steps.size(); ++i)
+      if (impl.steps[i]->op == ir::OpKind::kFusedConv)
+        EXPECT_NE(impl.kernels[i]->implementation().find("recorded choice"), std::string::npos)
+            << impl.kernels[i]->implementation();
+    EXPECT_EQ(testing::max_abs_error(infer_once(*loaded, inputs).at("y"), expected.at("y")), 0.0);
+  }
+}
+
+// An untuned build (like the calibration engine, which runs a few batches) takes engines that need
+// no runtime compilation (about a second a layer) where cuDNN has one for either form: an fp32
+// residual chain fuses only through compiled engines, so that layer runs split.
+TEST(CudaEngine, UntunedBuildTakesNoRuntimeCompiledEngines) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv untuned("MIXQ_CUDA_TUNE", "0");
+  testing::ScopedEnv cudnn_only("MIXQ_CUDA_CONV", "cudnn");
+  auto model = block_model(48, 16, 53);  // channel counts no other test uses
+  ASSERT_TRUE(model);
+  const CheckResult r =
+      check_engine(model, Precision::kFP32, plan_for({"a", "b", "c"}, Precision::kFP32), true);
+  ASSERT_TRUE(r.built) << r.error;
+  int convs = 0;
+  for (const LayerReport& l : r.report.layers) {
+    if (l.op != "FusedConv") continue;
+    ++convs;
+    EXPECT_NE(l.implementation.find("untuned"), std::string::npos) << l.implementation;
+    EXPECT_EQ(l.implementation.find("(rtc)"), std::string::npos) << l.implementation;
+  }
+  EXPECT_EQ(convs, 3) << testing::describe_layers(r.report);
+}
+
+// Layers compile their cuDNN candidates ahead (Kernel::precompile) on worker threads. Layers
+// destroyed unprepared (a build that failed earlier) cancel what is still queued and wait for
+// what runs; prepared afterwards, the same layers tune and run.
+TEST(CudaEngine, PrecompiledPlansOfUnpreparedLayersAreCancelled) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv cudnn_only("MIXQ_CUDA_CONV", "cudnn");
+  auto model = block_model(40, 16, 61);  // channel counts no other test uses
+  ASSERT_TRUE(model);
+  auto engine = build_engine(model, cuda_options(), plan_for({"a", "b", "c"}, Precision::kFP16));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  // The engine's graph without its recorded choices, at a batch nothing was tuned for: every
+  // convolution submits its candidates.
+  auto graph = engine->impl().graph->clone();
+  for (ir::Node* n : graph->nodes()) n->attrs.erase("mixq.cudnn_choice");
+  const backends::Backend& backend = *engine->impl().backend;
+  constexpr int64_t kBatch = 5;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round == 0 ? "destroyed unprepared" : "prepared");
+    std::vector<std::unique_ptr<backends::Kernel>> kernels;
+    for (ir::Node* n : graph->nodes()) {
+      auto k = backend.create(*n, n->precision.value_or(Precision::kFP32));
+      ASSERT_TRUE(k.ok()) << k.status().to_string();
+      kernels.push_back(std::move(k).value());
+    }
+    for (auto& k : kernels) k->precompile(kBatch);
+    if (round == 0) continue;
+    int tuned = 0;
+    for (size_t i = 0; i < kernels.size(); ++i) {
+      const ir::Node& n = *graph->nodes()[i];
+      Status prepared = kernels[i]->prepare(kBatch);
+      ASSERT_TRUE(prepared.ok()) << n.name << ": " << prepared.to_string();
+      EXPECT_TRUE(kernels[i]->instantiate(kBatch).ok()) << n.name;
+      tuned += kernels[i]->implementation().find("[tuned ") != std::string::npos;
+    }
+    EXPECT_EQ(tuned, 3);
+  }
+}
+
 }  // namespace
 }  // namespace mixq
