@@ -9,8 +9,10 @@
 #
 #   bench/cuda/gpu_bench.sh [-n ITERATIONS] [--warmup N] [--batch B] [--profile] [--plans LIST]
 #
-# --plans: the engines to build, from "fp32 tf32 fp16 int8 fp8 mixed" (the default: all); the
-# measured plan needs at least two of fp16, int8, fp8.
+# --plans: the engines to build, from "fp32 tf32 fp16 int8 fp8 mixed" (the default: all) and
+# "int8-exhaustive" (int8 tuned with MIXQ_CUDA_TUNE_KERNELS=1: every kernel configuration of the
+# winning runtime-compiled cuDNN engines, a build of minutes); the measured plan needs at least
+# two of fp16, int8, fp8.
 #
 # Environment:
 #   MIXQ     the mixq CLI built with the CUDA backend (default: ${BUILD_DIR:-build-cuda}/mixq)
@@ -78,6 +80,12 @@ for p in int8 fp8; do
   engine resnet18 $p --default-precision $p $(calib resnet resnet18_$p)
   engine lenet $p --default-precision $p $(calib lenet lenet_$p)
 done
+if wanted int8-exhaustive; then  # the int8 engines' calibration (same ranges)
+  export MIXQ_CUDA_TUNE_KERNELS=1
+  engine resnet18 int8-exhaustive --default-precision int8 $(calib resnet resnet18_int8)
+  engine lenet int8-exhaustive --default-precision int8 $(calib lenet lenet_int8)
+  unset MIXQ_CUDA_TUNE_KERNELS
+fi
 if wanted mixed; then
   engine resnet18 mixed --config "$HERE/plans/resnet18_mixed.json" $(calib resnet resnet18_mixed)
   engine lenet mixed --config "$HERE/plans/lenet_mixed.json" $(calib lenet lenet_mixed)

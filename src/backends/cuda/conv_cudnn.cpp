@@ -594,6 +594,65 @@ Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice,
   return cfg;
 }
 
+// `base` with each other value of its engine's kernel-configuration knob
+// (CUDNN_KNOB_TYPE_KERNEL_CFG) that the engine declares for graph `g`, at most 64.
+std::vector<EngineChoice> kernel_variants(const OpGraph& g, const EngineChoice& base) {
+  std::vector<EngineChoice> out;
+  auto eng = make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+  if (!eng.ok()) return out;
+  void* og = g.graph.get();
+  int64_t index = base.engine;
+  if (cudnnBackendSetAttribute(eng->get(), CUDNN_ATTR_ENGINE_OPERATION_GRAPH,
+                               CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendSetAttribute(eng->get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1,
+                               &index) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendFinalize(eng->get()) != CUDNN_STATUS_SUCCESS)
+    return out;
+  std::vector<Desc> infos;
+  std::vector<void*> raw;
+  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
+    auto k = make_desc(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR);
+    if (!k.ok()) return out;
+    infos.push_back(*k);
+    raw.push_back(k->get());
+  }
+  int64_t n = 0;
+  if (cudnnBackendGetAttribute(eng->get(), CUDNN_ATTR_ENGINE_KNOB_INFO,
+                               CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(raw.size()), &n,
+                               raw.data()) != CUDNN_STATUS_SUCCESS)
+    return out;
+  for (int64_t i = 0; i < n && i < int64_t(raw.size()); ++i) {
+    cudnnBackendKnobType_t type;
+    int64_t lo = 0, hi = -1, stride = 1, got = 0;
+    if (cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1,
+                                 &got, &type) != CUDNN_STATUS_SUCCESS ||
+        type != CUDNN_KNOB_TYPE_KERNEL_CFG ||
+        cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE,
+                                 CUDNN_TYPE_INT64, 1, &got, &lo) != CUDNN_STATUS_SUCCESS ||
+        cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE,
+                                 CUDNN_TYPE_INT64, 1, &got, &hi) != CUDNN_STATUS_SUCCESS)
+      continue;
+    if (cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1,
+                                 &got, &stride) != CUDNN_STATUS_SUCCESS ||
+        stride < 1)
+      stride = 1;
+    constexpr int64_t kKernelCfg = CUDNN_KNOB_TYPE_KERNEL_CFG;
+    for (int64_t v = lo; v <= hi && out.size() < 64; v += stride) {
+      EngineChoice c = base;
+      auto knob = std::find_if(c.knobs.begin(), c.knobs.end(),
+                               [](const auto& k) { return k.first == kKernelCfg; });
+      if (knob == c.knobs.end())
+        c.knobs.push_back({kKernelCfg, v});
+      else if (knob->second != v)
+        knob->second = v;
+      else
+        continue;
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 // An execution plan with everything it references.
 struct Plan {
   OpGraph graph;
@@ -1467,6 +1526,50 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   int tried = 0, working = 0;
   double compile_seconds = 0;  // finalizing plans (runtime-compiled engines compile here)
   std::string errors;
+  // Runs a finalized candidate once (checked), times it, and keeps it if it is the best so far.
+  auto evaluate = [&](const EngineChoice& info, const PlanResult& finalized) -> Status {
+    if (!finalized.ok()) {
+      errors += " e" + std::to_string(info.engine) + ":plan";
+      return Status::Ok();
+    }
+    std::shared_ptr<Plan> plan = *finalized;
+    if (plan->workspace > kMaxWorkspace) return Status::Ok();
+    plan->choice = info;
+    plan->mode = spec.mode;
+    MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t(plan->workspace)));
+    void* bufs[4] = {x.get(), y, r.get(), ws};
+    auto vp = tuning_pack(*plan, bufs);
+    Status ran = vp.ok() ? check_run(*plan, *vp, spec, b, y) : vp.status();
+    if (!ran.ok()) {
+      cudaGetLastError();
+      errors += " e" + std::to_string(info.engine) + ":" + ran.message().substr(0, 120);
+      return Status::Ok();
+    }
+    ++working;
+    double ms = 0;
+    bool captured = true;
+    if (tuning_enabled(node_)) {
+      const Desc& pack = *vp;
+      auto t = time_launches(
+          [&]() -> Status {
+            CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, plan->plan.get(), pack.get()));
+            return Status::Ok();
+          },
+          b.res->stream, &captured);
+      if (!t.ok()) {
+        cudaGetLastError();
+        return Status::Ok();
+      }
+      ms = *t;
+    }
+    // Configurations that a CUDA graph can capture first (the engine replays graphs), then time.
+    if (!best || (captured && !best_captured) || (captured == best_captured && ms < best_ms)) {
+      best = plan;
+      best_ms = ms;
+      best_captured = captured;
+    }
+    return Status::Ok();
+  };
   // Deterministic builds (BuildOptions::deterministic) skip engines that note nondeterminism
   // (atomics), unless no other engine runs the layer.
   bool skipped_nondeterministic = false;
@@ -1537,55 +1640,47 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
           compile_seconds += std::chrono::duration<double>(Clock::now() - compile_start).count();
         }
         for (Candidate& cand : chunk) {
-          if (!cand.plan.ok()) {
-            errors += " e" + std::to_string(cand.info.engine) + ":plan";
-            continue;
-          }
-          std::shared_ptr<Plan> plan = *cand.plan;
-          if (plan->workspace > kMaxWorkspace) continue;
-          plan->choice = cand.info;
-          plan->mode = spec.mode;
-          MIXQ_ASSIGN_OR_RETURN(void* ws, b.scratch(3, size_t(plan->workspace)));
-          void* bufs[4] = {x.get(), y, r.get(), ws};
-          auto vp = tuning_pack(*plan, bufs);
-          Status ran = vp.ok() ? check_run(*plan, *vp, spec, b, y) : vp.status();
-          if (!ran.ok()) {
-            cudaGetLastError();
-            errors += " e" + std::to_string(cand.info.engine) + ":" + ran.message().substr(0, 120);
-            continue;
-          }
-          ++working;
-          double ms = 0;
-          bool captured = true;
-          if (tuning_enabled(node_)) {
-            const Desc& pack = *vp;
-            auto t = time_launches(
-                [&]() -> Status {
-                  CUDNN_CHECK(cudnnBackendExecute(b.res->cudnn, plan->plan.get(), pack.get()));
-                  return Status::Ok();
-                },
-                b.res->stream, &captured);
-            if (!t.ok()) {
-              cudaGetLastError();
-              continue;
-            }
-            ms = *t;
-          }
-          // Configurations that a CUDA graph can capture first (the engine replays graphs), then
-          // time.
-          if (!best || (captured && !best_captured) ||
-              (captured == best_captured && ms < best_ms)) {
-            best = plan;
-            best_ms = ms;
-            best_captured = captured;
-          }
-          if (!tuning_enabled(node_)) break;
+          MIXQ_RETURN_IF_ERROR(evaluate(cand.info, cand.plan));
+          if (!tuning_enabled(node_) && best) break;
         }
         stop =
             best && (!tuning_enabled(node_) || tried >= tune_max_candidates() ||
                      std::chrono::duration<double>(Clock::now() - start).count() > tune_seconds());
       }
       if (best) break;  // FALLBACK only when mode A has nothing that runs
+    }
+  }
+  // The winning runtime-compiled engine's other kernel configurations, which the heuristics do
+  // not all list (MIXQ_CUDA_TUNE_KERNELS=1).
+  const int heuristic_working = working;
+  size_t sweep_size = 0;
+  if (best && best->choice.runtime_compiled && tuning_enabled(node_) && kernel_sweep_enabled()) {
+    std::vector<EngineChoice> variants = kernel_variants(g, best->choice);
+    sweep_size = variants.size();
+    for (size_t next = 0; next < variants.size();) {
+      const size_t count = std::min(variants.size() - next, size_t(compile_threads()));
+      std::vector<PlanResult> plans(count, Internal("not finalized"));
+      const auto compile_start = Clock::now();
+      std::vector<std::thread> threads;
+      for (size_t i = 0; i < count; ++i)
+        threads.emplace_back([&, i] {
+          std::vector<Desc> keep;
+          auto cfg = config_from_choice(g, variants[next + i], keep);
+          auto handle = compile_handle(int(i));
+          if (!cfg.ok() || !handle.ok())
+            plans[i] = cfg.ok() ? handle.status() : cfg.status();
+          else
+            plans[i] = finalize_plan(g, *cfg, *handle, std::move(keep));
+        });
+      for (std::thread& t : threads) t.join();
+      compile_seconds += seconds_since(compile_start);
+      for (size_t i = 0; i < count; ++i) {
+        if (!plans[i].ok()) continue;  // not every value suits every graph
+        EngineChoice info = variants[next + i];
+        info.runtime_compiled = true;
+        MIXQ_RETURN_IF_ERROR(evaluate(info, plans[i]));
+      }
+      next += count;
     }
   }
   b.release_scratch();
@@ -1597,8 +1692,12 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
   if (note && !tuning_enabled(node_))
     *note = "untuned: first working config";
   else if (note)
-    *note = "tuned " + std::to_string(working) + "/" + std::to_string(tried) + " configs, " +
-            std::to_string(best_ms * 1000.0).substr(0, 6) + " us" +
+    *note = "tuned " + std::to_string(heuristic_working) + "/" + std::to_string(tried) +
+            " configs" +
+            (sweep_size ? " + " + std::to_string(working - heuristic_working) + "/" +
+                              std::to_string(sweep_size) + " kernel configs"
+                        : std::string()) +
+            ", " + std::to_string(best_ms * 1000.0).substr(0, 6) + " us" +
             (best_captured ? "" : ", not capturable") + ", " + seconds_text(compile_seconds) +
             " compiling of " + seconds_text(seconds_since(start)) + " tuning";
   return best;

@@ -335,6 +335,10 @@ bool precompile_enabled() {
   return env_long("MIXQ_CUDA_PRECOMPILE", 1) != 0;
 }
 
+bool kernel_sweep_enabled() {
+  return env_long("MIXQ_CUDA_TUNE_KERNELS", 0) != 0;
+}
+
 void submit_compile_job(std::function<void(cudnnHandle_t)> job) {
   static CompileWorkers* workers = new CompileWorkers;
   std::lock_guard<std::mutex> lock(workers->mutex);

@@ -83,6 +83,9 @@ void submit_compile_job(std::function<void(cudnnHandle_t)> job);
 // Whether layers compile their plans ahead on those workers (MIXQ_CUDA_PRECOMPILE, default 1; 0
 // compiles each layer's plans when it is prepared, as for measuring what compiling ahead saves).
 bool precompile_enabled();
+// Whether tuning also tries every kernel configuration of the winning runtime-compiled cuDNN
+// engine (MIXQ_CUDA_TUNE_KERNELS=1; default 0).
+bool kernel_sweep_enabled();
 
 // Bytes <-> lowercase hex (algorithm structures in choice strings).
 std::string hex_encode(const void* data, size_t bytes);

@@ -2047,6 +2047,24 @@ TEST(CudaEngineFile, SerializedPlansLoadAndUnusableOnesAreRebuilt) {
   }
 }
 
+// MIXQ_CUDA_TUNE_KERNELS=1 also times every kernel configuration of the winning runtime-compiled
+// engine (int8 convolutions run such engines); whichever wins still matches the reference.
+TEST(CudaConv, KernelSweepTimesEveryKernelConfigurationOfTheWinner) {
+  REQUIRE_CUDA();
+  testing::ScopedEnv cudnn_only("MIXQ_CUDA_CONV", "cudnn");
+  testing::ScopedEnv sweep("MIXQ_CUDA_TUNE_KERNELS", "1");
+  auto model = conv_model({"sweep", 24, 40, 10, 10, 3, 1, 1, 1, true, "relu"}, 83);  // unique shape
+  ASSERT_TRUE(model);
+  const CheckResult r =
+      check_engine(model, Precision::kINT8, plan_for({"layer"}, Precision::kINT8));
+  ASSERT_TRUE(r.built) << r.error;
+  const LayerReport* conv = testing::find_layer(r.report, "FusedConv");
+  ASSERT_NE(conv, nullptr);
+  EXPECT_NE(conv->implementation.find("(rtc)"), std::string::npos) << conv->implementation;
+  EXPECT_NE(conv->implementation.find(" kernel configs"), std::string::npos)
+      << conv->implementation;
+}
+
 // An untuned build (like the calibration engine, which runs a few batches) takes engines that need
 // no runtime compilation (about a second a layer) where cuDNN has one for either form: an fp32
 // residual chain fuses only through compiled engines, so that layer runs split.
