@@ -664,6 +664,16 @@ struct Plan {
   double ms = 0;  // measured when tuned (0: not timed)
 };
 
+// Finalizes a plan whose descriptor is set up and reads its workspace size.
+Status finish_plan(Plan& p) {
+  CUDNN_CHECK(cudnnBackendFinalize(p.plan.get()));
+  int64_t n = 0;
+  CUDNN_CHECK(cudnnBackendGetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                       CUDNN_TYPE_INT64, 1, &n, &p.workspace));
+  if (p.workspace < 0) p.workspace = 0;
+  return Status::Ok();
+}
+
 Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg,
                                               cudnnHandle_t handle, std::vector<Desc> keep) {
   auto p = std::make_shared<Plan>();
@@ -674,11 +684,7 @@ Expected<std::shared_ptr<Plan>> finalize_plan(const OpGraph& g, const Desc& cfg,
   void* c = cfg.get();
   SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
   SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
-  CUDNN_CHECK(cudnnBackendFinalize(p->plan.get()));
-  int64_t n = 0;
-  CUDNN_CHECK(cudnnBackendGetAttribute(p->plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                       CUDNN_TYPE_INT64, 1, &n, &p->workspace));
-  if (p->workspace < 0) p->workspace = 0;
+  MIXQ_RETURN_IF_ERROR(finish_plan(*p));
   return p;
 }
 
@@ -713,11 +719,7 @@ Expected<std::shared_ptr<Plan>> plan_from_json(const OpGraph& g, const std::stri
   std::vector<char> text(json.begin(), json.end());
   SET_ATTR(p->plan, CUDNN_ATTR_EXECUTION_PLAN_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
            int64_t(text.size()), text.data());
-  CUDNN_CHECK(cudnnBackendFinalize(p->plan.get()));
-  int64_t n = 0;
-  CUDNN_CHECK(cudnnBackendGetAttribute(p->plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                       CUDNN_TYPE_INT64, 1, &n, &p->workspace));
-  if (p->workspace < 0) p->workspace = 0;
+  MIXQ_RETURN_IF_ERROR(finish_plan(*p));
   return p;
 }
 
