@@ -531,6 +531,13 @@ Expected<EngineChoice> describe_config(const Desc& cfg) {
   return c;
 }
 
+// Whether tuning takes a configuration for `spec`: tensor cores only where allowed, and engines
+// with nondeterministic results only where the build allows them.
+bool takes_config(const EngineChoice& c, const Spec& spec, bool allow_nondeterministic) {
+  return !(spec.no_tensor_cores && c.tensor_core) &&
+         (allow_nondeterministic || !c.nondeterministic);
+}
+
 // Engine configurations from one heuristics mode (empty when the mode has none). `heur` keeps the
 // heuristics descriptor alive as long as its results.
 struct Heuristics {
@@ -562,15 +569,20 @@ Expected<Heuristics> heuristic_configs(const OpGraph& g, cudnnBackendHeurMode_t 
   return h;
 }
 
-// The configuration `choice` names, for graph `g`.
-Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice,
-                                  std::vector<Desc>& keep) {
+// Engine `index` (global) for graph `g`.
+Expected<Desc> engine_for(const OpGraph& g, int64_t index) {
   MIXQ_ASSIGN_OR_RETURN(Desc eng, make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
   void* og = g.graph.get();
-  int64_t index = choice.engine;
   SET_ATTR(eng, CUDNN_ATTR_ENGINE_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og);
   SET_ATTR(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &index);
   CUDNN_CHECK(cudnnBackendFinalize(eng.get()));
+  return eng;
+}
+
+// The configuration `choice` names, for graph `g`.
+Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice,
+                                  std::vector<Desc>& keep) {
+  MIXQ_ASSIGN_OR_RETURN(Desc eng, engine_for(g, choice.engine));
   keep.push_back(eng);
   std::vector<void*> knobs;
   for (auto [type, value] : choice.knobs) {
@@ -598,16 +610,8 @@ Expected<Desc> config_from_choice(const OpGraph& g, const EngineChoice& choice,
 // (CUDNN_KNOB_TYPE_KERNEL_CFG) that the engine declares for graph `g`, at most 64.
 std::vector<EngineChoice> kernel_variants(const OpGraph& g, const EngineChoice& base) {
   std::vector<EngineChoice> out;
-  auto eng = make_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+  auto eng = engine_for(g, base.engine);
   if (!eng.ok()) return out;
-  void* og = g.graph.get();
-  int64_t index = base.engine;
-  if (cudnnBackendSetAttribute(eng->get(), CUDNN_ATTR_ENGINE_OPERATION_GRAPH,
-                               CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og) != CUDNN_STATUS_SUCCESS ||
-      cudnnBackendSetAttribute(eng->get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1,
-                               &index) != CUDNN_STATUS_SUCCESS ||
-      cudnnBackendFinalize(eng->get()) != CUDNN_STATUS_SUCCESS)
-    return out;
   std::vector<Desc> infos;
   std::vector<void*> raw;
   for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
@@ -721,6 +725,15 @@ Expected<std::shared_ptr<Plan>> plan_from_json(const OpGraph& g, const std::stri
            int64_t(text.size()), text.data());
   MIXQ_RETURN_IF_ERROR(finish_plan(*p));
   return p;
+}
+
+// Runs job(i) for every i < count at once, a thread each (in this thread for a single job): plans
+// of one graph finalize in parallel, each job with its own compile_handle(i).
+void in_parallel(size_t count, const std::function<void(size_t)>& job) {
+  if (count == 1) return job(0);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < count; ++i) threads.emplace_back(job, i);
+  for (std::thread& t : threads) t.join();
 }
 
 // --- plans compiled ahead (ConvKernel::precompile)
@@ -1609,9 +1622,9 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
           auto info = ahead != pre_candidates.end() ? Expected<EngineChoice>(ahead->second.first)
                                                     : describe_config(cfg);
           if (!info.ok()) continue;
-          if (spec.no_tensor_cores && info->tensor_core) continue;
-          if (info->nondeterministic && pass == 0) {
-            skipped_nondeterministic = true;
+          if (!takes_config(*info, spec, pass == 1)) {
+            // Left out for its nondeterminism alone: the next pass may take it.
+            skipped_nondeterministic |= pass == 0 && takes_config(*info, spec, true);
             continue;
           }
           if (avoid_rtc_ && info->runtime_compiled) continue;
@@ -1622,24 +1635,16 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
         tried += int(chunk.size());
         {
           const auto compile_start = Clock::now();
-          std::vector<std::thread> threads;
-          for (size_t i = 0; i < chunk.size(); ++i) {
-            auto work = [&, i] {
-              if (chunk[i].precompiled) {
-                chunk[i].plan = take_plan(*chunk[i].precompiled);
-                if (compiled_elsewhere(chunk[i].plan)) return;
-              }
-              auto handle = compile_handle(int(i));
-              chunk[i].plan = handle.ok() ? finalize_plan(g, *chunk[i].cfg, *handle, {h->heur})
-                                          : Expected<std::shared_ptr<Plan>>(handle.status());
-            };
-            if (chunk.size() == 1)
-              work();
-            else
-              threads.emplace_back(work);
-          }
-          for (std::thread& t : threads) t.join();
-          compile_seconds += std::chrono::duration<double>(Clock::now() - compile_start).count();
+          in_parallel(chunk.size(), [&](size_t i) {
+            if (chunk[i].precompiled) {
+              chunk[i].plan = take_plan(*chunk[i].precompiled);
+              if (compiled_elsewhere(chunk[i].plan)) return;
+            }
+            auto handle = compile_handle(int(i));
+            chunk[i].plan = handle.ok() ? finalize_plan(g, *chunk[i].cfg, *handle, {h->heur})
+                                        : Expected<std::shared_ptr<Plan>>(handle.status());
+          });
+          compile_seconds += seconds_since(compile_start);
         }
         for (Candidate& cand : chunk) {
           MIXQ_RETURN_IF_ERROR(evaluate(cand.info, cand.plan));
@@ -1663,18 +1668,15 @@ Expected<std::shared_ptr<Plan>> ConvKernel::tune(const Spec& spec, BuildResource
       const size_t count = std::min(variants.size() - next, size_t(compile_threads()));
       std::vector<PlanResult> plans(count, Internal("not finalized"));
       const auto compile_start = Clock::now();
-      std::vector<std::thread> threads;
-      for (size_t i = 0; i < count; ++i)
-        threads.emplace_back([&, i] {
-          std::vector<Desc> keep;
-          auto cfg = config_from_choice(g, variants[next + i], keep);
-          auto handle = compile_handle(int(i));
-          if (!cfg.ok() || !handle.ok())
-            plans[i] = cfg.ok() ? handle.status() : cfg.status();
-          else
-            plans[i] = finalize_plan(g, *cfg, *handle, std::move(keep));
-        });
-      for (std::thread& t : threads) t.join();
+      in_parallel(count, [&](size_t i) {
+        std::vector<Desc> keep;
+        auto cfg = config_from_choice(g, variants[next + i], keep);
+        auto handle = compile_handle(int(i));
+        if (!cfg.ok() || !handle.ok())
+          plans[i] = cfg.ok() ? handle.status() : cfg.status();
+        else
+          plans[i] = finalize_plan(g, *cfg, *handle, std::move(keep));
+      });
       compile_seconds += seconds_since(compile_start);
       for (size_t i = 0; i < count; ++i) {
         if (!plans[i].ok()) continue;  // not every value suits every graph
@@ -1903,9 +1905,7 @@ void ConvKernel::precompile_spec(const Spec& spec, const std::string& choice,
        ++i) {
     const Desc& cfg = set->heuristics->configs[i];
     auto info = describe_config(cfg);
-    if (!info.ok() || (spec.no_tensor_cores && info->tensor_core) ||
-        (info->nondeterministic && deterministic_only(node_)))
-      continue;
+    if (!info.ok() || !takes_config(*info, spec, !deterministic_only(node_))) continue;
     PlanFuture f = set->submit(set, cfg, {set->heuristics->heur});
     set->candidates[i] = {*info, f};
     set->choices.emplace(info->str(), f);
