@@ -39,6 +39,10 @@ struct ExecContext {
   std::span<const Buffer> outputs;  // node.outputs order
   ExecResources* resources = nullptr;
   void* scratch = nullptr;  // at least scratch_bytes() of per-context memory
+  // Device backends: the next work on the stream is the next step's, which waits for this step's
+  // (KernelInstance::waits_for_predecessor), with nothing in between. The step's last kernel may
+  // then let it launch before this one ends (the CUDA backend: programmatic dependent launch).
+  bool successor_waits = false;
 };
 
 class KernelInstance {
@@ -46,6 +50,9 @@ class KernelInstance {
   virtual ~KernelInstance() = default;
   virtual Status execute(const ExecContext& ctx) const = 0;
   virtual size_t scratch_bytes() const { return 0; }
+  // Device backends: execute's first launch may start before the work before it on the stream
+  // has ended, and waits for that work itself before it reads or writes any buffer.
+  virtual bool waits_for_predecessor() const { return false; }
 };
 
 class Kernel {

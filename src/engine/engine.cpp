@@ -343,6 +343,17 @@ Status run_steps(
   const backends::DeviceOps* dev = e.backend->device_ops();
   auto& ins = c.in_buffers;
   auto& outs = c.out_buffers;
+  // Whether the next work on the stream after step s is the next launching step's own, which
+  // waits for step s (ExecContext::successor_waits): no hook between, no residual copy before it.
+  auto successor_waits = [&](size_t s) {
+    if (after_step) return false;
+    for (size_t next = s + 1; next < e.steps.size(); ++next) {
+      if (plan.is_view[next]) continue;
+      return e.kernels[next]->accumulates_into_output_from() < 0 &&
+             plan.instances[next]->waits_for_predecessor();
+    }
+    return false;
+  };
   for (size_t s = 0; s < e.steps.size(); ++s) {
     const ir::Node& node = *e.steps[s];
     ins.clear();
@@ -373,7 +384,7 @@ Status run_steps(
         std::memcpy(outs[0].data, ins[size_t(acc)].data, bytes);
     }
     if (!plan.is_view[s]) {
-      backends::ExecContext ctx{ins, outs, c.resources.get(), scratch};
+      backends::ExecContext ctx{ins, outs, c.resources.get(), scratch, successor_waits(s)};
       Status st = plan.instances[s]->execute(ctx);
       if (!st.ok()) return st.with_context(node.describe());
     }

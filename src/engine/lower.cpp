@@ -60,6 +60,10 @@ void append_fused(Node* layer, const Node* absorbed) {
   auto it = layer->attrs.find("mixq.fused");
   if (it != layer->attrs.end()) fused = std::get<std::vector<std::string>>(it->second);
   fused.push_back(absorbed->name);
+  // And what the absorbed node had absorbed (a chained convolution's activation and pool).
+  if (auto own = absorbed->attrs.find("mixq.fused"); own != absorbed->attrs.end())
+    for (const std::string& name : std::get<std::vector<std::string>>(own->second))
+      fused.push_back(name);
   layer->attrs["mixq.fused"] = fused;
 }
 

@@ -428,13 +428,34 @@ NodeCost node_cost(const Node& node) {
   switch (node.op) {
     case OpKind::kConv:
     case OpKind::kFusedConv: {
-      const Value* w = node.input(1);
-      if (w && w->shape_known && w->shape.size() >= 2) {
-        int64_t per_output = 1;  // C/group * kernel elements
-        for (size_t i = 1; i < w->shape.size(); ++i) per_output *= w->shape[i];
-        cost.macs = out_elems * per_output;
+      // C/group * kernel elements per output of a weights tensor [K, C/group, kernel...].
+      auto per_output = [](const Value* w) -> int64_t {
+        if (!w || !w->shape_known || w->shape.size() < 2) return 0;
+        int64_t n = 1;
+        for (size_t i = 1; i < w->shape.size(); ++i) n *= w->shape[i];
+        return n;
+      };
+      // A fused max pool (execution fusion): the convolution computed pool_h * pool_w outputs for
+      // each output (the rows and columns a floor drops not counted).
+      auto pooled = [](const Node& n, const std::string& key) -> int64_t {
+        const std::vector<int64_t> window = n.attr_ints(key, {});
+        return window.size() == 2 ? window[0] * window[1] : 1;
+      };
+      if (node.op == OpKind::kFusedConv && node.input(4)) {
+        // A chained second convolution (ops.def): the first's into the intermediate, then its.
+        const std::vector<int64_t> mid = node.attr_ints(kChainMidShapeAttr, {});
+        int64_t mid_elems = 0;
+        if (mid.size() == 3) mid_elems = mid[0] * mid[1] * mid[2];
+        cost.macs = mid_elems * pooled(node, "mixq.pool") * per_output(node.input(1)) +
+                    out_elems * pooled(node, std::string(kChainThenPrefix) + "mixq.pool") *
+                        per_output(node.input(4));
+        cost.flops =
+            2 * cost.macs + (node.input(2) ? mid_elems : 0) + (node.input(5) ? out_elems : 0);
+        break;
       }
-      cost.flops = 2 * cost.macs + (node.input(2) ? out_elems : 0);
+      const int64_t computed = out_elems * pooled(node, "mixq.pool");
+      cost.macs = computed * per_output(node.input(1));
+      cost.flops = 2 * cost.macs + (node.input(2) ? computed : 0);
       break;
     }
     case OpKind::kGemm:
@@ -449,6 +470,13 @@ NodeCost node_cost(const Node& node) {
         if (node.op == OpKind::kFusedGemm && w && w->is_constant() && w->constant.rank() == 2)
           k = w->constant.dim(1);
         cost.macs = out_elems * (k < 0 ? 1 : k);
+        // A chained second layer (ops.def): rows x n1 x k, then rows x n2 x n1.
+        const Value* w2 = node.input(4);
+        if (node.op == OpKind::kFusedGemm && w2 && w2->is_constant() && w2->constant.rank() == 2 &&
+            w2->constant.dim(0) > 0 && w && w->is_constant() && w->constant.rank() == 2) {
+          const int64_t rows = out_elems / w2->constant.dim(0), n1 = w->constant.dim(0);
+          cost.macs = rows * n1 * (k < 0 ? 1 : k) + rows * w2->constant.dim(0) * n1;
+        }
       }
       cost.flops = 2 * cost.macs;
       break;

@@ -30,4 +30,13 @@ OpKind op_at(int index);
 // work at all where the output may share the input's buffer.
 bool keeps_element_order(OpKind op);
 
+// A FusedConv chained with a second convolution (ops.def; inputs 4 and 5 its weights and bias):
+// the second's own attributes under kChainThenPrefix, and these.
+inline constexpr const char* kChainThenPrefix = "mixq.then.";
+inline constexpr const char* kChainNameAttr = "mixq.chain_second";         // the second's name
+inline constexpr const char* kChainModuleAttr = "mixq.chain_module";       // and module
+inline constexpr const char* kChainMidShapeAttr = "mixq.chain_mid_shape";  // C, H, W between
+inline constexpr const char* kChainMidDtypeAttr = "mixq.chain_mid_dtype";  // its storage type
+inline constexpr const char* kChainMidScaleAttr = "mixq.chain_mid_scale";  // quantised only
+
 }  // namespace mixq::ir

@@ -389,5 +389,33 @@ TEST(NodeCost, ConvAndGemm) {
   EXPECT_EQ(gc.flops, 320);
 }
 
+// Execution fusion keeps the cost: a convolution that pools its output computed the pool's
+// inputs; a chained convolution or linear layer counts both layers.
+TEST(NodeCost, FusedPoolsAndChains) {
+  Graph g;
+  Value* x = g.add_value("x", DType::kFloat32, {kDynamicDim, 1, 28, 28});
+  Value* w1 = g.add_constant("w1", random_tensor({20, 1, 5, 5}, 1));
+  Value* w2 = g.add_constant("w2", random_tensor({50, 20, 5, 5}, 2));
+  Value* pooled = g.add_value("p", DType::kFloat32, {kDynamicDim, 20, 12, 12});
+  Node* conv = g.add_node(OpKind::kFusedConv, "conv", {x, w1}, {pooled});
+  conv->attrs["mixq.pool"] = std::vector<int64_t>{2, 2};
+  EXPECT_EQ(node_cost(*conv).macs, 20 * 24 * 24 * 25);
+
+  Value* y = g.add_value("y", DType::kFloat32, {kDynamicDim, 50, 4, 4});
+  Node* chain = g.add_node(OpKind::kFusedConv, "chain", {x, w1, nullptr, nullptr, w2}, {y});
+  chain->attrs["mixq.pool"] = std::vector<int64_t>{2, 2};
+  chain->attrs[std::string(kChainThenPrefix) + "mixq.pool"] = std::vector<int64_t>{2, 2};
+  chain->attrs[kChainMidShapeAttr] = std::vector<int64_t>{20, 12, 12};
+  EXPECT_EQ(node_cost(*chain).macs, 20 * 24 * 24 * 25 + 50 * 8 * 8 * 500);
+
+  Value* h = g.add_value("h", DType::kFloat32, {kDynamicDim, 800});
+  Value* fc1 = g.add_constant("fc1", random_tensor({500, 800}, 3));
+  Value* fc2 = g.add_constant("fc2", random_tensor({10, 500}, 4));
+  Value* o = g.add_value("o", DType::kFloat32, {kDynamicDim, 10});
+  Node* head = g.add_node(OpKind::kFusedGemm, "head", {h, fc1, nullptr, nullptr, fc2}, {o});
+  EXPECT_EQ(node_cost(*head).macs, 500 * 800 + 10 * 500);
+  EXPECT_EQ(node_cost(*head).params, 500 * 800 + 10 * 500);
+}
+
 }  // namespace
 }  // namespace mixq::ir

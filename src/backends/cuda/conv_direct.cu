@@ -139,6 +139,7 @@ __global__ void __launch_bounds__(256, 2)
     direct_conv_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p,
                        Launch l) {
   constexpr int P = kPixelsPerThread;
+  release_dependents(p.release_next);
   extern __shared__ __align__(16) unsigned char smem[];
   float* w_s = reinterpret_cast<float*>(smem);
   unsigned char* stage = smem + size_t(l.weight_floats) * sizeof(float);
@@ -320,6 +321,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   namespace wmma = nvcuda::wmma;
   using T = typename TcType<DT>::type;
   using Acc = typename TcType<DT>::acc;
+  release_dependents(p.release_next);
   extern __shared__ __align__(128) unsigned char tc_smem[];
   unsigned char* smem = tc_smem;
   T* b_s = reinterpret_cast<T*>(smem);

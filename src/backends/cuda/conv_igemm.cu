@@ -118,6 +118,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
                       HaloPlan h) {
   using Acc = typename Mma<DT>::acc;
   constexpr int kElem = Mma<DT>::kElem;
+  release_dependents(p.release_next);
   extern __shared__ __align__(128) unsigned char igemm_smem[];
   // Two stages, each a halo (and a weights' tile where they are not all resident): the loads of
   // step s + 1 (a tile's chunk) fly while step s multiplies.

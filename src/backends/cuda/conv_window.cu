@@ -31,6 +31,8 @@ namespace {
 
 // Eight warps: LeNet's conv1 in 288-pixel bands with four warps kept ~12% of the warp slots busy.
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
+// window_chain: one block per image does both convolutions; more warps hide more latency.
+constexpr int kChainWarps = 16, kChainThreads = 32 * kChainWarps;
 constexpr int kGroupN = 64;           // most output channels per block (blockIdx.y: the group)
 constexpr int kAccBudget = 40 << 10;  // bytes of staged sums a band aims at (128-512 pixels)
 constexpr size_t kMaxSmem = 227 << 10;
@@ -81,7 +83,7 @@ struct WindowPlan {
   FastDiv by_c, by_ww, by_ow, by_yw, by_wpp;
 };
 
-WindowPlan plan_window(const DirectConvParams& p, int bh, int group_n) {
+WindowPlan plan_window(const DirectConvParams& p, int bh, int group_n, int warps = kWarps) {
   const int elem = mma_element_bytes(p.x_dt);
   WindowPlan l;
   l.bh = bh;
@@ -105,7 +107,7 @@ WindowPlan plan_window(const DirectConvParams& p, int bh, int group_n) {
   // too few for the warps (LeNet's conv2: four tiles).
   const int group_tiles = group_rows / 8;
   const int split =
-      l.mtiles >= kWarps ? 1 : std::min(group_tiles, (kWarps + l.mtiles - 1) / l.mtiles);
+      l.mtiles >= warps ? 1 : std::min(group_tiles, (warps + l.mtiles - 1) / l.mtiles);
   l.chunk = (group_tiles + split - 1) / split;
   l.weight_bytes = group_rows * l.w_row;
   l.window_bytes = int(align16(int64_t(l.wh) * l.ww * p.c * elem));
@@ -193,67 +195,74 @@ constexpr int kCachedTaps = 32;
 // Channel tiles a warp multiplies per pass over the taps.
 constexpr int kPassTiles = 4;
 
-// QUAD: a 2x2 max pool with the band's pixels in pool order (pixel m is member m % 4 of pooled
-// pixel m / 4), so a pool window's four sums sit in four lanes of one mma tile and are pooled by
-// shuffles, without staging the sums.
-template <int DT, bool WORDS, bool QUAD>
-__global__ void __launch_bounds__(kThreads, 2)
-    window_conv_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p,
-                       WindowPlan l) {
-  using Acc = typename Mma<DT>::acc;
-  using T = typename Stored<DT>::type;
+// Shared memory of one convolution stage, in plan_window's order: the group's weights, the input
+// window, the offset table (taps, then the group's scales and biases), the staged sums.
+struct StageSmem {
+  unsigned char* w;
+  unsigned char* win;
+  int* taps;
+  float* scale;  // the group's scales, then its biases
+  unsigned char* acc;
+};
+__device__ __forceinline__ StageSmem carve(unsigned char* base, const WindowPlan& l) {
+  StageSmem s;
+  s.w = base;
+  s.win = base + l.weight_bytes;
+  s.taps = reinterpret_cast<int*>(s.win + l.window_bytes);
+  s.scale = reinterpret_cast<float*>(s.taps + l.tp);
+  s.acc = s.win + l.window_bytes + l.table_bytes;
+  return s;
+}
+
+// The layer's own constants for output channels k0 .. k0 + kn - 1: the weights (packed rows past
+// K are zero) 16 bytes at a time by cp.async, the offset of each tap (r, s, c) in the window in
+// elements, the scales and biases.
+template <int DT, int THREADS>
+__device__ void stage_constants(const StageSmem& s, const DirectConvParams& p, const WindowPlan& l,
+                                int k0, int kn) {
   constexpr int E = Mma<DT>::kElem;
-  constexpr int EPW = 4 / E;     // elements per 32-bit word
-  constexpr int KSTEP = 32 / E;  // elements of K per mma
-  extern __shared__ __align__(16) unsigned char window_smem[];
-  unsigned char* w_s = window_smem;
-  unsigned char* win = w_s + l.weight_bytes;
-  int* tap_s = reinterpret_cast<int*>(win + l.window_bytes);
-  float* scale_s = reinterpret_cast<float*>(tap_s + l.tp);  // the group's scale, then its bias
-  Acc* acc_s = reinterpret_cast<Acc*>(win + l.window_bytes + l.table_bytes);
-
-  const int C = int(p.c), H = int(p.h), W = int(p.w), K = int(p.k), OW = int(p.ow);
-  const int n = int(blockIdx.x) / l.bands, band = int(blockIdx.x) % l.bands;
-  const int oh0 = band * l.bh;
-  const int k0 = int(blockIdx.y) * l.group_n, kn = min(l.group_n, K - k0), nt = (kn + 7) / 8;
-
-  // The group's weights (packed rows past K are zero), 16 bytes at a time.
+  const int nt = (kn + 7) / 8, C = int(p.c);
   {
     const int chunks = l.tp * E / 16;
     const uint4* src = static_cast<const uint4*>(p.tc_weights) + int64_t(k0) * chunks;
-    for (int i = threadIdx.x; i < nt * 8 * chunks; i += kThreads) {
+    for (int i = threadIdx.x; i < nt * 8 * chunks; i += THREADS) {
       const int row = i / chunks, col = i - row * chunks;
-      cp_async16(w_s + row * l.w_row + col * 16, src + i);
+      cp_async16(s.w + row * l.w_row + col * 16, src + i);
     }
   }
-  // Per tap (r, s, c): its offset in the window, in elements.
-  for (int k = threadIdx.x; k < l.tp; k += kThreads) {
+  for (int k = threadIdx.x; k < l.tp; k += THREADS) {
     int off = 0;
     if (k < l.taps) {
       const int c = k % C, rs = k / C;
       off = ((rs / p.s) * p.dil_h * l.ww + (rs % p.s) * p.dil_w) * C + c;
     }
-    tap_s[k] = off;
+    s.taps[k] = off;
   }
-  for (int i = threadIdx.x; i < nt * 8; i += kThreads) {
+  for (int i = threadIdx.x; i < nt * 8; i += THREADS) {
     const int ch = k0 + min(i, kn - 1);
-    scale_s[i] = p.scale[ch];
-    scale_s[nt * 8 + i] = p.bias ? p.bias[ch] : 0.0f;
+    s.scale[i] = p.scale[ch];
+    s.scale[nt * 8 + i] = p.bias ? p.bias[ch] : 0.0f;
   }
-  // Weights, taps and scales are the layer's own: staged before the previous layer finishes.
-  wait_for_previous_grid();
-  // The window: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1.
-  const int ih0 = oh0 * p.stride_h - p.pad_h;
+}
+
+// The window of image n: input rows ih0 .. ih0 + wh - 1, columns -pad_w .. ww - pad_w - 1, zero
+// (code 0, the zero of every symmetric grid) outside the image; converted on the way in where the
+// layer absorbed its input's reformat.
+template <int DT, int THREADS>
+__device__ void stage_window(unsigned char* win, const void* x, const DirectConvParams& p,
+                             const WindowPlan& l, int n, int ih0) {
+  constexpr int E = Mma<DT>::kElem;
+  const int C = int(p.c), H = int(p.h), W = int(p.w);
   if (p.convert_input) {
     using Stored_t = typename Stored<DT>::type;
     Stored_t* dst = reinterpret_cast<Stored_t*>(win);
     const int total = l.wh * l.ww * C;
     // Four loads in flight per thread before the first store.
-    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * kThreads) {
+    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * THREADS) {
       float v[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * THREADS;
         const int pix = quotient(i, l.by_c), c = i - pix * C, wr = quotient(pix, l.by_ww),
                   wc = pix - wr * l.ww;
         const int ih = ih0 + wr, iw = wc - p.pad_w;
@@ -267,13 +276,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        if (i0 + u * kThreads < total) dst[i0 + u * kThreads] = encode<DT>(v[u], p.x_grid);
+        if (i0 + u * THREADS < total) dst[i0 + u * THREADS] = encode<DT>(v[u], p.x_grid);
     }
   } else if (l.copy_words) {
     const int wpp = C * E / 4;  // words per pixel
     const int total = l.wh * l.ww * wpp;
     const uint32_t* src = static_cast<const uint32_t*>(x);
-    for (int i = threadIdx.x; i < total; i += kThreads) {
+    for (int i = threadIdx.x; i < total; i += THREADS) {
       const int pix = quotient(i, l.by_wpp), wd = i - pix * wpp, wr = quotient(pix, l.by_ww),
                 wc = pix - wr * l.ww;
       const int ih = ih0 + wr, iw = wc - p.pad_w;
@@ -286,13 +295,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     const Bits* src = static_cast<const Bits*>(x);
     Bits* dst = reinterpret_cast<Bits*>(win);
     const int total = l.wh * l.ww * C;
-    // Four loads in flight per thread before the first store; code 0 (the zero of every
-    // symmetric grid) outside the image.
-    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * kThreads) {
+    // Four loads in flight per thread before the first store.
+    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * THREADS) {
       Bits v[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = i0 + u * kThreads;
+        const int i = i0 + u * THREADS;
         const int pix = quotient(i, l.by_c), c = i - pix * C, wr = quotient(pix, l.by_ww),
                   wc = pix - wr * l.ww;
         const int ih = ih0 + wr, iw = wc - p.pad_w;
@@ -302,14 +310,59 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        if (i0 + u * kThreads < total) dst[i0 + u * kThreads] = v[u];
+        if (i0 + u * THREADS < total) dst[i0 + u * THREADS] = v[u];
     }
   }
-  cp_async_wait_all();
-  __syncthreads();
+}
 
+// Where a stage's outputs go: (y row, y column, channel of the group, value after the activation).
+// To y in global memory, in y's grid.
+struct GlobalStore {
+  void* y;
+  int64_t image;  // elements before image n's first
+  int yw, k, k0;
+  Grid grid;
+  __device__ __forceinline__ void operator()(int row, int col, int ch, float v) const {
+    const int64_t at = image + (row * yw + col) * k + k0 + ch;  // 32-bit within an image
+    with_stored_type(grid.dt, [&](auto yt) {
+      constexpr int YT = decltype(yt)::value;
+      static_cast<typename Stored<YT>::type*>(y)[at] = encode_fast<YT>(v, grid);
+    });
+  }
+};
+// Into the next stage's window in shared memory (window_chain): the next convolution's input
+// format DT; pixels the window does not hold are dropped.
+template <int DT>
+struct WindowStore {
+  unsigned char* win;
+  int wh, ww, c, pad_h, pad_w;
+  Grid grid;
+  __device__ __forceinline__ void operator()(int row, int col, int ch, float v) const {
+    const int wr = row + pad_h, wc = col + pad_w;
+    if (wr < wh && wc < ww)
+      reinterpret_cast<typename Stored<DT>::type*>(win)[(wr * ww + wc) * c + ch] =
+          encode_fast<DT>(v, grid);
+  }
+};
+
+// The band's sums on tensor cores, from the staged window. QUAD: a 2x2 max pool with the band's
+// pixels in pool order (pixel m is member m % 4 of pooled pixel m / 4), so a pool window's four
+// sums sit in four lanes of one mma tile and are pooled by shuffles and stored (scale, bias,
+// activation) without staging; else the sums go to shared memory for window_epilogue.
+template <int DT, bool WORDS, bool QUAD, int WARPS, class Store>
+__device__ void window_sums(const StageSmem& s, const DirectConvParams& p, const WindowPlan& l,
+                            int oh0, int kn, const Store& store) {
+  using Acc = typename Mma<DT>::acc;
+  constexpr int E = Mma<DT>::kElem;
+  constexpr int EPW = 4 / E;     // elements per 32-bit word
+  constexpr int KSTEP = 32 / E;  // elements of K per mma
+  const unsigned char* win = s.win;
+  const int* tap_s = s.taps;
+  const float* scale_s = s.scale;
+  Acc* acc_s = reinterpret_cast<Acc*>(s.acc);
+  const int C = int(p.c), OW = int(p.ow), nt = (kn + 7) / 8;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
-  const uint32_t* w_words = reinterpret_cast<const uint32_t*>(w_s);
+  const uint32_t* w_words = reinterpret_cast<const uint32_t*>(s.w);
   const int w_row_words = l.w_row / 4;
   // Element path with few taps: this lane's tap offsets (the same for every tile) in registers.
   constexpr int kCachedSteps = kCachedTaps / KSTEP;
@@ -327,10 +380,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const bool pool = p.pool_h > 0;
   const int y_row0 = pool ? oh0 / p.pool_h : oh0;
   const int out_rows = min(pool ? l.bh / p.pool_h : l.bh, l.yh - y_row0);
-  const int64_t y_image = int64_t(n) * l.yh * l.yw * K;
   const int parts = (nt + l.chunk - 1) / l.chunk;
   const float* bias_s = scale_s + nt * 8;
-  for (int item = warp; item < l.mtiles * parts; item += kWarps) {
+  for (int item = warp; item < l.mtiles * parts; item += WARPS) {
     // The tile and the run of channel tiles (a division only where the runs are several).
     int mt = item, part = 0;
     if (parts > 1) {
@@ -402,8 +454,6 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int pooled = mt * 4 + (g >> 2) + (member >> 1) * 2;
         const int pr = quotient(pooled, l.by_yw), pc = pooled - pr * l.yw;
         const bool row_ok = pooled * 4 < l.pixels && pr < out_rows;
-        // Offset of this pixel's channel k0 within image n's y (32-bit: window_eligible).
-        const int y_pixel = ((y_row0 + pr) * l.yw + pc) * K + k0;
 #pragma unroll
         for (int j = 0; j < kPassTiles; ++j) {
           if (j < jn) {
@@ -419,14 +469,8 @@ __global__ void __launch_bounds__(kThreads, 2)
             }
             const float mine = member == 0 ? v[0] : member == 1 ? v[1] : member == 2 ? v[2] : v[3];
             const int chan = ch + (member & 1);
-            if (row_ok && chan < kn) {
-              const float out = activate(mine, p.act, p.lo, p.hi);  // monotonic: after the max
-              with_stored_type(p.y_grid.dt, [&](auto yt) {
-                constexpr int YT = decltype(yt)::value;
-                using Y = typename Stored<YT>::type;
-                (static_cast<Y*>(y) + y_image)[y_pixel + chan] = encode_fast<YT>(out, p.y_grid);
-              });
-            }
+            if (row_ok && chan < kn)  // the activation is monotonic: after the max
+              store(y_row0 + pr, pc, chan, activate(mine, p.act, p.lo, p.hi));
           }
         }
       } else {
@@ -446,39 +490,105 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
   }
-  if constexpr (QUAD) return;
-  __syncthreads();
+}
 
-  // Epilogue: scale, bias, residual, activation, the pool; y in its grid.
+// The staged sums (after a barrier) to their outputs: scale, bias, residual, activation, the pool.
+// Threads over (output pixel, channel), channels fastest: every lane busy, neighbouring lanes
+// write neighbouring elements of y.
+template <int DT, int THREADS, class Store>
+__device__ void window_epilogue(const StageSmem& s, const DirectConvParams& p, const WindowPlan& l,
+                                int n, int oh0, int k0, int kn, const Store& store) {
+  using Acc = typename Mma<DT>::acc;
+  const Acc* acc_s = reinterpret_cast<const Acc*>(s.acc);
+  const int nt = (kn + 7) / 8, OW = int(p.ow), K = int(p.k);
+  const float* scale_s = s.scale;
+  const float* bias_s = scale_s + nt * 8;
+  const bool pool = p.pool_h > 0;
+  const int y_row0 = pool ? oh0 / p.pool_h : oh0;
+  const int out_rows = min(pool ? l.bh / p.pool_h : l.bh, l.yh - y_row0);
   const int out_pixels = out_rows * l.yw;
-  const int64_t y_first = (int64_t(n) * l.yh + y_row0) * l.yw;
-  // Threads over (output pixel, channel), channels fastest: every lane busy, neighbouring lanes
-  // write neighbouring elements of y.
   const FastDiv by_kn = {kn, 1.0f / float(kn)};
-  with_stored_type(p.y_grid.dt, [&](auto yt) {
-    constexpr int YT = decltype(yt)::value;
-    using Y = typename Stored<YT>::type;
-    for (int idx = threadIdx.x; idx < out_pixels * kn; idx += kThreads) {
-      const int op = quotient(idx, by_kn), ch = idx - op * kn;
-      const float sc = scale_s[ch], bi = bias_s[ch];
-      const int64_t out = (y_first + op) * K + k0 + ch;
-      float v;
-      if (!pool) {
-        v = float(acc_s[op * l.acc_stride + ch]) * sc + bi;
-        if (p.residual) v += load_real(p.residual, out, p.residual_grid);
-        v = activate(v, p.act, p.lo, p.hi);
-      } else {
-        const int orow = quotient(op, l.by_yw), ocol = op - orow * l.yw;
-        const Acc* first = acc_s + ((orow * p.pool_h) * OW + ocol * p.pool_w) * l.acc_stride + ch;
-        v = -INFINITY;
-        for (int i = 0; i < p.pool_h; ++i)
-          for (int j = 0; j < p.pool_w; ++j)
-            v = fmaxf(v, float(first[(i * OW + j) * l.acc_stride]) * sc + bi);
-        v = activate(v, p.act, p.lo, p.hi);  // monotonic: the max of the activations
-      }
-      static_cast<Y*>(y)[out] = encode_fast<YT>(v, p.y_grid);
+  for (int idx = threadIdx.x; idx < out_pixels * kn; idx += THREADS) {
+    const int op = quotient(idx, by_kn), ch = idx - op * kn;
+    const int orow = quotient(op, l.by_yw), ocol = op - orow * l.yw;
+    const float sc = scale_s[ch], bi = bias_s[ch];
+    float v;
+    if (!pool) {
+      v = float(acc_s[op * l.acc_stride + ch]) * sc + bi;
+      if (p.residual)
+        v +=
+            load_real(p.residual, ((int64_t(n) * l.yh + y_row0 + orow) * l.yw + ocol) * K + k0 + ch,
+                      p.residual_grid);
+      v = activate(v, p.act, p.lo, p.hi);
+    } else {
+      const Acc* first = acc_s + ((orow * p.pool_h) * OW + ocol * p.pool_w) * l.acc_stride + ch;
+      v = -INFINITY;
+      for (int i = 0; i < p.pool_h; ++i)
+        for (int j = 0; j < p.pool_w; ++j)
+          v = fmaxf(v, float(first[(i * OW + j) * l.acc_stride]) * sc + bi);
+      v = activate(v, p.act, p.lo, p.hi);  // monotonic: the max of the activations
     }
-  });
+    store(y_row0 + orow, ocol, ch, v);
+  }
+}
+
+template <int DT, bool WORDS, bool QUAD>
+__global__ void __launch_bounds__(kThreads, 2)
+    window_conv_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p,
+                       WindowPlan l) {
+  release_dependents(p.release_next);
+  extern __shared__ __align__(16) unsigned char window_smem[];
+  const StageSmem s = carve(window_smem, l);
+  const int n = int(blockIdx.x) / l.bands, band = int(blockIdx.x) % l.bands;
+  const int oh0 = band * l.bh;
+  const int k0 = int(blockIdx.y) * l.group_n, kn = min(l.group_n, int(p.k) - k0);
+  stage_constants<DT, kThreads>(s, p, l, k0, kn);
+  // Weights, taps and scales are the layer's own: staged before the previous layer finishes.
+  wait_for_previous_grid();
+  stage_window<DT, kThreads>(s.win, x, p, l, n, oh0 * p.stride_h - p.pad_h);
+  cp_async_wait_all();
+  __syncthreads();
+  const GlobalStore out{y, int64_t(n) * l.yh * l.yw * p.k, l.yw, int(p.k), k0, p.y_grid};
+  window_sums<DT, WORDS, QUAD, kWarps>(s, p, l, oh0, kn, out);
+  if constexpr (!QUAD) {
+    __syncthreads();
+    window_epilogue<DT, kThreads>(s, p, l, n, oh0, k0, kn, out);
+  }
+}
+
+// Two convolutions in a row (window_chain): a block takes one image through both; the first's
+// outputs go straight into the second's window in shared memory.
+template <int DT, bool WORDS1, bool QUAD1, bool QUAD2>
+__global__ void __launch_bounds__(kChainThreads, 1)
+    window_chain_kernel(const void* __restrict__ x, void* __restrict__ y, DirectConvParams p1,
+                        WindowPlan l1, DirectConvParams p2, WindowPlan l2) {
+  release_dependents(p2.release_next);
+  extern __shared__ __align__(16) unsigned char chain_smem[];
+  const StageSmem s1 = carve(chain_smem, l1), s2 = carve(chain_smem + l1.smem, l2);
+  const int n = int(blockIdx.x);
+  const int k1 = int(p1.k), k2 = int(p2.k);
+  stage_constants<DT, kChainThreads>(s1, p1, l1, 0, k1);
+  stage_constants<DT, kChainThreads>(s2, p2, l2, 0, k2);
+  // The second window's padding stays zero; the first convolution writes the rest.
+  for (int i = threadIdx.x; i < l2.window_bytes / 16; i += kChainThreads)
+    reinterpret_cast<uint4*>(s2.win)[i] = make_uint4(0, 0, 0, 0);
+  wait_for_previous_grid();
+  stage_window<DT, kChainThreads>(s1.win, x, p1, l1, n, -p1.pad_h);
+  cp_async_wait_all();
+  __syncthreads();
+  const WindowStore<DT> mid{s2.win, l2.wh, l2.ww, int(p2.c), p2.pad_h, p2.pad_w, p1.y_grid};
+  window_sums<DT, WORDS1, QUAD1, kChainWarps>(s1, p1, l1, 0, k1, mid);
+  if constexpr (!QUAD1) {
+    __syncthreads();
+    window_epilogue<DT, kChainThreads>(s1, p1, l1, n, 0, 0, k1, mid);
+  }
+  __syncthreads();
+  const GlobalStore out{y, int64_t(n) * l2.yh * l2.yw * k2, l2.yw, k2, 0, p2.y_grid};
+  window_sums<DT, true, QUAD2, kChainWarps>(s2, p2, l2, 0, k2, out);
+  if constexpr (!QUAD2) {
+    __syncthreads();
+    window_epilogue<DT, kChainThreads>(s2, p2, l2, n, 0, 0, k2, out);
+  }
 }
 
 template <int DT, bool WORDS, bool QUAD>
@@ -501,6 +611,57 @@ cudaError_t launch(const void* x, void* y, const DirectConvParams& p, const Wind
                  : launch_typed<DT, false, true>(x, y, p, l, stream);
   return words ? launch_typed<DT, true, false>(x, y, p, l, stream)
                : launch_typed<DT, false, false>(x, y, p, l, stream);
+}
+
+template <int DT, bool WORDS1, bool QUAD1, bool QUAD2>
+cudaError_t launch_chain_typed(const void* x, void* y, const DirectConvParams& p1,
+                               const WindowPlan& l1, const DirectConvParams& p2,
+                               const WindowPlan& l2, cudaStream_t stream) {
+  auto kernel = window_chain_kernel<DT, WORDS1, QUAD1, QUAD2>;
+  static std::atomic<bool> configured{false};
+  if (const cudaError_t e = reserve_shared_memory(kernel, kMaxSmem, true, configured);
+      e != cudaSuccess)
+    return e;
+  return launch_overlapped(kernel, dim3(unsigned(p1.n)), dim3(kChainThreads), l1.smem + l2.smem,
+                           stream, x, y, p1, l1, p2, l2);
+}
+
+template <int DT, bool WORDS1>
+cudaError_t launch_chain(const void* x, void* y, const DirectConvParams& p1, const WindowPlan& l1,
+                         const DirectConvParams& p2, const WindowPlan& l2, cudaStream_t stream) {
+  if (l1.quad)
+    return l2.quad ? launch_chain_typed<DT, WORDS1, true, true>(x, y, p1, l1, p2, l2, stream)
+                   : launch_chain_typed<DT, WORDS1, true, false>(x, y, p1, l1, p2, l2, stream);
+  return l2.quad ? launch_chain_typed<DT, WORDS1, false, true>(x, y, p1, l1, p2, l2, stream)
+                 : launch_chain_typed<DT, WORDS1, false, false>(x, y, p1, l1, p2, l2, stream);
+}
+
+template <int DT>
+cudaError_t launch_chain(const void* x, void* y, const DirectConvParams& p1, const WindowPlan& l1,
+                         bool words1, const DirectConvParams& p2, const WindowPlan& l2,
+                         cudaStream_t stream) {
+  return words1 ? launch_chain<DT, true>(x, y, p1, l1, p2, l2, stream)
+                : launch_chain<DT, false>(x, y, p1, l1, p2, l2, stream);
+}
+
+// One band of whole images and one channel group per stage, for window_chain.
+struct ChainPlan {
+  WindowPlan first, second;
+  bool ok = false;
+};
+ChainPlan plan_chain(const DirectConvParams& p1, const DirectConvParams& p2) {
+  ChainPlan c;
+  auto whole = [](const DirectConvParams& p) {
+    const int unit = p.pool_h > 0 ? p.pool_h : 1;
+    const int rows = p.pool_h > 0 ? int(p.oh / p.pool_h) * p.pool_h : int(p.oh);
+    return plan_window(p, std::max(unit, rows), int(p.k + 7) / 8 * 8, kChainWarps);
+  };
+  if (p1.k > kGroupN || p2.k > kGroupN) return c;
+  c.first = whole(p1);
+  c.second = whole(p2);
+  c.ok = c.first.bands == 1 && c.second.bands == 1 && c.first.groups == 1 && c.second.groups == 1 &&
+         c.first.smem + c.second.smem <= kMaxSmem;
+  return c;
 }
 
 }  // namespace
@@ -542,6 +703,41 @@ cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaS
       return launch<kE4M3>(x, y, p, l, words, stream);
     default:
       return launch<kBF16>(x, y, p, l, words, stream);
+  }
+}
+
+bool window_chain_eligible(const DirectConvParams& first, const DirectConvParams& second) {
+  const int elem = mma_element_bytes(first.x_dt);
+  if (!window_eligible(first) || !window_eligible(second) || first.x_dt != second.x_dt ||
+      first.y_grid.dt != first.x_dt || second.convert_input || first.residual || second.residual ||
+      (second.c * elem) % 4 != 0 || first.n != second.n)
+    return false;
+  // The second reads what the first writes: its channels, rows and columns.
+  const int64_t yh = first.pool_h > 0 ? first.oh / first.pool_h : first.oh;
+  const int64_t yw = first.pool_w > 0 ? first.ow / first.pool_w : first.ow;
+  if (second.c != first.k || second.h != yh || second.w != yw) return false;
+  return plan_chain(first, second).ok;
+}
+
+cudaError_t window_chain(const void* x, void* y, const DirectConvParams& first,
+                         const DirectConvParams& second, cudaStream_t stream) {
+  if (!window_chain_eligible(first, second) || !first.tc_weights || !second.tc_weights ||
+      reinterpret_cast<uintptr_t>(first.tc_weights) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(second.tc_weights) % 16 != 0)
+    return cudaErrorInvalidValue;
+  if (first.n == 0) return cudaSuccess;
+  ChainPlan c = plan_chain(first, second);
+  const bool words = (first.c * mma_element_bytes(first.x_dt)) % 4 == 0;
+  c.first.copy_words = words && !first.convert_input && reinterpret_cast<uintptr_t>(x) % 4 == 0;
+  switch (first.x_dt) {
+    case kS8:
+      return launch_chain<kS8>(x, y, first, c.first, words, second, c.second, stream);
+    case kF16:
+      return launch_chain<kF16>(x, y, first, c.first, words, second, c.second, stream);
+    case kE4M3:
+      return launch_chain<kE4M3>(x, y, first, c.first, words, second, c.second, stream);
+    default:
+      return launch_chain<kBF16>(x, y, first, c.first, words, second, c.second, stream);
   }
 }
 

@@ -230,6 +230,12 @@ class CudaBackend final : public Backend {
     }
     switch (n.op) {
       case ir::OpKind::kFusedConv:
+        if (n.input(4)) {  // chained by fuse_for_execution: the window form's types
+          const bool ok = p == Precision::kFP16 || p == Precision::kBF16 || p == Precision::kINT8 ||
+                          p == Precision::kFP8;
+          if (!ok && why) *why = "chained convolutions run in fp16, bf16, int8 or fp8 only";
+          return ok;
+        }
         return conv_supports(n, p, why);
       case ir::OpKind::kFusedGemm:
         if (n.input(4)) {  // chained by fuse_for_execution: int8 only
@@ -245,7 +251,7 @@ class CudaBackend final : public Backend {
   Expected<std::unique_ptr<Kernel>> create(const ir::Node& n, Precision p) const override {
     switch (n.op) {
       case ir::OpKind::kFusedConv:
-        return make_conv_kernel(n, p);
+        return n.input(4) ? make_conv_chain_kernel(n, p) : make_conv_kernel(n, p);
       case ir::OpKind::kFusedGemm:
         return n.input(4) ? make_chain_kernel(n, p) : make_gemm_kernel(n, p);
       default:
@@ -352,6 +358,7 @@ class CudaBackend final : public Backend {
     std::vector<ir::Node*> doomed;
     absorb_pools(g, doomed);
     absorb_input_reformats(g, doomed);
+    chain_convolutions(g, doomed);
     absorb_flatten(g, doomed);
     chain_linear_layers(g, doomed);
     if (doomed.empty()) return Status::Ok();
@@ -403,6 +410,51 @@ class CudaBackend final : public Backend {
       append_fused(conv, reformat);
       doomed.push_back(reformat);
     }
+  }
+  // `first` -> its output's only reader `second`, both `op`, where `can_chain(first, second)`:
+  // second merges into first (inputs 4 and 5: its weights and bias; its output) and `describe`
+  // writes what else the merged node needs (second's attributes, the intermediate's format).
+  template <class CanChain, class Describe>
+  static void chain_layers(ir::Graph& g, std::vector<ir::Node*>& doomed, ir::OpKind op,
+                           CanChain can_chain, Describe describe) {
+    using engine::append_fused;
+    using engine::single_consumer;
+    for (ir::Node* first : g.nodes()) {
+      if (first->op != op || first->input(4) ||
+          std::find(doomed.begin(), doomed.end(), first) != doomed.end())
+        continue;
+      ir::Value* mid = first->output(0);
+      ir::Node* second = nullptr;
+      if (!mid || !single_consumer(g, mid, &second) || second->input(4) ||
+          !can_chain(*first, *second))
+        continue;
+      first->inputs.resize(4, nullptr);
+      first->inputs.push_back(second->inputs[1]);
+      first->inputs.push_back(second->input(2));
+      describe(*first, *second, *mid);
+      ir::Value* out = second->outputs[0];
+      first->outputs[0] = out;
+      out->producer = first;
+      mid->producer = nullptr;
+      append_fused(first, second);
+      doomed.push_back(second);
+    }
+  }
+  // Convolution -> its output's only reader, another convolution, both of the window form's size
+  // (LeNet's conv-relu-pool pair): one kernel takes each image through both, the intermediate
+  // never leaves shared memory (kernels::window_chain).
+  static void chain_convolutions(ir::Graph& g, std::vector<ir::Node*>& doomed) {
+    chain_layers(g, doomed, ir::OpKind::kFusedConv, conv_can_chain,
+                 [](ir::Node& first, const ir::Node& second, const ir::Value& mid) {
+                   for (const auto& [key, value] : second.attrs)
+                     if (key != "mixq.fused") first.attrs[kChainThenPrefix + key] = value;
+                   first.attrs[kChainNameAttr] = second.name;
+                   first.attrs[kChainModuleAttr] = second.module_name;
+                   first.attrs[kChainMidShapeAttr] =
+                       std::vector<int64_t>{mid.shape[1], mid.shape[2], mid.shape[3]};
+                   first.attrs[kChainMidDtypeAttr] = std::string(dtype_name(mid.dtype));
+                   if (stored_quantized(mid)) first.attrs[kChainMidScaleAttr] = mid.quant->scale[0];
+                 });
   }
   // NHWC value -> Reformat to plain -> Flatten -> linear layer: the layer reads the NHWC tensor
   // as the matrix [N, H * W * C] and its weights' columns are permuted to match, once, here (what
@@ -458,32 +510,15 @@ class CudaBackend final : public Backend {
   // int8 linear layer -> its only reader, another int8 linear layer (a classifier head): one
   // kernel, the intermediate never leaves shared memory (kernels::chain_gemm_s8).
   static void chain_linear_layers(ir::Graph& g, std::vector<ir::Node*>& doomed) {
-    using engine::append_fused;
-    using engine::single_consumer;
-    for (ir::Node* first : g.nodes()) {
-      if (first->op != ir::OpKind::kFusedGemm || first->input(4) ||
-          std::find(doomed.begin(), doomed.end(), first) != doomed.end())
-        continue;
-      ir::Value* mid = first->output(0);
-      ir::Node* second = nullptr;
-      if (!mid || !single_consumer(g, mid, &second) || second->input(4) ||
-          !gemm_can_chain(*first, *second))
-        continue;
-      first->inputs.resize(4, nullptr);
-      first->inputs.push_back(second->inputs[1]);
-      first->inputs.push_back(second->input(2));
-      for (const char* key : {"activation", "clip_min", "clip_max"})
-        if (auto it = second->attrs.find(std::string("mixq.") + key); it != second->attrs.end())
-          first->attrs[std::string("mixq.then_") + key] = it->second;
-      first->attrs["mixq.mid_dtype"] = std::string(dtype_name(mid->dtype));
-      first->attrs["mixq.mid_scale"] = mid->quant->scale[0];
-      ir::Value* out = second->outputs[0];
-      first->outputs[0] = out;
-      out->producer = first;
-      mid->producer = nullptr;
-      append_fused(first, second);
-      doomed.push_back(second);
-    }
+    chain_layers(g, doomed, ir::OpKind::kFusedGemm, gemm_can_chain,
+                 [](ir::Node& first, const ir::Node& second, const ir::Value& mid) {
+                   for (const char* key : {"activation", "clip_min", "clip_max"})
+                     if (auto it = second.attrs.find(std::string("mixq.") + key);
+                         it != second.attrs.end())
+                       first.attrs[std::string("mixq.then_") + key] = it->second;
+                   first.attrs["mixq.mid_dtype"] = std::string(dtype_name(mid.dtype));
+                   first.attrs["mixq.mid_scale"] = mid.quant->scale[0];
+                 });
   }
 
   // Whether two values store their elements alike: one type and, where quantised, one grid (a

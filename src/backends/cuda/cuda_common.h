@@ -82,6 +82,20 @@ bool conv_can_pool(const ir::Node& node, int64_t pool_h, int64_t pool_w);
 // Whether the convolution `node` (having absorbed a pool: it runs the window form) can absorb the
 // Reformat that writes its input from `source`, converting each element as it stages its window.
 bool conv_can_convert_input(const ir::Node& node, const ir::Value& source);
+// Whether the convolution `first` (its pool and input reformat absorbed) and `second`, its output's
+// only reader, can run as one step (kernels::window_chain): same precision, a tensor-core type,
+// the intermediate in the second's input format, each image's intermediate within shared memory;
+// not where MIXQ_CUDA_CONV asks for another form than the window one.
+bool conv_can_chain(const ir::Node& first, const ir::Node& second);
+// The chained step: a FusedConv whose inputs 4 and 5 are the second convolution's weights and bias
+// and whose attributes under kChainThenPrefix are the second's own.
+Expected<std::unique_ptr<Kernel>> make_conv_chain_kernel(const ir::Node& node, Precision precision);
+using ir::kChainMidDtypeAttr;
+using ir::kChainMidScaleAttr;
+using ir::kChainMidShapeAttr;
+using ir::kChainModuleAttr;
+using ir::kChainNameAttr;
+using ir::kChainThenPrefix;
 // gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).
 bool gemm_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_gemm_kernel(const ir::Node& node, Precision precision);

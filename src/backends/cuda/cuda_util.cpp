@@ -339,6 +339,10 @@ bool kernel_sweep_enabled() {
   return env_long("MIXQ_CUDA_TUNE_KERNELS", 0) != 0;
 }
 
+bool overlap_enabled() {
+  return env_long("MIXQ_CUDA_OVERLAP", 1) != 0;
+}
+
 void submit_compile_job(std::function<void(cudnnHandle_t)> job) {
   static CompileWorkers* workers = new CompileWorkers;
   std::lock_guard<std::mutex> lock(workers->mutex);

@@ -86,6 +86,10 @@ bool precompile_enabled();
 // Whether tuning also tries every kernel configuration of the winning runtime-compiled cuDNN
 // engine (MIXQ_CUDA_TUNE_KERNELS=1; default 0).
 bool kernel_sweep_enabled();
+// Whether a step's last kernel lets the next step's launch early where that one waits for it
+// (ExecContext::successor_waits; MIXQ_CUDA_OVERLAP, default 1; 0 for measuring what it saves).
+// Read at each launch; a captured graph keeps what its launches were given.
+bool overlap_enabled();
 
 // Bytes <-> lowercase hex (algorithm structures in choice strings).
 std::string hex_encode(const void* data, size_t bytes);

@@ -143,9 +143,11 @@ class ChainKernel final : public Kernel {
 class ChainInstance final : public KernelInstance {
  public:
   ChainInstance(const ChainKernel& k, int64_t m) : k_(k), m_(m) {}
+  bool waits_for_predecessor() const override { return true; }
   Status execute(const ExecContext& ctx) const override {
     kernels::ChainGemmParams p = k_.params_;
     p.m = m_;
+    p.release_next = ctx.successor_waits && overlap_enabled();
     const cudaError_t e = kernels::chain_gemm_s8(ctx.inputs[0].data, ctx.outputs[0].data, p,
                                                  resources_of(ctx).stream);
     if (e != cudaSuccess)

@@ -52,6 +52,7 @@ ChainLayout layout_of(int k1, int slice, int n2) {
 __global__ void __cluster_dims__(kChainCluster, 1, 1) __launch_bounds__(kChainThreads)
     chain_gemm_s8_kernel(const int8_t* __restrict__ x, void* __restrict__ y, ChainGemmParams p,
                          ChainLayout l) {
+  release_dependents(p.release_next);
   cg::cluster_group cluster = cg::this_cluster();
   extern __shared__ __align__(16) unsigned char chain_smem[];
   unsigned char* x_s = chain_smem;

@@ -385,8 +385,8 @@ class GemmKernel final : public Kernel {
 
   // Issues the layer: matmul (and the own epilogue for scratch variants).
   Status launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt,
-                cudaStream_t stream, const void* x, const void* residual, void* y,
-                char* scratch) const;
+                cudaStream_t stream, const void* x, const void* residual, void* y, char* scratch,
+                bool release_next = false) const;
 
   Expected<Chosen> tune(int64_t m, BuildResources& b, int only_variant, std::string* note) const;
   // A choice ("v<variant>|<algorithm hex>") rebuilt for m rows, checked and warmed up.
@@ -418,7 +418,7 @@ class GemmKernel final : public Kernel {
 
 Status GemmKernel::launch(const Variant& v, const Chosen& c, int64_t m, cublasLtHandle_t lt,
                           cudaStream_t stream, const void* x, const void* residual, void* y,
-                          char* scratch) const {
+                          char* scratch, bool release_next) const {
   if (v.own) {
     kernels::SmallGemmParams p;
     p.m = m;
@@ -433,6 +433,7 @@ Status GemmKernel::launch(const Variant& v, const Chosen& c, int64_t m, cublasLt
     p.lo = clip_lo_;
     p.hi = clip_hi_;
     p.y_grid = y_grid_;
+    p.release_next = release_next;
     const cudaError_t e = kernels::small_gemm_s8(x, y, p, stream);
     if (e != cudaSuccess) return cuda_status(e, "small int8 linear layer", __FILE__, __LINE__);
     return Status::Ok();
@@ -473,12 +474,13 @@ class GemmInstance final : public KernelInstance {
     const Variant& v = k_.variants_[size_t(c_.variant)];
     return k_.d_bytes(v, m_) + k_.c_bytes(v, m_) + c_.workspace;
   }
+  bool waits_for_predecessor() const override { return k_.variants_[size_t(c_.variant)].own; }
   Status execute(const ExecContext& ctx) const override {
     CudaResources& res = resources_of(ctx);
     const void* residual = ctx.inputs.size() > 3 ? ctx.inputs[3].data : nullptr;
     return k_.launch(k_.variants_[size_t(c_.variant)], c_, m_, res.cublas, res.stream,
                      ctx.inputs[0].data, residual, ctx.outputs[0].data,
-                     static_cast<char*>(ctx.scratch));
+                     static_cast<char*>(ctx.scratch), ctx.successor_waits && overlap_enabled());
   }
 
  private:

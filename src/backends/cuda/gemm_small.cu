@@ -20,6 +20,7 @@ constexpr int64_t kMaxWeightBytes = 48 << 10;  // the default shared memory of a
 __global__ void __launch_bounds__(32 * kWarps)
     small_gemm_s8_kernel(const int8_t* __restrict__ x, void* __restrict__ y, SmallGemmParams p,
                          int slice) {
+  release_dependents(p.release_next);
   extern __shared__ int weight_words[];  // [slice outputs][K / 4]
   const int words = int(p.k / 4), N = int(p.n);
   const int first = int(blockIdx.y) * slice, outputs = min(slice, N - first);

@@ -152,6 +152,8 @@ struct DirectConvParams {
   // x_dt) as the window is staged, exactly as the Reformat kernel converts it.
   bool convert_input = false, x_src_nchw = false;
   Grid x_src, x_grid;
+  // The next launch on the stream is one of our kernels (launch.cuh, release_dependents).
+  bool release_next = false;
 };
 // Whether the tensor-core form applies: f16, bf16, s8 or e4m3 input, at most kDirectTcTaps
 // products per output and kDirectTcChannels output channels, its tiles within 48 KiB of shared
@@ -205,6 +207,15 @@ int64_t window_weight_bytes(int x_dt, int64_t k, int64_t c, int64_t r, int64_t s
 void window_pack_weights(int x_dt, const float* codes, int64_t K, int64_t C, int64_t R, int64_t S,
                          void* packed);
 cudaError_t window_conv(const void* x, void* y, const DirectConvParams& p, cudaStream_t stream);
+// Two window convolutions in a row in one kernel (LeNet's conv-relu-pool, conv-relu-pool): a block
+// takes one image through both, and the first's outputs (y in first.y_grid, which must be the
+// second's input format: same x_dt) go straight into the second's window in shared memory, never
+// to memory. Each convolution takes at most 64 output channels, no residual, the second no input
+// conversion and channels that fill 32-bit words; both windows and weights within shared memory.
+// `second.release_next` holds for the launch.
+bool window_chain_eligible(const DirectConvParams& first, const DirectConvParams& second);
+cudaError_t window_chain(const void* x, void* y, const DirectConvParams& first,
+                         const DirectConvParams& second, cudaStream_t stream);
 
 // --- small int8 linear layers (gemm_small.cu)
 // ----------------------------------------------------- y[m, n] = act(scale[n] * sum_k q_x[m, k]
@@ -221,6 +232,7 @@ struct SmallGemmParams {
   int act = kActNone;
   float lo = 0.0f, hi = 0.0f;
   Grid y_grid;
+  bool release_next = false;  // as DirectConvParams::release_next
 };
 bool small_gemm_s8_eligible(int64_t n, int64_t k);
 cudaError_t small_gemm_s8(const void* x, void* y, const SmallGemmParams& p, cudaStream_t stream);
@@ -250,6 +262,7 @@ struct ChainGemmParams {
   int act2 = kActNone;
   float lo2 = 0.0f, hi2 = 0.0f;
   Grid y_grid;
+  bool release_next = false;  // as DirectConvParams::release_next
 };
 int chain_k_padded(int k1);
 int chain_slice(int n1);

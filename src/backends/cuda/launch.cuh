@@ -2,10 +2,11 @@
 // as soon as the previous kernel on the stream has finished its blocks, so its set-up (weights to
 // shared memory, say) overlaps that kernel's teardown and the launch gap. It must call
 // wait_for_previous_grid() before it reads anything an earlier kernel wrote and before it writes
-// anything (the memory plan reuses buffers). Our kernels never trigger their successors early
-// (griddepcontrol.launch_dependents): a library kernel after them, launched by cuDNN with the same
-// attribute, read a window convolution's output before it was complete (an fp8 residual block
-// test failed that way).
+// anything (the memory plan reuses buffers). A kernel lets its successor launch early
+// (griddepcontrol.launch_dependents, release_dependents below) only where the engine knows that
+// successor is one of these kernels (ExecContext::successor_waits): a library kernel after it,
+// launched by cuDNN with the same attribute, read a window convolution's output before it was
+// complete (an fp8 residual block test failed that way).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,6 +18,15 @@ namespace mixq::backends::cuda::kernels {
 
 __device__ __forceinline__ void wait_for_previous_grid() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+// Where `release` (the next launch on the stream is one of ours, which waits in
+// wait_for_previous_grid before it touches memory): lets that kernel launch now, so its blocks
+// stage their weights while this grid runs instead of after it ends. Called first thing: the
+// successor launches once every block of this grid has called it (the last wave has started), so
+// its blocks never take the place of this grid's own.
+__device__ __forceinline__ void release_dependents(bool release) {
+  if (release) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 // Lets `kernel` take up to `bytes` of dynamic shared memory (a launch above 48 KiB must ask) and,

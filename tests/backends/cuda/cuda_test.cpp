@@ -602,9 +602,10 @@ TEST(CudaConvPool, CudnnOnlyKeepsThePoolSeparate) {
 }
 
 // A LeNet-shaped network (x -> conv-relu-pool x2 -> flatten -> fc-relu -> fc): after execution
-// fusion it runs as four steps (the pools and the input conversion absorbed by the window
-// convolutions, the NHWC -> NCHW reorder and the flatten by fc1, whose weights' columns follow the
-// NHWC order) and gives what the unfused engine (MIXQ_CUDA_FUSION=0) gives.
+// fusion it runs as three steps (the pools and the input conversion absorbed by the window
+// convolutions, which run as one chained step; the NHWC -> NCHW reorder and the flatten by fc1,
+// whose weights' columns follow the NHWC order; int8 chains fc1 and fc2) and gives what the
+// unfused engine (MIXQ_CUDA_FUSION=0) gives.
 std::shared_ptr<const Model> lenet_model(uint64_t seed) {
   OnnxBuilder b(13, "lenet_shaped");
   b.input("x", {"N", 1, 28, 28});
@@ -655,9 +656,16 @@ TEST_P(CudaLenetFusion, RunsAsFewStepsAndMatchesTheUnfusedEngine) {
   }
   ASSERT_TRUE(unfused->ok()) << unfused->status().to_string();
   const BuildReport& r = fused->report();
-  // int8: fc1 and fc2 are one chained step (gemm_chain.cu).
-  const size_t gemms = p == Precision::kINT8 ? 1 : 2, steps = 2 + gemms;
-  EXPECT_EQ(testing::count_op(r, "FusedConv"), 2) << testing::describe_layers(r);
+  // conv1 and conv2 are one chained step (window_chain); int8: fc1 and fc2 too (gemm_chain.cu).
+  const size_t gemms = p == Precision::kINT8 ? 1 : 2, steps = 1 + gemms;
+  EXPECT_EQ(testing::count_op(r, "FusedConv"), 1) << testing::describe_layers(r);
+  const LayerReport* convs = testing::find_layer(r, "FusedConv");
+  ASSERT_NE(convs, nullptr);
+  EXPECT_NE(convs->implementation.find("window chain"), std::string::npos) << convs->implementation;
+  for (const char* absorbed : {"/conv2/Conv", "/pool1/MaxPool", "/pool2/MaxPool"})
+    EXPECT_NE(std::find(convs->fused.begin(), convs->fused.end(), absorbed), convs->fused.end())
+        << absorbed << "\n"
+        << testing::describe_layers(r);
   EXPECT_EQ(testing::count_op(r, "FusedGemm"), int(gemms)) << testing::describe_layers(r);
   EXPECT_EQ(r.layers.size(), steps) << testing::describe_layers(r);
   EXPECT_GE((*unfused)->report().layers.size(), 8u)
@@ -703,6 +711,182 @@ TEST_P(CudaLenetFusion, RunsAsFewStepsAndMatchesTheUnfusedEngine) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Window, CudaLenetFusion,
+                         ::testing::Values(Precision::kFP16, Precision::kBF16, Precision::kINT8,
+                                           Precision::kFP8),
+                         [](const ::testing::TestParamInfo<Precision>& i) {
+                           return std::string(precision_name(i.param));
+                         });
+
+// --- two convolutions in one step (window_chain) ------------------------------------------------
+
+// x -> conv1 -> relu -> [pool1] -> conv2 -> relu -> [pool2] -> y; `mid_out`: the input of conv2 is
+// also a graph output (two readers: nothing chains).
+struct ConvChainCase {
+  std::string name;
+  int64_t cin, c1, h, w, k1, stride1, pad1, pool1;
+  int64_t c2, k2, stride2, pad2, pool2;
+};
+
+std::shared_ptr<const Model> conv_chain_model(const ConvChainCase& c, uint64_t seed,
+                                              bool mid_out = false) {
+  OnnxBuilder b(13, "chain_" + c.name);
+  auto out = [](int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t pool) {
+    const int64_t o = (in + 2 * pad - k) / stride + 1;
+    return pool ? o / pool : o;
+  };
+  const int64_t h1 = out(c.h, c.k1, c.stride1, c.pad1, c.pool1),
+                w1 = out(c.w, c.k1, c.stride1, c.pad1, c.pool1);
+  const int64_t h2 = out(h1, c.k2, c.stride2, c.pad2, c.pool2),
+                w2 = out(w1, c.k2, c.stride2, c.pad2, c.pool2);
+  b.input("x", {"N", c.cin, c.h, c.w});
+  b.output("y", {"N", c.c2, h2, w2});
+  if (mid_out) b.output("mid", {"N", c.c1, h1, w1});
+  const float bound1 = 1.0f / std::sqrt(float(c.cin * c.k1 * c.k1)),
+              bound2 = 1.0f / std::sqrt(float(c.c1 * c.k2 * c.k2));
+  b.initializer("w1", random_tensor({c.c1, c.cin, c.k1, c.k1}, seed, -2 * bound1, 2 * bound1));
+  b.initializer("b1", random_tensor({c.c1}, seed + 1, -0.2f, 0.2f));
+  b.initializer("w2", random_tensor({c.c2, c.c1, c.k2, c.k2}, seed + 2, -2 * bound2, 2 * bound2));
+  b.initializer("b2", random_tensor({c.c2}, seed + 3, -0.2f, 0.2f));
+  b.node("Conv", {"x", "w1", "b1"}, {"c1"}, "/conv1/Conv")
+      .attr("kernel_shape", {c.k1, c.k1})
+      .attr("strides", {c.stride1, c.stride1})
+      .attr("pads", {c.pad1, c.pad1, c.pad1, c.pad1});
+  b.node("Relu", {"c1"}, {c.pool1 ? "r1" : "mid"}, "/relu1/Relu");
+  if (c.pool1)
+    b.node("MaxPool", {"r1"}, {"mid"}, "/pool1/MaxPool")
+        .attr("kernel_shape", {c.pool1, c.pool1})
+        .attr("strides", {c.pool1, c.pool1});
+  b.node("Conv", {"mid", "w2", "b2"}, {"c2"}, "/conv2/Conv")
+      .attr("kernel_shape", {c.k2, c.k2})
+      .attr("strides", {c.stride2, c.stride2})
+      .attr("pads", {c.pad2, c.pad2, c.pad2, c.pad2});
+  b.node("Relu", {"c2"}, {c.pool2 ? "r2" : "y"}, "/relu2/Relu");
+  if (c.pool2)
+    b.node("MaxPool", {"r2"}, {"y"}, "/pool2/MaxPool")
+        .attr("kernel_shape", {c.pool2, c.pool2})
+        .attr("strides", {c.pool2, c.pool2});
+  return load_model(b, "chain_" + c.name + (mid_out ? "_mid_out" : ""));
+}
+
+struct ConvChainParam {
+  ConvChainCase c;
+  Precision precision;
+};
+
+// The batch from which a chained step runs as one kernel (one block per image from 60% of the
+// multiprocessors on; below, the two convolutions apart): tests build up to this batch and run
+// both forms.
+int64_t chained_batch() {
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  return std::max<int64_t>(kMaxBatch, sms * 3 / 5 + 1);
+}
+
+void PrintTo(const ConvChainParam& p, std::ostream* os) {
+  *os << param_name(p.c.name, p.precision);
+}
+
+class CudaConvChain : public ::testing::TestWithParam<ConvChainParam> {};
+
+// The two convolutions run as one step (the second, its activation and pool among the first's
+// fused nodes) and match the reference: pooled in registers (2x2) or in the epilogue (3x3) or not
+// at all, padded, strided, channels element by element or in words, 1x1.
+TEST_P(CudaConvChain, RunsAsOneStepAndMatchesReference) {
+  REQUIRE_CUDA();
+  const ConvChainParam& p = GetParam();
+  auto model = conv_chain_model(p.c, 51);
+  ASSERT_TRUE(model);
+  const std::string plan =
+      R"({"default_precision": ")" + std::string(precision_name(p.precision)) + R"("})";
+  const int64_t max_batch = chained_batch();
+  std::optional<CalibrationData> calibration;
+  if (quantized(p.precision)) calibration = random_calibration(*model, 4, 8, 4242, -1.0f, 1.0f);
+  auto engine = build_engine(model, cuda_options(Precision::kFP32, max_batch), plan, calibration);
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  const BuildReport& r = engine->report();
+  EXPECT_EQ(testing::count_op(r, "FusedConv"), 1) << testing::describe_layers(r);
+  const LayerReport* conv = testing::find_layer(r, "FusedConv");
+  ASSERT_NE(conv, nullptr);
+  EXPECT_EQ(conv->actual, p.precision);
+  EXPECT_NE(conv->implementation.find("window chain"), std::string::npos) << conv->implementation;
+  for (const char* absorbed : {"/conv2/Conv", "/relu2/Relu"})
+    EXPECT_NE(std::find(conv->fused.begin(), conv->fused.end(), absorbed), conv->fused.end())
+        << absorbed << "\n"
+        << testing::describe_layers(r);
+  // Apart (small batches) and chained (the largest).
+  for (int64_t batch : {int64_t(1), int64_t(3), max_batch}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const TensorMap inputs = random_model_inputs(*model, batch, 100 + uint64_t(batch), -1.0f, 1.0f);
+    const Tensor want = reference_outputs(*model, inputs).at("y");
+    const Tensor got = infer_once(*engine, inputs).at("y");
+    ASSERT_EQ(got.shape(), want.shape());
+    if (quantized(p.precision))
+      EXPECT_GE(testing::sqnr_db(got, want), min_sqnr(p.precision, /*block=*/true));
+    else
+      EXPECT_LE(testing::max_relative_error(got, want), tolerance(p.precision));
+  }
+}
+
+std::vector<ConvChainCase> chain_cases() {
+  return {
+      {"lenet", 1, 20, 28, 28, 5, 1, 0, 2, 50, 5, 1, 0, 2},
+      {"padded_pool_second_only", 4, 16, 12, 12, 3, 1, 1, 0, 24, 3, 1, 1, 2},
+      {"strided_stem_no_pools", 3, 8, 17, 17, 3, 2, 1, 0, 16, 3, 1, 1, 0},
+      {"pool3_then_1x1", 8, 16, 12, 12, 3, 1, 1, 3, 32, 1, 1, 0, 0},
+      {"k64_both", 2, 64, 10, 10, 3, 1, 1, 2, 64, 3, 1, 1, 0},
+  };
+}
+
+std::vector<ConvChainParam> chain_params() {
+  std::vector<ConvChainParam> v;
+  for (const ConvChainCase& c : chain_cases())
+    for (Precision p : {Precision::kFP16, Precision::kBF16, Precision::kINT8, Precision::kFP8})
+      v.push_back({c, p});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Window, CudaConvChain, ::testing::ValuesIn(chain_params()),
+                         [](const ::testing::TestParamInfo<ConvChainParam>& i) {
+                           return param_name(i.param.c.name, i.param.precision);
+                         });
+
+// Chained or not, the arithmetic is the window convolutions': with both convolutions pooled (the
+// window form either way) the chained step gives the bits of the two steps it replaces, which run
+// where the intermediate is also an output of the graph.
+class CudaConvChainExact : public ::testing::TestWithParam<Precision> {};
+
+TEST_P(CudaConvChainExact, GivesTheBitsOfTheTwoWindowConvolutions) {
+  REQUIRE_CUDA();
+  const Precision p = GetParam();
+  const ConvChainCase c = chain_cases()[0];
+  auto chained_model = conv_chain_model(c, 53), apart_model = conv_chain_model(c, 53, true);
+  ASSERT_TRUE(chained_model && apart_model);
+  const std::string plan = R"({"default_precision": ")" + std::string(precision_name(p)) + R"("})";
+  std::optional<CalibrationData> calibration;
+  if (quantized(p)) calibration = random_calibration(*chained_model, 4, 8, 4243, -1.0f, 1.0f);
+  const int64_t max_batch = chained_batch();
+  auto chained =
+      build_engine(chained_model, cuda_options(Precision::kFP32, max_batch), plan, calibration);
+  auto apart =
+      build_engine(apart_model, cuda_options(Precision::kFP32, max_batch), plan, calibration);
+  ASSERT_TRUE(chained.ok()) << chained.status().to_string();
+  ASSERT_TRUE(apart.ok()) << apart.status().to_string();
+  EXPECT_EQ(testing::count_op(chained->report(), "FusedConv"), 1)
+      << testing::describe_layers(chained->report());
+  EXPECT_EQ(testing::count_op(apart->report(), "FusedConv"), 2)
+      << testing::describe_layers(apart->report());
+  for (int64_t batch : {int64_t(1), int64_t(5), max_batch}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const TensorMap inputs =
+        random_model_inputs(*chained_model, batch, 300 + uint64_t(batch), -1.0f, 1.0f);
+    const Tensor got = infer_once(*chained, inputs).at("y");
+    const Tensor want = infer_once(*apart, inputs).at("y");
+    ASSERT_EQ(got.shape(), want.shape());
+    EXPECT_EQ(testing::max_abs_error(got, want), 0.0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Window, CudaConvChainExact,
                          ::testing::Values(Precision::kFP16, Precision::kBF16, Precision::kINT8,
                                            Precision::kFP8),
                          [](const ::testing::TestParamInfo<Precision>& i) {
@@ -1827,6 +2011,68 @@ TEST(CudaEngine, RepeatedInferenceAndContextsAgree) {
   }
   const TensorMap other = infer_once(*engine, inputs);
   EXPECT_EQ(testing::max_abs_error(other.at("y"), first->outputs.at("y")), 0.0);
+}
+
+// Our kernels in a row (six convolutions: three chained steps) let their successors launch early
+// (programmatic dependent launch, ExecContext::successor_waits); each successor waits before it
+// reads. Replays of new inputs give
+// the bits of launches that wait for the previous one to end (MIXQ_CUDA_OVERLAP=0): a successor
+// that read early would see the previous replay's intermediates.
+TEST(CudaEngine, OverlappedLaunchesGiveTheBitsOfSerialOnes) {
+  REQUIRE_CUDA();
+  OnnxBuilder b(13, "own_conv_stack");
+  b.input("x", {"N", 8, 16, 16});
+  b.output("y", {"N", 16, 16, 16});
+  std::string in = "x";
+  for (int i = 0; i < 6; ++i) {
+    const std::string w = "w" + std::to_string(i), bias = "b" + std::to_string(i);
+    const std::string c = "c" + std::to_string(i), out = i == 5 ? "y" : "r" + std::to_string(i);
+    b.initializer(w, random_tensor({16, i == 0 ? 8 : 16, 3, 3}, 70 + uint64_t(i), -0.3f, 0.3f));
+    b.initializer(bias, random_tensor({16}, 80 + uint64_t(i), -0.1f, 0.1f));
+    b.node("Conv", {in, w, bias}, {c}, "/conv" + std::to_string(i))
+        .attr("kernel_shape", {3, 3})
+        .attr("pads", {1, 1, 1, 1});
+    b.node("Relu", {c}, {out}, "/relu" + std::to_string(i));
+    in = out;
+  }
+  auto model = load_model(b, "own_conv_stack");
+  ASSERT_TRUE(model);
+  std::optional<Expected<Engine>> engine;
+  {
+    testing::ScopedEnv window("MIXQ_CUDA_CONV", "window");  // our kernel for every layer
+    engine = build_engine(model, cuda_options(Precision::kFP32, chained_batch()),
+                          R"({"default_precision": "int8"})",
+                          random_calibration(*model, 2, 8, 77, -1.0f, 1.0f));
+  }
+  ASSERT_TRUE(engine->ok()) << engine->status().to_string();
+  for (const LayerReport& l : (*engine)->report().layers)
+    if (l.op == "FusedConv")
+      ASSERT_NE(l.implementation.find("window"), std::string::npos) << l.implementation;
+  std::vector<TensorMap> inputs;
+  for (uint64_t i = 0; i < 6; ++i)
+    inputs.push_back(
+        random_model_inputs(*model, i % 2 ? chained_batch() : 3, 700 + i, -1.0f, 1.0f));
+  auto run_all = [&](const char* overlap) {
+    testing::ScopedEnv setting("MIXQ_CUDA_OVERLAP", overlap);
+    std::vector<Tensor> outputs;
+    auto ctx = (*engine)->create_context();  // a graph of its own, captured with `overlap`
+    EXPECT_TRUE(ctx.ok());
+    if (!ctx.ok()) return outputs;
+    for (int round = 0; round < 3; ++round)
+      for (const TensorMap& x : inputs) {
+        auto r = ctx->infer(x);
+        EXPECT_TRUE(r.ok()) << r.status().to_string();
+        if (r.ok()) outputs.push_back(r->outputs.at("y").clone());
+      }
+    return outputs;
+  };
+  const std::vector<Tensor> serial = run_all("0"), overlapped = run_all("1");
+  ASSERT_EQ(serial.size(), overlapped.size());
+  for (size_t i = 0; i < serial.size(); ++i)
+    EXPECT_EQ(testing::max_abs_error(overlapped[i], serial[i]), 0.0) << "run " << i;
+  // And they are the right bits: the first round against the reference.
+  for (size_t i = 0; i < inputs.size(); ++i)
+    EXPECT_GE(testing::sqnr_db(serial[i], reference_outputs(*model, inputs[i]).at("y")), 20.0);
 }
 
 // Profiling times every step inside the replayed graph: one time per step, in order, that add up
