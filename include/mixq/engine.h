@@ -76,6 +76,7 @@ struct LayerReport {
   int64_t params = 0;
   int64_t macs = 0;          // per sample
   double build_seconds = 0;  // preparing its kernel (tuning included), 0 where not recorded
+  double load_seconds = 0;   // rebuilding its kernel when the engine was loaded (0: built here)
 };
 
 struct BuildReport {

@@ -114,7 +114,7 @@ py::dict layer_report_dict(const LayerReport& l) {
                   "fused"_a = l.fused, "requested"_a = pname(l.requested),
                   "precision"_a = pname(l.actual), "fallback_reason"_a = l.fallback_reason,
                   "implementation"_a = l.implementation, "params"_a = l.params, "macs"_a = l.macs,
-                  "build_seconds"_a = l.build_seconds);
+                  "build_seconds"_a = l.build_seconds, "load_seconds"_a = l.load_seconds);
 }
 
 py::dict build_report_dict(const BuildReport& r) {
@@ -524,6 +524,9 @@ PYBIND11_MODULE(_mixq, m) {
       .def_readonly("macs", &LayerReport::macs)
       .def_readonly("build_seconds", &LayerReport::build_seconds,
                     "Seconds spent preparing its kernel at build (tuning included)")
+      .def_readonly("load_seconds", &LayerReport::load_seconds,
+                    "Seconds spent rebuilding its kernel when the engine was loaded (0: built "
+                    "in this process)")
       .def("to_dict", &layer_report_dict)
       .def("__repr__", [](const LayerReport& l) {
         return "LayerReport(name='" + l.name + "', op='" + l.op + "', module='" + l.module +

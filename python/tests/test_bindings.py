@@ -62,6 +62,10 @@ def test_builder_options_and_engine_bytes(model, x, tmp_path):
     data = engine.serialize()
     assert isinstance(data, bytes) and data[:8] == b"MIXQENGN"
     again = mixq.Engine.from_bytes(data)
+    # where a load's time went: each layer's rebuilding (none for the engine built here)
+    assert all(l.load_seconds == 0 for l in engine.report.layers)
+    assert sum(l.load_seconds for l in again.report.layers) > 0
+    assert "load_seconds" in again.report.layers[0].to_dict()
     a = engine.create_context().infer(x)["output1"]
     b = again.create_context().infer(x)["output1"]
     np.testing.assert_array_equal(a, b)

@@ -165,6 +165,14 @@ TEST_F(EngineFile, RoundTripGivesIdenticalOutputsAndReport) {
     auto loaded = Engine::load(path);
     ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
     expect_same_report(engine.report(), loaded->report());
+    // The load times each layer's rebuilding (a built engine has none).
+    double load_seconds = 0;
+    for (size_t i = 0; i < loaded->report().layers.size(); ++i) {
+      EXPECT_EQ(engine.report().layers[i].load_seconds, 0.0);
+      EXPECT_GE(loaded->report().layers[i].load_seconds, 0.0);
+      load_seconds += loaded->report().layers[i].load_seconds;
+    }
+    EXPECT_GT(load_seconds, 0.0);
     EXPECT_EQ(loaded->max_batch(), kMaxBatch);
     ASSERT_EQ(loaded->inputs().size(), engine.inputs().size());
     for (int64_t batch : {int64_t(1), int64_t(5), kMaxBatch}) {

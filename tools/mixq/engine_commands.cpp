@@ -358,7 +358,23 @@ int run_bench(const BenchArgs& a) {
   std::printf("compute     median %.3f ms  (p10 %.3f, p90 %.3f)\n", med, p10, p90);
   std::printf("end to end  median %.3f ms\n", med_e2e);
   std::printf("throughput  %.1f samples/s, %.1f GMAC/s\n", double(batch) / (med * 1e-3), gmacs);
-  std::printf("loaded in   %.3f s\n", load_seconds);
+  std::printf("loaded in   %.3f s", load_seconds);
+  {
+    // The layers that took longest to rebuild (the rest: reading the file, device set-up).
+    std::vector<const LayerReport*> by_time;
+    double layer_seconds = 0;
+    for (const auto& l : engine->report().layers) {
+      layer_seconds += l.load_seconds;
+      by_time.push_back(&l);
+    }
+    std::sort(by_time.begin(), by_time.end(), [](const LayerReport* x, const LayerReport* y) {
+      return x->load_seconds > y->load_seconds;
+    });
+    std::printf(" (layers %.3f s; slowest:", layer_seconds);
+    for (size_t i = 0; i < by_time.size() && i < 3; ++i)
+      std::printf("%s %s %.3f s", i ? "," : "", by_time[i]->name.c_str(), by_time[i]->load_seconds);
+    std::printf(")\n");
+  }
   if (a.profile) {
     std::printf("\n%-44s %-14s %-6s %10s %7s\n", "layer", "op", "prec", "median ms", "share");
     double total = 0;
