@@ -172,18 +172,12 @@ Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   Tensor t = empty(dtype, shape_);
   const int64_t n = numel();
-  if (dtype_ == DType::kInt64 && dtype != DType::kFloat32) {
-    // keep 64-bit integers exact where the target can hold them
-    dispatch(dtype, [&](auto tag) {
-      using T = decltype(tag);
+  // Both types resolved once, outside the loop (loading an engine converts millions of weights).
+  dispatch(dtype_, [&](auto from) {
+    dispatch(dtype, [&](auto to) {
       for (int64_t i = 0; i < n; ++i)
-        store_from_double<T>(t.data_, i, double(static_cast<const int64_t*>(data_)[i]));
+        store_from_double<decltype(to)>(t.data_, i, load_as_double<decltype(from)>(data_, i));
     });
-    return t;
-  }
-  dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    for (int64_t i = 0; i < n; ++i) store_from_double<T>(t.data_, i, get_as_double(i));
   });
   return t;
 }

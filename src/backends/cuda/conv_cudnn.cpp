@@ -1072,15 +1072,30 @@ Expected<DeviceBuffer> pack_weights(const Tensor& w, DType dtype) {
     src = w.to(dtype);
   }
   Tensor dst = Tensor::empty(dtype, {K, R, S, C});
-  const size_t es = dtype_size(dtype);
-  const char* in = static_cast<const char*>(src.raw());
-  char* out = static_cast<char*>(dst.raw());
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s)
-          std::memcpy(out + size_t(((k * R + r) * S + s) * C + c) * es,
-                      in + size_t(((k * C + c) * R + r) * S + s) * es, es);
+  // KCRS -> KRSC by elements of the type's size (a fixed-size copy: loading converts millions).
+  auto permute = [&](auto element) {
+    using E = decltype(element);
+    const E* in = static_cast<const E*>(src.raw());
+    E* out = static_cast<E*>(dst.raw());
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            out[((k * R + r) * S + s) * C + c] = in[((k * C + c) * R + r) * S + s];
+  };
+  switch (dtype_size(dtype)) {
+    case 1:
+      permute(uint8_t{});
+      break;
+    case 2:
+      permute(uint16_t{});
+      break;
+    case 4:
+      permute(uint32_t{});
+      break;
+    default:
+      return Internal("weights of " + std::string(dtype_name(dtype)) + " cannot be packed");
+  }
   return upload(dst.raw(), dst.nbytes());
 }
 
