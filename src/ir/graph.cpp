@@ -1,6 +1,7 @@
 #include "ir/graph.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -486,6 +487,52 @@ NodeCost node_cost(const Node& node) {
       break;
   }
   return cost;
+}
+
+Expected<ConvChainParts> split_conv_chain(const Node& chained) {
+  const Value* x = chained.input(0);
+  const std::optional<DType> mid_dtype =
+      dtype_from_name(chained.attr_string(kChainMidDtypeAttr, ""));
+  const std::vector<int64_t> mid_shape = chained.attr_ints(kChainMidShapeAttr, {});
+  if (chained.op != OpKind::kFusedConv || !x || !chained.input(4) || !chained.output(0) ||
+      !mid_dtype || mid_shape.size() != 3)
+    return InvalidArgument(chained.describe() + ": a chained convolution needs the second's " +
+                           "weights (input 4), " + kChainMidDtypeAttr + " and " +
+                           kChainMidShapeAttr + " (C, H, W)");
+  ConvChainParts c;
+  c.mid = std::make_unique<Value>();
+  Value& mid = *c.mid;
+  mid.name = chained.name + "/chained";
+  mid.dtype = *mid_dtype;
+  mid.shape_known = x->shape_known && !x->shape.empty();
+  if (mid.shape_known) mid.shape = {x->shape[0], mid_shape[0], mid_shape[1], mid_shape[2]};
+  mid.layout = chained.output(0)->layout;
+  if (chained.has_attr(kChainMidScaleAttr)) {
+    QuantParams q;
+    q.dtype = *mid_dtype;
+    q.scale = {chained.attr_float(kChainMidScaleAttr, 0.0f)};
+    if (!(q.scale[0] > 0.0f) || !std::isfinite(q.scale[0]))
+      return InvalidArgument(chained.describe() + ": " + kChainMidScaleAttr + " must be positive");
+    mid.quant = q;
+  }
+  c.first.op = c.second.op = OpKind::kFusedConv;
+  c.first.name = chained.name;
+  c.first.module_name = chained.module_name;
+  c.first.inputs = {chained.inputs[0], chained.input(1), chained.input(2)};
+  c.first.outputs = {c.mid.get()};
+  c.second.name = chained.attr_string(kChainNameAttr, chained.name + " (second)");
+  c.second.module_name = chained.attr_string(kChainModuleAttr, "");
+  c.second.inputs = {c.mid.get(), chained.input(4), chained.input(5)};
+  c.second.outputs = {chained.output(0)};
+  c.first.precision = c.second.precision = chained.precision;
+  const std::string then = kChainThenPrefix, own = kChainAttrPrefix;
+  for (const auto& [key, value] : chained.attrs) {
+    if (key.rfind(then, 0) == 0)
+      c.second.attrs[key.substr(then.size())] = value;
+    else if (key.rfind(own, 0) != 0)
+      c.first.attrs[key] = value;
+  }
+  return c;
 }
 
 }  // namespace mixq::ir

@@ -160,4 +160,13 @@ struct NodeCost {
 };
 NodeCost node_cost(const Node& node);
 
+// A FusedConv chained with a second convolution (ops.def) as the two convolutions it runs: nodes
+// of their own, the chained node's inputs and attributes split between them, and the value between
+// them (its dtype, grid and shape from the kChain* attributes, the chained output's layout).
+struct ConvChainParts {
+  Node first, second;
+  std::unique_ptr<Value> mid;
+};
+Expected<ConvChainParts> split_conv_chain(const Node& chained);
+
 }  // namespace mixq::ir

@@ -33,6 +33,7 @@ bool keeps_element_order(OpKind op);
 // A FusedConv chained with a second convolution (ops.def; inputs 4 and 5 its weights and bias):
 // the second's own attributes under kChainThenPrefix, and these.
 inline constexpr const char* kChainThenPrefix = "mixq.then.";
+inline constexpr const char* kChainAttrPrefix = "mixq.chain_";             // the chain's own, below
 inline constexpr const char* kChainNameAttr = "mixq.chain_second";         // the second's name
 inline constexpr const char* kChainModuleAttr = "mixq.chain_module";       // and module
 inline constexpr const char* kChainMidShapeAttr = "mixq.chain_mid_shape";  // C, H, W between

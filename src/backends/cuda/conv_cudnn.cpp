@@ -1072,30 +1072,7 @@ Expected<DeviceBuffer> pack_weights(const Tensor& w, DType dtype) {
     src = w.to(dtype);
   }
   Tensor dst = Tensor::empty(dtype, {K, R, S, C});
-  // KCRS -> KRSC by elements of the type's size (a fixed-size copy: loading converts millions).
-  auto permute = [&](auto element) {
-    using E = decltype(element);
-    const E* in = static_cast<const E*>(src.raw());
-    E* out = static_cast<E*>(dst.raw());
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s)
-            out[((k * R + r) * S + s) * C + c] = in[((k * C + c) * R + r) * S + s];
-  };
-  switch (dtype_size(dtype)) {
-    case 1:
-      permute(uint8_t{});
-      break;
-    case 2:
-      permute(uint16_t{});
-      break;
-    case 4:
-      permute(uint32_t{});
-      break;
-    default:
-      return Internal("weights of " + std::string(dtype_name(dtype)) + " cannot be packed");
-  }
+  permute_channels(src.raw(), dst.raw(), dtype_size(dtype), K, C, R, S, true);  // KCRS -> KRSC
   return upload(dst.raw(), dst.nbytes());
 }
 
@@ -2285,8 +2262,8 @@ class ConvChainKernel final : public Kernel {
 
   Status prepare(int64_t max_batch) override {
     MIXQ_RETURN_IF_ERROR(split());
-    first_ = std::make_unique<ConvKernel>(first_node_, precision_, true);
-    second_ = std::make_unique<ConvKernel>(second_node_, precision_, true);
+    first_ = std::make_unique<ConvKernel>(parts_.first, precision_, true);
+    second_ = std::make_unique<ConvKernel>(parts_.second, precision_, true);
     MIXQ_RETURN_IF_ERROR(first_->prepare(max_batch));
     MIXQ_RETURN_IF_ERROR(second_->prepare(max_batch));
     for (const ConvKernel* k : {first_.get(), second_.get()})
@@ -2320,59 +2297,22 @@ class ConvChainKernel final : public Kernel {
   // 31 and 26.
   static int64_t chain_from_batch() { return std::max(1, kernels::sm_count() * 3 / 5); }
 
-  // The two layers' nodes and the intermediate value between them.
+  // The two layers' nodes and the intermediate value between them (ir::split_conv_chain), the
+  // build's determinism asked of both.
   Status split() {
-    const ir::Value* w2 = node_.input(4);
-    const std::vector<int64_t> mid_shape = node_.attr_ints(kChainMidShapeAttr, {});
-    const auto mid_dtype = dtype_from_name(node_.attr_string(kChainMidDtypeAttr, ""));
-    const ir::Value* x = node_.input(0);
-    if (!x || !x->shape_known || x->shape.empty() || !w2 || !w2->is_constant() ||
-        mid_shape.size() != 3 || !mid_dtype)
-      return InvalidArgument(node_.describe() + ": a chained convolution needs the second's " +
-                             "weights (input 4), " + kChainMidShapeAttr + " (C, H, W) and " +
-                             kChainMidDtypeAttr);
-    mid_.name = node_.name + "/chained";
-    mid_.dtype = *mid_dtype;
-    mid_.shape = {x->shape[0], mid_shape[0], mid_shape[1], mid_shape[2]};
-    mid_.shape_known = true;
-    mid_.layout = ir::Layout::kNHWC;
-    if (node_.has_attr(kChainMidScaleAttr)) {
-      const float scale = node_.attr_float(kChainMidScaleAttr, 0.0f);
-      if (!(scale > 0.0f) || !std::isfinite(scale))
-        return InvalidArgument(node_.describe() + ": " + kChainMidScaleAttr + " must be positive");
-      ir::QuantParams q;
-      q.dtype = *mid_dtype;
-      q.scale = {scale};
-      mid_.quant = q;
-    }
-    const std::string then = kChainThenPrefix;
-    first_node_.op = second_node_.op = ir::OpKind::kFusedConv;
-    first_node_.name = node_.name;
-    first_node_.module_name = node_.module_name;
-    first_node_.inputs = {node_.inputs[0], node_.input(1), node_.input(2)};
-    first_node_.outputs = {&mid_};
-    second_node_.name = node_.attr_string(kChainNameAttr, node_.name + " (second)");
-    second_node_.module_name = node_.attr_string(kChainModuleAttr, "");
-    second_node_.inputs = {&mid_, node_.input(4), node_.input(5)};
-    second_node_.outputs = {node_.output(0)};
-    first_node_.precision = second_node_.precision = precision_;
-    first_node_.attrs.clear();
-    second_node_.attrs.clear();
-    for (const auto& [key, value] : node_.attrs) {
-      if (key.rfind(then, 0) == 0)
-        second_node_.attrs[key.substr(then.size())] = value;
-      else if (key.rfind("mixq.chain_", 0) != 0)
-        first_node_.attrs[key] = value;
-    }
+    if (!node_.input(4)->is_constant())
+      return InvalidArgument(node_.describe() +
+                             ": the chained convolution's weights must be "
+                             "constant");
+    MIXQ_ASSIGN_OR_RETURN(parts_, ir::split_conv_chain(node_));
     if (const auto it = node_.attrs.find(kDeterministicAttr); it != node_.attrs.end())
-      second_node_.attrs[kDeterministicAttr] = it->second;
+      parts_.second.attrs[kDeterministicAttr] = it->second;
     return Status::Ok();
   }
 
   const ir::Node& node_;
   Precision precision_;
-  ir::Value mid_;
-  ir::Node first_node_, second_node_;
+  ir::ConvChainParts parts_;
   std::unique_ptr<ConvKernel> first_, second_;
   std::string impl_ = "mixq cuda window chain";
 };
@@ -2385,8 +2325,8 @@ class ConvChainInstance final : public KernelInstance {
         first_(k.first_->direct_params(batch, kernels::kDirectWindow)),
         second_(k.second_->direct_params(batch, kernels::kDirectWindow)) {
     if (!chained_)
-      mid_bytes_ =
-          align256(size_t(shape_numel(at_batch(k.mid_.shape, batch))) * dtype_size(k.mid_.dtype));
+      mid_bytes_ = align256(size_t(shape_numel(at_batch(k.parts_.mid->shape, batch))) *
+                            dtype_size(k.parts_.mid->dtype));
   }
   size_t scratch_bytes() const override { return mid_bytes_; }
   bool waits_for_predecessor() const override { return true; }

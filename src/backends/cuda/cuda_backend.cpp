@@ -3,7 +3,6 @@
 // Device memory, streams, graph capture and timing (DeviceOps) live here too.
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <sstream>
 
 #include "backends/cuda/cuda_common.h"
@@ -329,16 +328,8 @@ class CudaBackend final : public Backend {
     if (b.value->layout == ir::Layout::kNHWC && b.shape.size() == 4) {
       // NHWC -> NCHW on the host.
       Tensor plain = Tensor::empty(b.value->dtype, b.shape);
-      const int64_t N = b.shape[0], C = b.shape[1], H = b.shape[2], W = b.shape[3];
-      const size_t es = dtype_size(b.value->dtype);
-      const char* src = static_cast<const char*>(raw.raw());
-      char* dst = static_cast<char*>(plain.raw());
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t h = 0; h < H; ++h)
-            for (int64_t w = 0; w < W; ++w)
-              std::memcpy(dst + size_t(((n * C + c) * H + h) * W + w) * es,
-                          src + size_t(((n * H + h) * W + w) * C + c) * es, es);
+      permute_channels(raw.raw(), plain.raw(), dtype_size(b.value->dtype), b.shape[0], b.shape[1],
+                       b.shape[2], b.shape[3], false);
       raw = plain;
     }
     return reference::dequantize_to_float(raw, b.value->quant ? &*b.value->quant : nullptr).clone();
@@ -447,13 +438,14 @@ class CudaBackend final : public Backend {
     chain_layers(g, doomed, ir::OpKind::kFusedConv, conv_can_chain,
                  [](ir::Node& first, const ir::Node& second, const ir::Value& mid) {
                    for (const auto& [key, value] : second.attrs)
-                     if (key != "mixq.fused") first.attrs[kChainThenPrefix + key] = value;
-                   first.attrs[kChainNameAttr] = second.name;
-                   first.attrs[kChainModuleAttr] = second.module_name;
-                   first.attrs[kChainMidShapeAttr] =
+                     if (key != "mixq.fused") first.attrs[ir::kChainThenPrefix + key] = value;
+                   first.attrs[ir::kChainNameAttr] = second.name;
+                   first.attrs[ir::kChainModuleAttr] = second.module_name;
+                   first.attrs[ir::kChainMidShapeAttr] =
                        std::vector<int64_t>{mid.shape[1], mid.shape[2], mid.shape[3]};
-                   first.attrs[kChainMidDtypeAttr] = std::string(dtype_name(mid.dtype));
-                   if (stored_quantized(mid)) first.attrs[kChainMidScaleAttr] = mid.quant->scale[0];
+                   first.attrs[ir::kChainMidDtypeAttr] = std::string(dtype_name(mid.dtype));
+                   if (stored_quantized(mid))
+                     first.attrs[ir::kChainMidScaleAttr] = mid.quant->scale[0];
                  });
   }
   // NHWC value -> Reformat to plain -> Flatten -> linear layer: the layer reads the NHWC tensor
@@ -485,17 +477,10 @@ class CudaBackend final : public Backend {
       if (C <= 0 || H <= 0 || W <= 0 || flat->shape[1] != C * H * W ||
           flat->shape[0] != nhwc->shape[0] || w->constant.dim(1) != C * H * W)
         continue;
-      const int64_t N = w->constant.dim(0);
-      const size_t es = dtype_size(w->constant.dtype());
+      // Each output's row of C * H * W columns, from (c, h, w) to (h, w, c) order.
       Tensor permuted = Tensor::empty(w->constant.dtype(), w->constant.shape());
-      const char* src = static_cast<const char*>(w->constant.raw());
-      char* dst = static_cast<char*>(permuted.raw());
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t h = 0; h < H; ++h)
-            for (int64_t x = 0; x < W; ++x)
-              std::memcpy(dst + size_t(n * C * H * W + (h * W + x) * C + c) * es,
-                          src + size_t(n * C * H * W + (c * H + h) * W + x) * es, es);
+      permute_channels(w->constant.raw(), permuted.raw(), dtype_size(w->constant.dtype()),
+                       w->constant.dim(0), C, H, W, true);
       ir::Value* weights = g.add_constant(g.unique_value_name(w->name + "/hwc"), permuted);
       weights->quant = w->quant;
       gemm->inputs[0] = nhwc;

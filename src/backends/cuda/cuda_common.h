@@ -90,12 +90,6 @@ bool conv_can_chain(const ir::Node& first, const ir::Node& second);
 // The chained step: a FusedConv whose inputs 4 and 5 are the second convolution's weights and bias
 // and whose attributes under kChainThenPrefix are the second's own.
 Expected<std::unique_ptr<Kernel>> make_conv_chain_kernel(const ir::Node& node, Precision precision);
-using ir::kChainMidDtypeAttr;
-using ir::kChainMidScaleAttr;
-using ir::kChainMidShapeAttr;
-using ir::kChainModuleAttr;
-using ir::kChainNameAttr;
-using ir::kChainThenPrefix;
 // gemm_cublaslt.cpp: FusedGemm through cuBLASLt (TN; all precisions).
 bool gemm_supports(const ir::Node& node, Precision precision, std::string* why);
 Expected<std::unique_ptr<Kernel>> make_gemm_kernel(const ir::Node& node, Precision precision);

@@ -37,6 +37,33 @@ int kernel_dtype(DType d) {
   return kernels::kF32;
 }
 
+void permute_channels(const void* src, void* dst, size_t element_bytes, int64_t N, int64_t C,
+                      int64_t H, int64_t W, bool to_channels_last) {
+  auto permute = [&](auto element) {
+    using E = decltype(element);
+    const E* in = static_cast<const E*>(src);
+    E* out = static_cast<E*>(dst);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) {
+            const int64_t planar = ((n * C + c) * H + h) * W + w,
+                          last = ((n * H + h) * W + w) * C + c;
+            out[to_channels_last ? last : planar] = in[to_channels_last ? planar : last];
+          }
+  };
+  switch (element_bytes) {
+    case 1:
+      return permute(uint8_t{});
+    case 2:
+      return permute(uint16_t{});
+    case 4:
+      return permute(uint32_t{});
+    default:
+      return permute(uint64_t{});  // int64: the largest type a value holds
+  }
+}
+
 bool stored_quantized(const ir::Value& v) {
   return v.quant &&
          (v.dtype == DType::kInt8 || v.dtype == DType::kUInt8 || v.dtype == DType::kFloat8E4M3);

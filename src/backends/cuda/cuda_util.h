@@ -21,6 +21,11 @@ bool stored_quantized(const ir::Value& value);
 // The fused activation "<prefix>activation" names (kernels::kAct*), -1 for an unknown one
 // ("mixq." for a layer's own, "mixq.then_" for a chained second layer's).
 int fused_activation(const ir::Node& node, const std::string& prefix = "mixq.");
+// On the host: elements of `element_bytes` between [N, C, H, W] and [N, H, W, C] order
+// (`to_channels_last`: from the first to the second), by fixed-size copies (weights at load,
+// values read back).
+void permute_channels(const void* src, void* dst, size_t element_bytes, int64_t N, int64_t C,
+                      int64_t H, int64_t W, bool to_channels_last);
 
 // One stream, cuDNN handle and cuBLASLt handle for building kernels (probing supports(),
 // uploading weights, timing candidates), shared by the process. Hold the lock while using them:

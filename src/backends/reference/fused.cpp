@@ -91,47 +91,10 @@ bool chained(const ir::Node& node) {
   return node.op == ir::OpKind::kFusedGemm && node.input(4) != nullptr;
 }
 
-// A FusedConv with a chained second convolution (ops.def): the two as nodes of their own, the
-// intermediate value between them.
+// A FusedConv with a chained second convolution (ops.def), run as its two convolutions
+// (ir::split_conv_chain).
 bool chained_conv(const ir::Node& node) {
   return node.op == ir::OpKind::kFusedConv && node.input(4) != nullptr;
-}
-struct ConvChain {
-  ir::Node first, second;
-  std::unique_ptr<ir::Value> mid = std::make_unique<ir::Value>();
-};
-Expected<ConvChain> split_chain(const ir::Node& node) {
-  ConvChain c;
-  const std::optional<DType> mid_dtype =
-      dtype_from_name(node.attr_string(ir::kChainMidDtypeAttr, ""));
-  if (!mid_dtype)
-    return InvalidArgument(node.describe() + ": a chained convolution needs " +
-                           ir::kChainMidDtypeAttr);
-  c.mid->name = node.name + "/chained";
-  c.mid->dtype = *mid_dtype;
-  if (node.has_attr(ir::kChainMidScaleAttr)) {
-    ir::QuantParams q;
-    q.dtype = *mid_dtype;
-    q.scale = {node.attr_float(ir::kChainMidScaleAttr, 0.0f)};
-    if (!(q.scale[0] > 0.0f))
-      return InvalidArgument(node.describe() + ": " + ir::kChainMidScaleAttr + " must be positive");
-    c.mid->quant = q;
-  }
-  const std::string then = ir::kChainThenPrefix;
-  c.first.op = c.second.op = ir::OpKind::kFusedConv;
-  c.first.name = node.name;
-  c.second.name = node.attr_string(ir::kChainNameAttr, node.name);
-  c.first.inputs = {node.input(0), node.input(1), node.input(2)};
-  c.first.outputs = {c.mid.get()};
-  c.second.inputs = {c.mid.get(), node.input(4), node.input(5)};
-  c.second.outputs = {node.output(0)};
-  for (const auto& [key, value] : node.attrs) {
-    if (key.rfind(then, 0) == 0)
-      c.second.attrs[key.substr(then.size())] = value;
-    else if (key.rfind("mixq.chain_", 0) != 0)
-      c.first.attrs[key] = value;
-  }
-  return c;
 }
 
 Status infer_fused(const ir::Node& node, std::span<const TensorInfo> in, std::span<TensorInfo> out);
@@ -140,7 +103,7 @@ Status infer_conv_chain(const ir::Node& node, std::span<const TensorInfo> in,
                         std::span<TensorInfo> out) {
   if (in.size() < 5 || !in[4].present)
     return InvalidArgument(node.describe() + ": a chained convolution needs its second's weights");
-  MIXQ_ASSIGN_OR_RETURN(ConvChain c, split_chain(node));
+  MIXQ_ASSIGN_OR_RETURN(ir::ConvChainParts c, ir::split_conv_chain(node));
   std::vector<TensorInfo> first_in(in.begin(), in.begin() + 3);
   std::vector<TensorInfo> mid(1);
   MIXQ_RETURN_IF_ERROR(infer_fused(c.first, first_in, mid));
@@ -228,7 +191,7 @@ Status compute_fused(const ir::Node& node, std::span<const Tensor> in, std::span
 Status compute_conv_chain(const ir::Node& node, std::span<const Tensor> in, std::span<Tensor> out) {
   if (in.size() < 5 || !in[4].defined())
     return InvalidArgument(node.describe() + ": a chained convolution needs its second's weights");
-  MIXQ_ASSIGN_OR_RETURN(ConvChain c, split_chain(node));
+  MIXQ_ASSIGN_OR_RETURN(ir::ConvChainParts c, ir::split_conv_chain(node));
   std::vector<TensorInfo> first_info = {TensorInfo::of(in[0]), TensorInfo::of(in[1]),
                                         TensorInfo::of(in[2])};
   std::vector<TensorInfo> mid_info(1);
